@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.medcls-installed
+SHARED ?= ../shared/data/medmnist
+export NO_ALBUMENTATIONS_UPDATE = 1
+
+.PHONY: install demo test lint data bench bench-speed bench-accuracy clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Link the shared copy of PneumoniaMNIST when it exists; otherwise medcls downloads it (MD5-checked).
+data:
+	@mkdir -p data
+	@if [ -f $(SHARED)/pneumoniamnist.npz ] && [ ! -e data/pneumoniamnist.npz ]; then \
+		ln -s "$$(cd $(SHARED) && pwd)/pneumoniamnist.npz" data/pneumoniamnist.npz; \
+		echo "linked $(SHARED)/pneumoniamnist.npz -> data/"; fi
+
+demo: install data
+	$(BIN)/medcls train --config configs/pneumoniamnist.yaml
+
+test: install data
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: bench-speed bench-accuracy
+
+bench-speed: install data
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py
+
+bench-accuracy: install data
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/accuracy.py --seeds 0 1 2
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

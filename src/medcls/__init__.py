@@ -1,0 +1,29 @@
+"""medcls: medical image classification — train, evaluate, explain, export, serve.
+
+The public API is imported lazily so that ``import medcls`` (and the CLI) stay fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": "medcls.api",
+    "evaluate": "medcls.api",
+    "predict": "medcls.api",
+    "load_run": "medcls.runs",
+    "Run": "medcls.runs",
+    "Config": "medcls.config",
+    "load_config": "medcls.config",
+    "create_model": "medcls.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medcls' has no attribute {name!r}")

@@ -1,0 +1,132 @@
+"""Python API: ``train``, ``evaluate``, ``predict`` (the CLI is a thin layer over these)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, build_config, load_config
+from .data.sources import LoadedData, load_data
+from .engine.distributed import broadcast_object, cleanup, init_distributed
+from .engine.trainer import Callback, Trainer, resolve_device
+from .errors import ConfigError, ModelError, RunError
+from .models import create_model
+from .models.factory import default_input_size
+from .runs import Run, environment, load_run, new_run_dir, write_run_files
+from .transforms import Preprocess, PreprocessConfig
+from .utils import atomic_write_json
+
+log = logging.getLogger("medcls")
+
+
+def resolve_preprocess(cfg: Config, data: LoadedData) -> PreprocessConfig:
+    t = cfg.transforms
+    native = data.spec.native_size
+    size = t.image_size or (native if native and native <= 64 else default_input_size(cfg.model.name))
+    in_chans = cfg.model.in_chans or data.spec.channels
+    return PreprocessConfig(size=size, in_chans=in_chans, clahe=t.clahe, clahe_clip=t.clahe_clip)
+
+
+def build_model(cfg: Config, data: LoadedData, pre: PreprocessConfig):
+    m = cfg.model
+    kwargs = dict(in_chans=pre.in_chans, pretrained=m.pretrained, weights=m.weights, drop_rate=m.drop_rate)
+    if m.stem != "auto":
+        return create_model(m.name, data.spec.num_classes, stem=m.stem, **kwargs), m.stem
+    if pre.size <= 64:
+        try:
+            return create_model(m.name, data.spec.num_classes, stem="small", **kwargs), "small"
+        except ModelError:  # not a ResNet: keep its own stem
+            pass
+    return create_model(m.name, data.spec.num_classes, **kwargs), "default"
+
+
+def _as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
+    if isinstance(config, Config):
+        return build_config(config.to_dict(), list(overrides or [])) if overrides else config
+    if isinstance(config, dict):
+        return build_config(config, list(overrides or []))
+    return load_config(config, list(overrides or []))
+
+
+def train(config: Config | str | Path | dict | None = None, *, overrides: Sequence[str] | None = None,
+          run_dir: str | Path | None = None, resume: str | Path | None = None,
+          callbacks: Sequence[Callback] = (), evaluate_split: str | None = None) -> Run:
+    """Train a model and return its :class:`~medcls.runs.Run`.
+
+    ``config`` is a :class:`Config`, a YAML path, a dict or None (defaults);
+    ``overrides`` are ``a.b=value`` strings. ``resume`` continues an existing
+    run from its ``last`` checkpoint (only ``train.*`` overrides such as a larger
+    ``train.epochs`` are allowed then). ``evaluate_split`` evaluates the best
+    checkpoint on that split afterwards.
+    """
+    if resume is not None:
+        prev = load_run(resume)
+        bad = [o for o in (overrides or []) if not o.startswith("train.")]
+        if bad or config is not None:
+            raise ConfigError(f"--resume continues {resume} with its saved config; only train.* overrides are allowed, got {bad or config}")
+        cfg = build_config(prev.config.to_dict(), list(overrides or []))
+        last = prev.checkpoint_path("last")
+        if not last.is_file():
+            raise RunError(f"{resume} has no last checkpoint to resume from")
+    else:
+        cfg = _as_config(config, overrides)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        data = load_data(cfg.data)
+        pre = resolve_preprocess(cfg, data)
+        torch.manual_seed(cfg.seed)
+        model, stem = build_model(cfg, data, pre)
+        if resume is not None:
+            path = Path(resume)
+        else:
+            path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
+            path = Path(broadcast_object(str(path) if path else None, dist))
+        summary = {"splits": data.summary(), "notes": data.notes, "stem": stem, "source": cfg.data.source}
+        if dist.is_main:
+            write_run_files(path, cfg, data.spec, pre, summary)
+            atomic_write_json(path / ("env.json" if resume is None else "env.resume.json"),
+                              environment(str(device), dist.world_size))
+            log.info("run directory: %s", path)
+            for s, v in summary["splits"].items():
+                log.info("%-5s %5d images  %s", s, v["n"], v["per_class"])
+        trainer = Trainer(cfg, data, model, Preprocess(pre), path, device=device, dist=dist, callbacks=callbacks)
+        if resume is not None:
+            trainer.resume(path / "checkpoints" / "last.safetensors")
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`", path)
+            raise
+    finally:
+        cleanup(dist)
+    run = load_run(path)
+    if evaluate_split and dist.is_main:
+        evaluate(run, split=evaluate_split, data=data)
+    return run
+
+
+def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "best", device: str = "auto",
+             data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on ``split``; writes ``eval-<split>/`` and returns the metrics."""
+    from .evaluate import evaluate_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    return evaluate_run(run, split, checkpoint=checkpoint, device=resolve_device(device), data=data, out_dir=out_dir)
+
+
+def predict(run: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto") -> list[dict[str, Any]]:
+    """Class probabilities for image files (paths) or arrays, with the run's own preprocessing."""
+    from .inference import RunPredictor
+
+    run = run if isinstance(run, Run) else load_run(run)
+    return RunPredictor(run, checkpoint=checkpoint, device=resolve_device(device)).predict(images)

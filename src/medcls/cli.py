@@ -1,0 +1,182 @@
+"""Command line: ``medcls train | evaluate | predict | models | datasets``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import MedclsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Medical image classification: train, evaluate, predict.")
+
+Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: --set train.epochs=5 (repeatable).")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("medcls")
+    root.handlers[:] = [h]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    for name in ("medcls.data", "medcls.models"):
+        logging.getLogger(name).propagate = True
+
+
+def _print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols: list[str] = []
+    for r in rows.values():
+        cols += [c for c in r if c not in cols]
+    table = Table(title=title)
+    table.add_column("split")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, *[(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols])
+    Console().print(table)
+
+
+SUMMARY = ("auc", "accuracy", "sensitivity", "specificity")
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (defaults when omitted).")] = None,
+    sets: Sets = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where datasets are looked up (then $MEDCLS_DATA_DIR, then ./data).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Exact run directory (must not exist). Default: runs/<name>-<time>.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate the best checkpoint on eval.split afterwards.")] = True,
+) -> None:
+    """Train a classifier; writes a run directory and prints the evaluation summary."""
+    from . import api
+
+    overrides = list(sets or [])
+    if data_dir:
+        overrides.append(f"data.data_dir={data_dir}")
+    run = api.train(config, overrides=overrides, run_dir=run_dir, resume=resume,
+                    evaluate_split=None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    rows = {"val (best epoch)": {k: v for k, v in run.metrics().get("train", {}).get("val", {}).items()
+                                 if k.removeprefix("val_") in SUMMARY and k.startswith("val_")}}
+    rows = {"val (best epoch)": {k.removeprefix("val_"): v for k, v in rows["val (best epoch)"].items()}}
+    if evaluate:
+        m = api.evaluate(run, split=run.config.eval.split)
+        rows[run.config.eval.split] = {k: m[k] for k in SUMMARY if k in m}
+    _print_table(f"{run.spec.name} · {run.config.model.name}", rows)
+    typer.echo(f"run written to {run.path}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")],
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Evaluate a run on a split: metrics.json, predictions.csv and curves under RUN_DIR/eval-SPLIT/."""
+    from . import api
+
+    m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device)
+    from .evaluate import headline
+
+    _print_table(f"{run_dir} · {split} (n={m['n']})", {split: headline(m)})
+    typer.echo(f"written to {Path(run_dir) / f'eval-{split}'}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, TIFF, BMP; 8- or 16-bit).")],
+    csv: Annotated[Path | None, typer.Option(help="Also write the probabilities to this CSV file.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Print class probabilities (and the predicted class) for each image."""
+    from . import api
+
+    results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device)
+    names = list(results[0]["probabilities"]) if results else []
+    typer.echo("\t".join(["file", *names, "predicted"]))
+    for r in results:
+        pred = r["predicted"] if isinstance(r["predicted"], str) else ",".join(r["predicted"])
+        typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), pred]))
+    if csv:
+        import pandas as pd
+
+        from .utils import atomic_write_text
+
+        rows = [{"file": r["file"], **{f"prob_{k}": v for k, v in r["probabilities"].items()},
+                 "predicted": r["predicted"]} for r in results]
+        atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
+        typer.echo(f"written to {csv}")
+
+
+@app.command()
+def models(pattern: Annotated[str, typer.Argument(help="Glob over timm model names, e.g. '*resnet*'.")] = "*") -> None:
+    """List the timm architectures medcls can train (any timm name works)."""
+    from .models.factory import match_models
+
+    names = match_models(pattern)
+    if not names:
+        raise MedclsError(f"no timm model matches {pattern!r}; try a wider glob such as '*{pattern.strip('*')[:3]}*'")
+    for n in names:
+        typer.echo(n)
+    typer.echo(f"{len(names)} models", err=True)
+
+
+@app.command()
+def datasets() -> None:
+    """List data source kinds and the built-in MedMNIST datasets."""
+    from .data.medmnist_info import INFO
+    from .data.sources import SOURCES
+
+    typer.echo("Source kinds (data.source: 'kind:argument'):")
+    for name, doc in SOURCES.items():
+        typer.echo(f"  {name:<10} {doc}")
+    typer.echo("\nMedMNIST datasets (data.source: medmnist:<name>, data.options.size: 28|64|128|224):")
+    for flag, info in INFO.items():
+        n = info["n_samples"]
+        typer.echo(f"  {flag:<15} {info['task']:<10} {len(info['labels']):>2} classes  {info['channels']} ch  "
+                   f"{n['train']}/{n['val']}/{n['test']}  {info.get('license', '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors become one clear line on stderr and exit status 2."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    _setup_logging()
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedclsError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except FloatingPointError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 1
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Typed configuration: pydantic models loaded from YAML with dotted ``--set`` overrides.
+
+Unknown keys and bad values raise :class:`~medcls.errors.ConfigError` naming the
+key, what was expected, what came, and a did-you-mean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, did_you_mean
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("medmnist:pneumoniamnist", description="'kind:argument', e.g. medmnist:pneumoniamnist, folder:/data/chest_xray, csv:/data/labels.csv, hdf5:/data/pcam")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the source (see `medcls datasets`).")
+    data_dir: str | None = Field(None, description="Where datasets are looked up/downloaded (then $MEDCLS_DATA_DIR, then ./data).")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of train used for validation when the source has no (or a tiny) val split.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for test when the source has no test split.")
+    min_val_size: int = Field(32, ge=0, description="A source val split smaller than this is rebuilt from train.")
+    split_seed: int = Field(0, ge=0)
+    positive_class: str | None = Field(None, description="Binary tasks: the class name treated as positive (default: the second class).")
+    strict: bool = Field(False, description="Fail on unreadable images instead of warning and skipping them.")
+    cache: Literal["auto", "on", "off"] = Field("auto", description="Keep preprocessed images in memory (auto: when they fit in 2 GiB).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many samples per split (smoke tests).")
+
+
+class TransformConfig(_Section):
+    preset: Literal["xray", "histology", "generic"] = "xray"
+    image_size: int | None = Field(None, ge=8, le=4096, description="Square input size; default: the dataset's native size when <= 64, else the model's.")
+    clahe: bool = Field(False, description="Contrast-limited adaptive histogram equalisation (x-ray).")
+    clahe_clip: float = Field(2.0, gt=0)
+    strength: float = Field(1.0, ge=0, le=3, description="Scales every augmentation magnitude; 0 disables augmentation.")
+
+
+class ModelConfig(_Section):
+    name: str = "resnet18"
+    pretrained: bool = False
+    weights: str | None = Field(None, description="Local .safetensors weights to load into the backbone.")
+    in_chans: int | None = Field(None, ge=1, le=4, description="Model input channels (default: the dataset's).")
+    stem: Literal["auto", "default", "small", "tiny"] = Field(
+        "auto", description="ResNet stem for small inputs. small: 3x3 stride-1 conv + max-pool (/2); "
+        "tiny: 3x3 stride-1, no max-pool (full resolution, ~4x the compute); auto: small when the input is <= 64 px.")
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    freeze_backbone: bool = False
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0, le=10)
+    backbone_lr_scale: float = Field(1.0, ge=0, le=10, description="Backbone LR = lr x this (head uses lr).")
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "onecycle", "step", "none"] = "onecycle"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    loss: Literal["auto", "ce", "focal", "bce"] = "auto"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    sampler: Literal["random", "balanced"] = "random"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    monitor: str = Field("auc", description="Validation metric used for best checkpoint and early stopping.")
+    early_stopping_patience: int | None = Field(None, ge=1)
+    head_only_epochs: int = Field(0, ge=0, description="Two-stage schedule: train only the head for this many epochs first.")
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    channels_last: bool = True
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: int = Field(256, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1, description="Binary decision threshold on the positive-class probability.")
+    checkpoint: Literal["best", "last"] = "best"
+
+
+class Config(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    transforms: TransformConfig = Field(default_factory=TransformConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.train.loss == "bce" and self.train.sampler == "balanced":
+            raise ValueError("train.sampler=balanced is not defined for multilabel (bce) training")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _section_fields(model: type[BaseModel], path: list[str]) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk ``path`` through nested models; return the innermost model class and valid keys."""
+    cls: type[BaseModel] | None = model
+    for key in path:
+        if cls is None:
+            return None, []
+        field = cls.model_fields.get(key)
+        ann = field.annotation if field else None
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return cls, list(cls.model_fields) if cls else []
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            parent, valid = _section_fields(Config, loc[:-1])
+            if parent is None:  # free-form dict (e.g. data.options) never forbids
+                valid = []
+            prefix = ".".join(loc[:-1]) + "." if len(loc) > 1 else ""
+            lines.append(
+                f"unknown key {key!r}.{did_you_mean(key, [prefix + v for v in valid])}"
+                + (f" Valid keys here: {', '.join(valid)}." if valid else "")
+            )
+        else:
+            got = e.get("input")
+            got_s = repr(got) if not isinstance(got, dict) else "a mapping"
+            lines.append(f"{key or 'config'}: {e['msg']} (got {got_s})")
+    return "Invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is read as YAML (``5`` -> int, ``[1,2]`` -> list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE such as train.epochs=5, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set expects a dotted key such as train.epochs, got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(path[: depth + 1])!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
+    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file not found: {p} (expected a YAML file such as configs/pneumoniamnist.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file {p} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+    return build_config(raw, overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

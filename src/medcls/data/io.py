@@ -1,0 +1,63 @@
+"""Reading images from disk or bytes into numpy arrays, keeping 16-bit precision."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def _from_pil(img, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint16:
+            if arr.min() < 0 or arr.max() > 65535:
+                raise DataError(f"{name}: 32-bit integer image with values outside 0..65535")
+            arr = arr.astype(np.uint16)
+        return arr
+    if mode == "F":
+        raise DataError(f"{name}: floating-point images are not supported (expected 8- or 16-bit)")
+    if mode in ("P", "PA"):  # palette: gray if the palette is gray, else RGB
+        rgb = np.asarray(img.convert("RGB"))
+        gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+        return np.ascontiguousarray(rgb[..., 0]) if gray else rgb
+    if mode in ("1", "L", "LA"):
+        arr = np.asarray(img.convert("L"))
+        return arr
+    if mode in ("RGBA", "RGBa"):
+        return np.asarray(img.convert("RGBA"))[..., :3]
+    return np.asarray(img.convert("RGB"))
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes (PNG/JPEG/TIFF/BMP/...) into (H, W) or (H, W, 3) uint8/uint16."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise DataError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            return _from_pil(img, name)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into (H, W) or (H, W, 3), uint8 or uint16. Raises DataError if unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image not found: {p}")
+    return decode_image(p.read_bytes(), str(p))

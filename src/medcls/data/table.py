@@ -1,0 +1,134 @@
+"""Image tables: one split of a dataset as (image loader, labels, ids, groups).
+
+A table never holds more than it must: :class:`ArrayTable` wraps arrays already
+in memory (MedMNIST), :class:`FileTable` reads image files on demand and
+:class:`H5Table` reads single rows of an HDF5 dataset lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+class ImageTable:
+    """Base class. ``labels`` is ``(N,)`` int64 class indices or ``(N, K)`` float32 multi-hot."""
+
+    labels: np.ndarray
+    ids: list[str]
+    groups: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> np.ndarray:
+        """Return image ``i`` as (H, W) or (H, W, C), uint8 or uint16."""
+        raise NotImplementedError
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> ImageTable:
+        raise NotImplementedError
+
+    def describe(self, i: int) -> str:
+        return self.ids[i]
+
+    def _sub(self, idx: np.ndarray) -> dict:
+        return {
+            "labels": self.labels[idx],
+            "ids": [self.ids[j] for j in idx],
+            "groups": None if self.groups is None else self.groups[idx],
+        }
+
+
+def _check_lengths(n: int, ids: Sequence[str], groups: np.ndarray | None) -> None:
+    if len(ids) != n:
+        raise DataError(f"got {len(ids)} ids for {n} labels")
+    if groups is not None and len(groups) != n:
+        raise DataError(f"got {len(groups)} group ids for {n} labels")
+
+
+class ArrayTable(ImageTable):
+    """Images held in memory as one ``(N, H, W[, C])`` array."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: Sequence[str] | None = None,
+                 groups: np.ndarray | None = None) -> None:
+        if len(images) != len(labels):
+            raise DataError(f"got {len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.ids = list(ids) if ids is not None else [f"#{i}" for i in range(len(images))]
+        self.groups = groups
+        _check_lengths(len(self.labels), self.ids, groups)
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def subset(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        return ArrayTable(self.images[idx], **self._sub(idx))
+
+
+class FileTable(ImageTable):
+    """Images stored as files (PNG, JPEG, TIFF, BMP ...), read on demand."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, ids: Sequence[str] | None = None,
+                 groups: np.ndarray | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels)
+        if len(self.paths) != len(self.labels):
+            raise DataError(f"got {len(self.paths)} paths but {len(self.labels)} labels")
+        self.ids = list(ids) if ids is not None else [str(p) for p in self.paths]
+        self.groups = groups
+        _check_lengths(len(self.labels), self.ids, groups)
+
+    def load(self, i: int) -> np.ndarray:
+        from .io import read_image
+
+        return read_image(self.paths[i])
+
+    def subset(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        return FileTable([self.paths[j] for j in idx], **self._sub(idx))
+
+
+class H5Table(ImageTable):
+    """Rows of an HDF5 image dataset, opened lazily (once per process) and read one at a time."""
+
+    def __init__(self, path: str | Path, key: str, rows: np.ndarray, labels: np.ndarray,
+                 ids: Sequence[str] | None = None, groups: np.ndarray | None = None) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.asarray(labels)
+        if len(self.rows) != len(self.labels):
+            raise DataError(f"got {len(self.rows)} rows but {len(self.labels)} labels")
+        self.ids = list(ids) if ids is not None else [f"{self.path.name}[{r}]" for r in self.rows]
+        self.groups = groups
+        _check_lengths(len(self.labels), self.ids, groups)
+        self._file = None
+        self._pid = None
+
+    def _dataset(self):
+        import os
+
+        import h5py
+
+        if self._file is None or self._pid != os.getpid():  # reopen after fork (DataLoader workers)
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file[self.key]
+
+    def load(self, i: int) -> np.ndarray:
+        return np.asarray(self._dataset()[int(self.rows[i])])
+
+    def subset(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        return H5Table(self.path, self.key, self.rows[idx], **self._sub(idx))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state

@@ -1,0 +1,193 @@
+"""Evaluation plots written as PNG files: ROC, precision-recall, confusion matrix, history.
+
+Every function takes the output path first, writes the figure, closes it and
+returns the path. Matplotlib runs on the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..errors import ConfigError, DataError, did_you_mean
+from ..metrics.classification import TASKS
+
+_DPI = 120
+
+
+def _curves(y_true: Any, probs: Any, *, task: str, class_names: Sequence[str],
+            positive_index: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, binary labels, scores) for each curve to draw, one-vs-rest for multi-class."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}."
+                          + did_you_mean(task, TASKS))
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true)
+    names = [str(c) for c in class_names]
+    if p.ndim != 2 or p.shape[1] != len(names):
+        raise DataError(f"expected probs of shape (N, {len(names)}), got {tuple(p.shape)}")
+    if task == "multilabel":
+        if y.shape != p.shape:
+            raise DataError(f"expected y_true of shape {tuple(p.shape)}, got {tuple(y.shape)}")
+        return [(names[k], y[:, k].astype(bool), p[:, k]) for k in range(len(names))]
+    if y.shape != (len(p),):
+        raise DataError(f"expected y_true of shape ({len(p)},), got {tuple(y.shape)}")
+    if task == "binary":
+        pos = 1 if positive_index is None else int(positive_index)
+        if not 0 <= pos < len(names):
+            raise DataError(f"positive_index {positive_index} is out of range for {len(names)} classes")
+        return [(names[pos], y == pos, p[:, pos])]
+    return [(names[k], y == k, p[:, k]) for k in range(len(names))]
+
+
+def _colors(n: int) -> list[Any]:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _legend(ax: Any, n: int) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right" if n <= 6 else "center left",
+                  bbox_to_anchor=None if n <= 6 else (1.02, 0.5), fontsize=8 if n > 6 else 9)
+
+
+def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
+             class_names: Sequence[str], positive_index: int | None = None) -> Path:
+    """ROC curve(s) with AUC in the legend and the chance diagonal.
+
+    Binary: one curve for the positive class; multiclass: one-vs-rest per
+    class; multilabel: one per label. Curves with a single class present are skipped.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    curves = _curves(y_true, probs, task=task, class_names=class_names, positive_index=positive_index)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for (name, y, s), color in zip(curves, _colors(len(curves)), strict=True):
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+           ylabel="True positive rate (sensitivity)", title="ROC curve")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(curves) + 1)
+    return _save(fig, path)
+
+
+def plot_pr(path: str | Path, y_true: Any, probs: Any, *, task: str,
+            class_names: Sequence[str], positive_index: int | None = None) -> Path:
+    """Precision-recall curve(s) with AP in the legend and the prevalence baseline.
+
+    The baseline (precision of a random classifier) is drawn dotted in the
+    colour of its curve. Curves without positives are skipped.
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    curves = _curves(y_true, probs, task=task, class_names=class_names, positive_index=positive_index)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for (name, y, s), color in zip(curves, _colors(len(curves)), strict=True):
+        if not y.any():
+            continue
+        precision, recall, _ = precision_recall_curve(y, s)
+        prevalence = float(y.mean())
+        ax.step(recall, precision, where="post", color=color, lw=1.6,
+                label=f"{name} (AP {average_precision_score(y, s):.3f}, prev. {prevalence:.2f})")
+        ax.axhline(prevalence, ls=":", color=color, lw=1, alpha=0.7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)",
+           ylabel="Precision (PPV)", title="Precision-recall curve")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(curves))
+    return _save(fig, path)
+
+
+def plot_confusion(path: str | Path, cm: Any, class_names: Sequence[str], *,
+                   normalize: bool = False) -> Path:
+    """Confusion matrix heat map (rows = true class), every cell annotated with its count.
+
+    With ``normalize=True`` colours and the first number show the row fraction
+    (recall per class), with the count in brackets below.
+    """
+    counts = np.asarray(cm)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise DataError(f"expected cm of shape ({k}, {k}) for {k} class names, got {tuple(counts.shape)}")
+    rows = counts.sum(1, keepdims=True)
+    values = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0) if normalize else counts
+    size = max(4.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(int(counts.max()), 1))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    threshold = (1 if normalize else max(int(counts.max()), 1)) / 2
+    fontsize = 9 if k <= 10 else 7
+    for i in range(k):
+        for j in range(k):
+            text = f"{values[i, j]:.2f}\n({int(counts[i, j])})" if normalize else str(int(counts[i, j]))
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                    color="white" if values[i, j] > threshold else "black")
+    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45, ha="right")
+    ax.set_yticks(range(k), [str(c) for c in class_names])
+    ax.set(xlabel="Predicted class", ylabel="True class",
+           title="Confusion matrix" + (" (row-normalised)" if normalize else ""))
+    return _save(fig, path)
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for the rows where ``key`` holds a finite number."""
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            xs.append(float(row.get("epoch", i)))
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_history(path: str | Path, history_rows: Sequence[Mapping[str, Any]], *,
+                 metrics: Sequence[str] | None = None) -> Path:
+    """Training curves: train/val loss (left) and validation metrics (right) per epoch.
+
+    ``history_rows`` is a list of dicts with ``epoch``, ``train_loss``,
+    ``val_loss`` and metric keys such as ``val_auc``. ``metrics`` picks the
+    keys for the right panel (default: every numeric ``val_*`` key except
+    ``val_loss``). Missing or non-finite values are skipped.
+    """
+    rows = list(history_rows)
+    if not rows:
+        raise DataError("history is empty: nothing to plot")
+    if metrics is None:
+        keys = {k for row in rows for k in row if k.startswith("val_") and k != "val_loss"}
+        metrics = sorted(k for k in keys if _series(rows, k)[0])
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
+        xs, ys = _series(rows, key)
+        if xs:
+            ax_loss.plot(xs, ys, style, ms=3, label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    for key, color in zip(metrics, _colors(len(metrics)), strict=True):
+        xs, ys = _series(rows, key)
+        if xs:
+            ax_metric.plot(xs, ys, "-o", ms=3, color=color, label=key)
+    ax_metric.set(xlabel="epoch", ylabel="value", title="Validation metrics")
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,98 @@
+"""Deterministic preprocessing: array -> float32 tensor (C, S, S) in [0, 1]."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to turn a decoded image into the model's input tensor.
+
+    Stored in every run (and bundle) so that all consumers agree.
+    """
+
+    size: int
+    in_chans: int
+    clahe: bool = False
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+    intensity: str = "dtype"  # uint8 -> /255; uint16 -> per-image min-max
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        return cls(**d)
+
+
+def _clahe(img: np.ndarray, clip: float, grid: int) -> np.ndarray:
+    import cv2
+
+    op = cv2.createCLAHE(clipLimit=clip, tileGridSize=(grid, grid))
+    if img.ndim == 2:
+        return op.apply(img)
+    if img.dtype != np.uint8:  # CLAHE on the luminance of a 16-bit RGB image: use gray
+        raise DataError("CLAHE on 16-bit colour images is not supported; convert to gray (model.in_chans=1)")
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = op.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def _to_unit(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        lo, hi = float(img.min()), float(img.max())
+        return (img.astype(np.float32) - lo) / max(hi - lo, 1.0)
+    if img.dtype == bool:
+        return img.astype(np.float32)
+    raise DataError(f"expected a uint8 or uint16 image, got {img.dtype}")
+
+
+class Preprocess:
+    """Callable: (H, W) / (H, W, C) uint8|uint16 array -> (in_chans, size, size) float32 tensor in [0, 1].
+
+    Steps: RGBA -> RGB, colour <-> gray as the model needs, optional CLAHE,
+    scale to [0, 1], antialiased bilinear resize to ``size`` x ``size``.
+    """
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        cfg = self.cfg
+        img = np.asarray(img)
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim == 3 and img.shape[-1] == 4:
+            img = img[..., :3]
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+            raise DataError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
+        if min(img.shape[:2]) < 2:
+            raise DataError(f"image too small: {img.shape[:2]}")
+        if img.ndim == 3 and cfg.in_chans == 1:
+            gray = img.astype(np.float32) @ _LUMA
+            img = np.clip(np.rint(gray), 0, np.iinfo(img.dtype).max).astype(img.dtype)
+        if cfg.clahe:
+            img = _clahe(np.ascontiguousarray(img), cfg.clahe_clip, cfg.clahe_grid)
+        x = torch.from_numpy(np.ascontiguousarray(_to_unit(img)))
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+        if x.shape[0] == 1 and cfg.in_chans == 3:
+            x = x.expand(3, -1, -1)
+        elif x.shape[0] not in (cfg.in_chans,):
+            raise DataError(f"cannot feed a {x.shape[0]}-channel image to a {cfg.in_chans}-channel model")
+        if x.shape[1:] != (cfg.size, cfg.size):
+            x = F.interpolate(x.unsqueeze(0), size=(cfg.size, cfg.size), mode="bilinear",
+                              antialias=True, align_corners=False)[0].clamp_(0, 1)
+        return x.contiguous()

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real PneumoniaMNIST file, tiny configs, offline hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES = [ROOT / "data" / "pneumoniamnist.npz", ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"]
+
+
+def find_pneumonia() -> Path | None:
+    env = os.environ.get("MEDCLS_DATA_DIR")
+    cands = ([Path(env) / "pneumoniamnist.npz"] if env else []) + CANDIDATES
+    return next((p.resolve() for p in cands if p.is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def pneumonia_npz() -> Path:
+    p = find_pneumonia()
+    if p is None:
+        pytest.skip("pneumoniamnist.npz not found (run `make data` or set MEDCLS_DATA_DIR)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def pneumonia_arrays(pneumonia_npz) -> dict[str, np.ndarray]:
+    with np.load(pneumonia_npz) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture
+def tiny_cfg(pneumonia_npz, tmp_path) -> dict:
+    """A config that trains ResNet-18 on 96 real PneumoniaMNIST images per split in seconds."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 96},
+        "model": {"name": "resnet18", "stem": "default"},
+        "train": {"epochs": 2, "batch_size": 32, "progress": False, "warmup_epochs": 0.5},
+        "eval": {"batch_size": 64},
+    }

@@ -1,0 +1,117 @@
+"""Trainer behaviour on tiny real data: resume equivalence, checkpoints, options."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medcls import load_run, train
+from medcls.engine.checkpoint import load_checkpoint
+from medcls.errors import ConfigError, RunError
+
+
+def _history(run) -> list[dict]:
+    with open(run.path / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(run, which="last", prefix="model/"):
+    tensors, meta = load_checkpoint(run.checkpoint_path(which))
+    return {k: v for k, v in tensors.items() if k.startswith(prefix)}, meta
+
+
+def test_train_writes_complete_run(tiny_cfg):
+    run = train(tiny_cfg)
+    for f in ("config.yaml", "env.json", "data.json", "history.csv", "metrics.json",
+              "checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/best.json"):
+        assert (run.path / f).is_file(), f
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0 <= float(r["val_auc"]) <= 1 for r in rows)
+    env = json.loads((run.path / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    m = run.metrics()["train"]
+    assert m["best_epoch"] in (1, 2) and m["monitor"] == "auc"
+    # the checkpoint is safetensors with metadata, never a pickle
+    assert (run.path / "checkpoints/last.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\n"
+    _, meta = _weights(run)
+    assert meta["epoch"] == 1 and len(meta["history"]) == 2
+
+
+def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
+    cfg = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 3, "ema": True}}
+    full = train(cfg, run_dir=tmp_path / "full")
+
+    def stop_after_two(trainer, epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir=tmp_path / "part", callbacks=[stop_after_two])
+    part = load_run(tmp_path / "part")
+    _, meta = _weights(part)
+    assert meta["epoch"] == 1  # two epochs done
+    resumed = train(resume=part.path)
+    a, _ = _weights(full, prefix="")
+    b, _ = _weights(resumed, prefix="")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    hist_full = _history(full)
+    hist_res = _history(resumed)
+    assert [r["train_loss"] for r in hist_full] == [r["train_loss"] for r in hist_res]
+
+
+def test_resume_rejects_non_train_overrides_and_missing_runs(tiny_cfg, tmp_path):
+    with pytest.raises(RunError, match="not found"):
+        train(resume=tmp_path / "nope")
+    run = train({**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}})
+    with pytest.raises(ConfigError, match="only train"):
+        train(resume=run.path, overrides=["model.name=resnet34"])
+    more = train(resume=run.path, overrides=["train.epochs=2"])
+    assert len(_history(more)) == 2
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_cfg, tmp_path):
+    d = tmp_path / "taken"
+    d.mkdir()
+    (d / "precious.txt").write_text("keep me")
+    with pytest.raises(RunError, match="already exists"):
+        train(tiny_cfg, run_dir=d)
+    assert (d / "precious.txt").read_text() == "keep me"
+    assert not (d / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.loss=focal", "train.class_weights=balanced", "train.sampler=balanced"],
+    ["train.optimizer=sgd", "train.scheduler=step", "train.step_size=1", "train.clip_grad_norm=1.0",
+     "train.grad_accum_steps=2"],
+    ["train.head_only_epochs=1", "train.scheduler=cosine", "train.monitor=balanced_accuracy",
+     "train.early_stopping_patience=1", "train.epochs=4"],
+    ["model.freeze_backbone=true", "train.amp=bf16", "train.channels_last=false", "train.backbone_lr_scale=0.1"],
+])
+def test_training_options_run(tiny_cfg, overrides):
+    if not any(o.startswith("train.epochs") for o in overrides):
+        overrides = [*overrides, "train.epochs=2"]
+    run = train(tiny_cfg, overrides=overrides)
+    assert run.checkpoint_path("best").is_file()
+    hist = _history(run)
+    assert all(float(r["train_loss"]) > 0 for r in hist)
+
+
+def test_head_only_and_frozen_backbone_keep_backbone_weights(tiny_cfg):
+    run = train(tiny_cfg, overrides=["train.head_only_epochs=2", "train.epochs=2"])
+    init = train(tiny_cfg, overrides=["train.epochs=1", "train.lr=1e-12", "train.head_only_epochs=1"])
+    a, _ = _weights(run)
+    b, _ = _weights(init)
+    # backbone conv weights untouched by head-only epochs (same seed => same init)
+    assert torch.equal(a["model/net.conv1.weight"], b["model/net.conv1.weight"])
+    assert not torch.equal(a["model/net.fc.weight"], b["model/net.fc.weight"])
+
+
+def test_bad_monitor_is_reported_before_training(tiny_cfg):
+    with pytest.raises(ConfigError, match="Did you mean 'auc'"):
+        train(tiny_cfg, overrides=["train.monitor=auk"])
