@@ -29,7 +29,20 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).propagate = True
 
 
-def _print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+def _with_ci(metrics: dict, keys) -> dict[str, str]:
+    """'0.9612 [0.9480, 0.9731]' per metric when a bootstrap CI is present."""
+    ci = metrics.get("ci", {})
+    out = {}
+    for k in keys:
+        v = metrics.get(k)
+        if not isinstance(v, int | float):
+            continue
+        c = ci.get(k) if isinstance(ci, dict) else None
+        out[k] = f"{v:.4f} [{c['low']:.4f}, {c['high']:.4f}]" if isinstance(c, dict) and "low" in c else f"{v:.4f}"
+    return out
+
+
+def _print_table(title: str, rows: dict[str, dict[str, float | str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -55,6 +68,7 @@ def train(
     data_dir: Annotated[str | None, typer.Option(help="Where datasets are looked up (then $MEDCLS_DATA_DIR, then ./data).")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Exact run directory (must not exist). Default: runs/<name>-<time>.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Initialise the model from local .safetensors weights.")] = None,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate the best checkpoint on eval.split afterwards.")] = True,
 ) -> None:
     """Train a classifier; writes a run directory and prints the evaluation summary."""
@@ -63,6 +77,8 @@ def train(
     overrides = list(sets or [])
     if data_dir:
         overrides.append(f"data.data_dir={data_dir}")
+    if weights:
+        overrides.append(f"model.weights={weights}")
     run = api.train(config, overrides=overrides, run_dir=run_dir, resume=resume,
                     evaluate_split=None)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -72,7 +88,7 @@ def train(
     rows = {"val (best epoch)": {k.removeprefix("val_"): v for k, v in rows["val (best epoch)"].items()}}
     if evaluate:
         m = api.evaluate(run, split=run.config.eval.split)
-        rows[run.config.eval.split] = {k: m[k] for k in SUMMARY if k in m}
+        rows[f"{run.config.eval.split} (95% CI)"] = _with_ci(m, SUMMARY)
     _print_table(f"{run.spec.name} · {run.config.model.name}", rows)
     typer.echo(f"run written to {run.path}")
 
@@ -88,9 +104,17 @@ def evaluate(
     from . import api
 
     m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device)
-    from .evaluate import headline
+    from .evaluate.evaluator import HEADLINE
 
-    _print_table(f"{run_dir} · {split} (n={m['n']})", {split: headline(m)})
+    rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": _with_ci(m, HEADLINE)}
+    for name, op in (m.get("operating_points") or {}).items():
+        if isinstance(op, dict) and "threshold" in op:
+            keys = [k for k in ("sensitivity", "specificity", "ppv", "npv") if isinstance(op.get(k), dict)]
+            flat = {**{k: op[k]["value"] for k in keys}, "ci": {k: op[k] for k in keys}}
+            rows[f"{name} @ {op['threshold']:.3g}"] = _with_ci(flat, keys)
+    _print_table(f"{run_dir} · {split} (n={m['n']})", rows)
+    for note in m.get("postprocess", {}).get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"written to {Path(run_dir) / f'eval-{split}'}")
 
 
@@ -120,6 +144,40 @@ def predict(
                  "predicted": r["predicted"]} for r in results]
         atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
         typer.echo(f"written to {csv}")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Baseline run directory (A).")],
+    run_b: Annotated[Path, typer.Argument(help="Run directory to compare (B).")],
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    n_resamples: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Difference B − A of AUC and other headline metrics, with a paired bootstrap 95% CI and p-value."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate.compare import compare_runs
+    from .utils import to_json
+
+    res = compare_runs(run_a, run_b, split, n_resamples=n_resamples, seed=seed)
+    table = Table(title=f"B − A on {split} (n={res['n']}, {res['n_resamples']} paired resamples)")
+    for col in ("metric", "A", "B", "B − A", "95% CI", "p"):
+        table.add_column(col, justify="right")
+    for k, v in res.items():
+        if isinstance(v, dict) and "diff" in v and "a" in v:
+            table.add_row(k, f"{v['a']:.4f}", f"{v['b']:.4f}", f"{v['diff']:+.4f}",
+                          f"[{v['low']:+.4f}, {v['high']:+.4f}]", f"{v['p_value']:.4f}")
+    Console().print(table)
+    if "delong_auc" in res:
+        d = res["delong_auc"]
+        typer.echo(f"DeLong test for AUC: diff {d['diff']:+.4f}, z {d['z']:.3f}, p {d['p']:.4f}")
+    out = Path(run_b) / f"compare-{split}.json"
+    from .utils import atomic_write_text
+
+    atomic_write_text(out, to_json(res) + "\n")
+    typer.echo(f"written to {out}")
 
 
 @app.command()

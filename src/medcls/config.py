@@ -40,6 +40,7 @@ class TransformConfig(_Section):
     clahe: bool = Field(False, description="Contrast-limited adaptive histogram equalisation (x-ray).")
     clahe_clip: float = Field(2.0, gt=0)
     strength: float = Field(1.0, ge=0, le=3, description="Scales every augmentation magnitude; 0 disables augmentation.")
+    hflip: bool | None = Field(None, description="Random horizontal flips (default: the preset's choice; off for xray).")
 
 
 class ModelConfig(_Section):
@@ -88,8 +89,14 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     split: Literal["train", "val", "test"] = "test"
     batch_size: int = Field(256, ge=1)
-    threshold: float = Field(0.5, gt=0, lt=1, description="Binary decision threshold on the positive-class probability.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Threshold of the headline metrics (MedMNIST reports ACC at 0.5).")
     checkpoint: Literal["best", "last"] = "best"
+    n_bootstrap: int = Field(2000, ge=0, le=100_000, description="Stratified bootstrap resamples for 95% CIs (0 = no CIs).")
+    calibrate: bool = Field(True, description="Fit temperature scaling on the validation split.")
+    operating_point: Literal["default", "youden", "max_f1", "target_sensitivity", "target_specificity"] = Field(
+        "default", description="Binary decision rule chosen on validation and used by predict.")
+    target_sensitivity: float = Field(0.95, gt=0, le=1)
+    target_specificity: float = Field(0.95, gt=0, le=1)
 
 
 class Config(_Section):

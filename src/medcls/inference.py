@@ -25,6 +25,12 @@ class RunPredictor:
         self.model, _ = run.build_model(checkpoint, device=str(self.device))
         self.preprocess = run.preprocess
         self.batch_size = batch_size
+        from .evaluate.clinical import load_postprocess
+
+        post = load_postprocess(run.path) or {}
+        self.temperature = float(post.get("temperature", 1.0))
+        self.threshold = float(post.get("threshold", run.config.eval.threshold))
+        self.operating_point = post.get("selected", "default")
 
     def _load(self, item: Any) -> tuple[str, np.ndarray]:
         if isinstance(item, str | Path):
@@ -37,12 +43,12 @@ class RunPredictor:
     def predict(self, images: Sequence[Any]) -> list[dict[str, Any]]:
         spec = self.run.spec
         names = list(spec.class_names)
-        thr = self.run.config.eval.threshold
+        thr = self.threshold
         results = []
         for start in range(0, len(images), self.batch_size):
             chunk = [self._load(it) for it in images[start : start + self.batch_size]]
             x = torch.stack([self.preprocess(img) for _, img in chunk]).to(self.device)
-            probs = probabilities(self.model(x).float().cpu(), spec.task)
+            probs = probabilities(self.model(x).float().cpu() / self.temperature, spec.task)
             for (name, _), p in zip(chunk, probs, strict=True):
                 r: dict[str, Any] = {"file": name, "probabilities": dict(zip(names, map(float, p), strict=True))}
                 if spec.task == "multilabel":
@@ -51,7 +57,9 @@ class RunPredictor:
                     pos = spec.positive_index
                     r["predicted"] = names[pos] if p[pos] >= thr else names[1 - pos]
                     r["threshold"] = thr
+                    r["operating_point"] = self.operating_point
                 else:
                     r["predicted"] = names[int(p.argmax())]
+                r["temperature"] = self.temperature
                 results.append(r)
         return results

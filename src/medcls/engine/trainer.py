@@ -104,7 +104,7 @@ class Trainer:
                                      num_workers=cfg.data.num_workers)
         self.val_batches = Batches(data.val, preprocess, batch_size=cfg.eval.batch_size, cache=cfg.data.cache,
                                    num_workers=cfg.data.num_workers)
-        self.augment = build_augment(cfg.transforms.preset, cfg.transforms.strength)
+        self.augment = build_augment(cfg.transforms.preset, cfg.transforms.strength, cfg.transforms.hflip)
         w = class_weights(data.train.labels, data.spec.num_classes, t.class_weights)
         self.criterion = build_loss(t.loss, self.task, weights=w, label_smoothing=t.label_smoothing,
                                     focal_gamma=t.focal_gamma).to(device)

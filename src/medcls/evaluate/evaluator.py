@@ -1,4 +1,9 @@
-"""Evaluate a run on a split: metrics.json, predictions.csv and plots under ``eval-<split>/``."""
+"""Evaluate a run on a split: metrics with CIs, operating points, calibration, predictions, plots.
+
+Temperature and operating points are fitted on the validation split (never on
+the split being evaluated, unless that split *is* val, which is then flagged)
+and stored in ``RUN_DIR/postprocess.json`` for ``predict``.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ import torch
 
 from ..data.sources import LoadedData, load_data
 from ..engine.loader import Batches
-from ..engine.predict import predict_logits, probabilities
-from ..metrics import compute_metrics
+from ..engine.predict import predict_logits
+from ..metrics import apply_thresholds, bootstrap_ci, calibration_report, compute_metrics, delong_auc_ci
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
+from .clinical import fit_postprocess, save_postprocess, scale_probs
 
 log = logging.getLogger("medcls")
 
@@ -29,7 +35,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, class_names: list[str], task: str,
-                      threshold: float, positive_index: int | None) -> pd.DataFrame:
+                      threshold: float, positive_index: int | None, decision_threshold: float | None = None) -> pd.DataFrame:
     df = pd.DataFrame({"id": ids})
     if task == "multilabel":
         for j, c in enumerate(class_names):
@@ -48,37 +54,86 @@ def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, cla
         pred = probs.argmax(1)
     df["predicted"] = [class_names[i] for i in pred]
     df["correct"] = df["predicted"] == df["label"]
+    if task == "binary" and decision_threshold is not None:
+        df["decision"] = [class_names[i] for i in np.where(probs[:, pos] >= decision_threshold, pos, neg)]
     return df
+
+
+def _logits(run: Run, table, device: torch.device) -> np.ndarray:
+    model, _ = run.build_model(run.config.eval.checkpoint, device=str(device))
+    batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
+                      num_workers=run.config.data.num_workers)
+    return predict_logits(model, batches, device)
 
 
 def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
                  data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
-    from .plots import plot_confusion, plot_history, plot_pr, plot_roc
+    from .plots import plot_confusion, plot_history, plot_pr, plot_reliability, plot_roc
 
     device = device or torch.device("cpu")
-    cfg, spec = run.config, run.spec
+    cfg, spec, ev = run.config, run.spec, run.config.eval
+    if checkpoint != ev.checkpoint:
+        cfg = cfg.model_copy(update={"eval": ev.model_copy(update={"checkpoint": checkpoint})})
+        run = Run(run.path, cfg, run.spec, run.preprocess_cfg, run.data_summary)
+        ev = cfg.eval
     data = data or load_data(cfg.data)
     table = data.split(split)
-    model, meta = run.build_model(checkpoint, device=str(device))
-    batches = Batches(table, run.preprocess, batch_size=cfg.eval.batch_size, cache="off",
-                      num_workers=cfg.data.num_workers)
-    logits = predict_logits(model, batches, device)
-    probs = probabilities(logits, spec.task)
+    if not run.checkpoint_path(checkpoint).is_file():
+        from ..errors import RunError
+
+        raise RunError(f"{run.path} has no {checkpoint} checkpoint (was training interrupted before epoch 1 ended?)")
+    names, task, pos = list(spec.class_names), spec.task, spec.positive_index
+
+    val_logits = _logits(run, data.val, device)
+    post = fit_postprocess(task, val_logits, np.asarray(data.val.labels), positive_index=pos,
+                           operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
+                           target_specificity=ev.target_specificity, calibrate=ev.calibrate)
+    post["checkpoint"] = checkpoint
+    save_postprocess(run.path, post)
+    logits = val_logits if split == "val" else _logits(run, table, device)
+    T = post["temperature"]
+    probs = scale_probs(logits, task, T)
     labels = np.asarray(table.labels)
-    names = list(spec.class_names)
-    thr = cfg.eval.threshold
-    metrics = compute_metrics(spec.task, labels, probs, class_names=names, positive_index=spec.positive_index,
-                              threshold=thr)
-    metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": meta.get("epoch"), "n": len(labels), **metrics}
+    thr = ev.threshold
+    metrics = compute_metrics(task, labels, probs, class_names=names, positive_index=pos, threshold=thr)
+    ckpt_meta = json.loads(run.checkpoint_path(checkpoint).with_suffix(".json").read_text())
+    metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": ckpt_meta.get("epoch"),
+               "n": len(labels), **metrics}
+    if ev.n_bootstrap:
+        metrics["ci"] = bootstrap_ci(task, labels, probs, class_names=names, positive_index=pos, threshold=thr,
+                                     n_resamples=ev.n_bootstrap, seed=cfg.seed)
+    if task == "binary":
+        y = labels == pos
+        if y.any() and (~y).any():
+            metrics["auc_delong"] = delong_auc_ci(y, probs[:, pos])
+        if ev.n_bootstrap and "operating_points" in post:
+            ops = {k: v for k, v in post["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
+            metrics["operating_points"] = apply_thresholds(y, probs[:, pos], ops, n_resamples=ev.n_bootstrap,
+                                                           seed=cfg.seed)
+    try:
+        metrics["calibration"] = calibration_report(labels, logits, task=task, temperature=T)
+    except Exception as e:  # noqa: BLE001 - calibration is a report; never block the evaluation
+        metrics["calibration"] = {"error": str(e)}
+    metrics["postprocess"] = {k: post[k] for k in ("temperature", "calibrated", "selected", "threshold", "notes")
+                              if k in post}
+    if split == "val":
+        metrics["postprocess"]["notes"] = [*post["notes"], "evaluated on the split the temperature and "
+                                           "thresholds were fitted on: optimistic"]
+
     out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
-    df = predictions_frame(table.ids, labels, probs, names, spec.task, thr, spec.positive_index)
+    df = predictions_frame(table.ids, labels, probs, names, task, thr, pos, post.get("threshold"))
     atomic_write_text(out / "predictions.csv", df.to_csv(index=False))
-    plot_roc(out / "roc.png", labels, probs, task=spec.task, class_names=names, positive_index=spec.positive_index)
-    plot_pr(out / "pr.png", labels, probs, task=spec.task, class_names=names, positive_index=spec.positive_index)
+    marks = None
+    if task == "binary" and "operating_points" in post:
+        marks = {k: v["threshold"] for k, v in post["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
+    plot_roc(out / "roc.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
+    plot_pr(out / "pr.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
     if "confusion_matrix" in metrics:
         plot_confusion(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names)
+    if "error" not in metrics["calibration"]:
+        plot_reliability(out / "reliability.png", labels, scale_probs(logits, task, 1.0), probs, task=task)
     hist = run.path / "history.csv"
     if hist.is_file():
         plot_history(out / "history.png", pd.read_csv(hist).to_dict("records"))

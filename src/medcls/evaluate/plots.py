@@ -68,8 +68,24 @@ def _legend(ax: Any, n: int) -> None:
                   bbox_to_anchor=None if n <= 6 else (1.02, 0.5), fontsize=8 if n > 6 else 9)
 
 
+def _mark_points(ax: Any, y: np.ndarray, s: np.ndarray, thresholds: Mapping[str, float] | None, kind: str) -> None:
+    """Mark binary operating points (name -> threshold) on a ROC or PR axis."""
+    if not thresholds or y.all() or not y.any():
+        return
+    markers = "os^vDP*X"
+    for (name, t), m in zip(thresholds.items(), markers * 3, strict=False):
+        pred = s >= t
+        tp, fp = float((pred & y).sum()), float((pred & ~y).sum())
+        sens, fpr = tp / y.sum(), fp / (~y).sum()
+        if kind == "roc":
+            ax.plot(fpr, sens, m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={t:.3g})")
+        elif tp + fp > 0:
+            ax.plot(sens, tp / (tp + fp), m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={t:.3g})")
+
+
 def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
-             class_names: Sequence[str], positive_index: int | None = None) -> Path:
+             class_names: Sequence[str], positive_index: int | None = None,
+             thresholds: Mapping[str, float] | None = None) -> Path:
     """ROC curve(s) with AUC in the legend and the chance diagonal.
 
     Binary: one curve for the positive class; multiclass: one-vs-rest per
@@ -84,6 +100,8 @@ def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
             continue
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+        if task == "binary":
+            _mark_points(ax, y, s, thresholds, "roc")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
            ylabel="True positive rate (sensitivity)", title="ROC curve")
@@ -93,7 +111,8 @@ def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
 
 
 def plot_pr(path: str | Path, y_true: Any, probs: Any, *, task: str,
-            class_names: Sequence[str], positive_index: int | None = None) -> Path:
+            class_names: Sequence[str], positive_index: int | None = None,
+            thresholds: Mapping[str, float] | None = None) -> Path:
     """Precision-recall curve(s) with AP in the legend and the prevalence baseline.
 
     The baseline (precision of a random classifier) is drawn dotted in the
@@ -111,6 +130,8 @@ def plot_pr(path: str | Path, y_true: Any, probs: Any, *, task: str,
         ax.step(recall, precision, where="post", color=color, lw=1.6,
                 label=f"{name} (AP {average_precision_score(y, s):.3f}, prev. {prevalence:.2f})")
         ax.axhline(prevalence, ls=":", color=color, lw=1, alpha=0.7)
+        if task == "binary":
+            _mark_points(ax, y, s, thresholds, "pr")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)",
            ylabel="Precision (PPV)", title="Precision-recall curve")
     ax.grid(alpha=0.3)
@@ -190,4 +211,30 @@ def plot_history(path: str | Path, history_rows: Sequence[Mapping[str, Any]], *,
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(path: str | Path, y_true: Any, probs_before: Any, probs_after: Any, *, task: str,
+                     n_bins: int = 15) -> Path:
+    """Reliability diagram (top-label confidence vs accuracy) before and after temperature scaling."""
+    from ..metrics.calibration import expected_calibration_error, reliability_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    y = np.asarray(y_true)
+    for label, p, color in (("before", probs_before, "tab:red"), ("after", probs_after, "tab:blue")):
+        p = np.asarray(p)
+        if task == "multilabel":  # pool all labels as independent binary predictions
+            yy, pp = y.reshape(-1).astype(int), np.stack([1 - p.reshape(-1), p.reshape(-1)], 1)
+        else:
+            yy, pp = y, p
+        curve = reliability_curve(yy, pp, n_bins=n_bins)
+        conf, acc, cnt = (np.asarray(curve[k], dtype=float) for k in ("confidence", "accuracy", "count"))
+        keep = cnt > 0
+        ece = expected_calibration_error(yy, pp, n_bins=n_bins)
+        ax.plot(conf[keep], acc[keep], "-o", ms=4, color=color, label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Confidence", ylabel="Accuracy",
+           title="Reliability diagram (temperature scaling)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
     return _save(fig, path)

@@ -1,5 +1,27 @@
-"""Metrics as pure functions over numpy arrays (see :mod:`.classification`)."""
+"""Metrics as pure functions over numpy arrays.
 
+:mod:`.classification` (point metrics), :mod:`.bootstrap` (confidence intervals,
+paired comparisons, DeLong), :mod:`.calibration` (ECE, Brier, temperature
+scaling) and :mod:`.operating_points` (thresholds chosen on validation data).
+"""
+
+from .bootstrap import (
+    bootstrap_ci,
+    delong_auc_ci,
+    delong_test,
+    paired_bootstrap_diff,
+    stratified_bootstrap_indices,
+)
+from .calibration import (
+    NotFittedError,
+    TemperatureScaler,
+    brier_score,
+    calibration_report,
+    expected_calibration_error,
+    max_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
 from .classification import (
     TASKS,
     UndefinedMetricWarning,
@@ -12,16 +34,32 @@ from .classification import (
     roc_auc,
     roc_auc_many,
 )
+from .operating_points import apply_thresholds, choose_thresholds
 
 __all__ = [
     "TASKS",
+    "NotFittedError",
+    "TemperatureScaler",
     "UndefinedMetricWarning",
+    "apply_thresholds",
     "average_precision",
     "binary_metrics",
+    "bootstrap_ci",
+    "brier_score",
+    "calibration_report",
+    "choose_thresholds",
     "compute_metrics",
     "confusion_counts",
+    "delong_auc_ci",
+    "delong_test",
+    "expected_calibration_error",
+    "max_calibration_error",
     "multiclass_metrics",
     "multilabel_metrics",
+    "negative_log_likelihood",
+    "paired_bootstrap_diff",
+    "reliability_curve",
     "roc_auc",
     "roc_auc_many",
+    "stratified_bootstrap_indices",
 ]

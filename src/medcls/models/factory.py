@@ -120,10 +120,10 @@ def load_weights(net: nn.Module, path: str | Path) -> None:
     own = net.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in state.items() if k not in skipped}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    matched = len(own) - len(missing)
+    matched = len(set(state) & set(own))
     if matched == 0:
         raise ModelError(f"{p}: no tensor matches the model's parameters (is it for another architecture?)")
+    missing, unexpected = net.load_state_dict(state, strict=False)
     log.info("loaded %d tensors from %s (%d shape-mismatched skipped: %s; %d missing; %d unexpected)",
              matched, p, len(skipped), skipped[:4], len(missing), len(unexpected))
 

@@ -91,9 +91,11 @@ class BatchAugment:
         return x.clamp(0, 1)
 
 
-def build_augment(preset: str, strength: float = 1.0) -> BatchAugment:
+def build_augment(preset: str, strength: float = 1.0, hflip: bool | None = None) -> BatchAugment:
     """The preset's augmentation with every magnitude scaled by ``strength`` (0 = off)."""
     p = PRESETS[preset]
+    if hflip is not None:
+        p = replace(p, hflip=hflip)
     if strength == 0:
         return BatchAugment(AugmentParams())
     scaled = replace(p, rotate_deg=p.rotate_deg * strength, scale=p.scale * strength,
