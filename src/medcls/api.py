@@ -116,11 +116,17 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
 
 
 def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "best", device: str = "auto",
-             data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on ``split``; writes ``eval-<split>/`` and returns the metrics."""
+             data: LoadedData | None = None, out_dir: str | Path | None = None, tta: bool | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on ``split``; writes ``eval-<split>/`` and returns the metrics.
+
+    ``tta=True`` also reports test-time augmentation (overrides the run's ``eval.tta``).
+    """
     from .evaluate import evaluate_run
 
     run = run if isinstance(run, Run) else load_run(run)
+    if tta is not None and tta != run.config.eval.tta:
+        cfg = run.config.model_copy(update={"eval": run.config.eval.model_copy(update={"tta": tta})})
+        run = Run(run.path, cfg, run.spec, run.preprocess_cfg, run.data_summary)
     return evaluate_run(run, split, checkpoint=checkpoint, device=resolve_device(device), data=data, out_dir=out_dir)
 
 

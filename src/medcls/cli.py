@@ -99,14 +99,17 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Also report test-time augmentation (eval.tta).")] = False,
 ) -> None:
     """Evaluate a run on a split: metrics.json, predictions.csv and curves under RUN_DIR/eval-SPLIT/."""
     from . import api
 
-    m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device)
+    m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device, tta=tta)
     from .evaluate.evaluator import HEADLINE
 
     rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": _with_ci(m, HEADLINE)}
+    if "tta" in m:
+        rows[f"{split} + TTA"] = _with_ci(m["tta"], HEADLINE)
     for name, op in (m.get("operating_points") or {}).items():
         if isinstance(op, dict) and "threshold" in op:
             keys = [k for k in ("sensitivity", "specificity", "ppv", "npv") if isinstance(op.get(k), dict)]

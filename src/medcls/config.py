@@ -95,6 +95,7 @@ class EvalConfig(_Section):
     calibrate: bool = Field(True, description="Fit temperature scaling on the validation split.")
     operating_point: Literal["default", "youden", "max_f1", "target_sensitivity", "target_specificity"] = Field(
         "default", description="Binary decision rule chosen on validation and used by predict.")
+    tta: bool = Field(False, description="Also report test-time augmentation (flips; dihedral for histology).")
     target_sensitivity: float = Field(0.95, gt=0, le=1)
     target_specificity: float = Field(0.95, gt=0, le=1)
 

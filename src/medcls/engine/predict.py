@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 
@@ -17,8 +19,12 @@ def probabilities(logits: torch.Tensor | np.ndarray, task: str) -> np.ndarray:
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, batches: Batches, device: torch.device, *,
-                   dist: DistInfo | None = None, channels_last: bool = False) -> np.ndarray:
-    """Logits (N, K) for every sample of ``batches`` in order; under DDP each rank does a shard."""
+                   dist: DistInfo | None = None, channels_last: bool = False,
+                   views: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
+    """Logits (N, K) for every sample of ``batches`` in order; under DDP each rank does a shard.
+
+    With ``views`` (test-time augmentation) the logits are averaged over the views.
+    """
     model.eval()
     n = len(batches)
     dist = dist or DistInfo()
@@ -28,7 +34,10 @@ def predict_logits(model: torch.nn.Module, batches: Batches, device: torch.devic
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
+        if views:
+            out.append(torch.stack([model(v(x)).float() for v in views]).mean(0).cpu())
+        else:
+            out.append(model(x).float().cpu())
         out_idx.append(torch.as_tensor(idx))
     k = out[0].shape[1] if out else 0
     logits = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
