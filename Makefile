@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.medcls-installed
 SHARED ?= ../shared/data/medmnist
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: install demo test lint data bench bench-speed bench-accuracy clean
+.PHONY: install demo test lint data browser-deps bench bench-speed bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ data:
 		ln -s "$$(cd $(SHARED) && pwd)/pneumoniamnist.npz" data/pneumoniamnist.npz; \
 		echo "linked $(SHARED)/pneumoniamnist.npz -> data/"; fi
 
+# Debian's Chromium for the web-page test (best effort: needs root; the test skips without it).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "chromium not installed: the browser test will be skipped"
+
 demo: install data
 	$(BIN)/medcls train --config configs/pneumoniamnist.yaml
 
-test: install data
+test: install data browser-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install

@@ -47,3 +47,31 @@ def tiny_cfg(pneumonia_npz, tmp_path) -> dict:
         "train": {"epochs": 2, "batch_size": 32, "progress": False, "warmup_epochs": 0.5},
         "eval": {"batch_size": 64},
     }
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory, pneumonia_npz):
+    """A 2-epoch run on 128 real images per split, evaluated on test (calibration + youden operating point)."""
+    from medcls import evaluate, train
+
+    root = tmp_path_factory.mktemp("evaluated")
+    cfg = {
+        "name": "b", "seed": 0, "output_dir": str(root),
+        "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 128},
+        "model": {"name": "resnet18", "stem": "small"},
+        "train": {"epochs": 2, "batch_size": 32, "progress": False},
+        "eval": {"n_bootstrap": 200, "operating_point": "youden"},
+    }
+    run = train(cfg)
+    evaluate(run, "test")
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundle(evaluated_run, tmp_path_factory):
+    """The evaluated run exported with ONNX, static INT8 and TorchScript."""
+    from medcls.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    info = export_bundle(evaluated_run, out, quantize="int8", torchscript=True, max_int8_auc_drop=1.0, n_calibration=64)
+    return out, info

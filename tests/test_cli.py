@@ -15,7 +15,7 @@ from PIL import Image
 
 from medcls.cli import main
 
-COMMANDS = ["train", "evaluate", "predict", "compare", "models", "datasets"]
+COMMANDS = ["train", "evaluate", "predict", "export", "serve", "compare", "models", "datasets"]
 
 
 def medcls(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -124,3 +124,17 @@ def test_bad_inputs_give_one_clear_line(capsys, tmp_path, trained, pneumonia_npz
         assert "Traceback" not in err
     # nothing already on disk was lost
     assert (run_dir / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_compare_runs(trained, capsys, tmp_path, tiny_cfg):
+    run_dir, _ = trained
+    code = main(["compare", str(run_dir), str(run_dir), "--split", "test", "--n-resamples", "300"])
+    out = capsys.readouterr().out
+    assert code == 0 and "auc" in out and "DeLong" in out
+    res = json.loads((run_dir / "compare-test.json").read_text())
+    assert res["auc"]["diff"] == 0 and res["auc"]["p_value"] == 1.0 and res["n"] == 128
+    from medcls import train
+
+    other = train({**tiny_cfg, "data": {**tiny_cfg["data"], "limit": 64}})  # different cases
+    code = main(["compare", str(run_dir), str(other.path)])
+    assert code == 2 and "different cases" in capsys.readouterr().err

@@ -16,6 +16,7 @@ _LAZY = {
     "Config": "medcls.config",
     "load_config": "medcls.config",
     "create_model": "medcls.models",
+    "Predictor": "medcls.inference",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -121,7 +121,7 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
 
     ``tta=True`` also reports test-time augmentation (overrides the run's ``eval.tta``).
     """
-    from .evaluate import evaluate_run
+    from .evaluation import evaluate_run
 
     run = run if isinstance(run, Run) else load_run(run)
     if tta is not None and tta != run.config.eval.tta:
@@ -130,9 +130,15 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
     return evaluate_run(run, split, checkpoint=checkpoint, device=resolve_device(device), data=data, out_dir=out_dir)
 
 
-def predict(run: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto") -> list[dict[str, Any]]:
-    """Class probabilities for image files (paths) or arrays, with the run's own preprocessing."""
-    from .inference import RunPredictor
+def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto",
+            backend: str = "torch") -> list[dict[str, Any]]:
+    """Calibrated class probabilities and decisions for image files, bytes or arrays.
 
-    run = run if isinstance(run, Run) else load_run(run)
-    return RunPredictor(run, checkpoint=checkpoint, device=resolve_device(device)).predict(images)
+    ``source`` is a run (directory) or an exported bundle; preprocessing comes from it.
+    """
+    from .inference import Predictor
+
+    dev = resolve_device(device)
+    if isinstance(source, Run):
+        return Predictor.from_run(source, checkpoint=checkpoint, device=dev).predict(images)
+    return Predictor.load(source, backend=backend, checkpoint=checkpoint, device=dev).predict(images)

@@ -18,8 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: --set train.epochs=5 (repeatable).")]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (survives redirection, e.g. under pytest)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool = False) -> None:
-    h = logging.StreamHandler(sys.stderr)
+    h = _StderrHandler()
     h.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("medcls")
     root.handlers[:] = [h]
@@ -100,12 +112,13 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     tta: Annotated[bool, typer.Option("--tta", help="Also report test-time augmentation (eval.tta).")] = False,
+    gradcam_errors: Annotated[int, typer.Option("--gradcam-errors", min=0, help="Also save Grad-CAM overlays of the K most confident errors per group (FP/FN) under eval-SPLIT/gradcam/ (0 = off).")] = 0,
 ) -> None:
     """Evaluate a run on a split: metrics.json, predictions.csv and curves under RUN_DIR/eval-SPLIT/."""
     from . import api
 
     m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device, tta=tta)
-    from .evaluate.evaluator import HEADLINE
+    from .evaluation.evaluator import HEADLINE
 
     rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": _with_ci(m, HEADLINE)}
     if "tta" in m:
@@ -119,20 +132,77 @@ def evaluate(
     for note in m.get("postprocess", {}).get("notes", []):
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"written to {Path(run_dir) / f'eval-{split}'}")
+    if gradcam_errors:
+        from .evaluation.gradcam import mine_errors
+        from .evaluation.report import write_report
+        from .runs import load_run
+
+        run = load_run(run_dir)
+        cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint)
+        write_report(run, split, m, Path(run_dir) / f"eval-{split}")  # now with the error gallery
+        typer.echo(f"Grad-CAM of {len(cases)} errors written to {Path(run_dir) / f'eval-{split}' / 'gradcam'}")
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")],
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, TIFF, BMP; 8- or 16-bit).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write: image, heatmap and overlay.")],
+    method: Annotated[str, typer.Option(help="gradcam | gradcam++ | eigencam | layercam")] = "gradcam",
+    target_class: Annotated[str | None, typer.Option(help="Class to explain (default: the predicted class).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Target layer, e.g. net.layer3 (default: chosen per architecture).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+) -> None:
+    """Save a class activation map (Grad-CAM & co) for one image and print the prediction."""
+    from .evaluation.gradcam import explain_image
+    from .runs import load_run
+
+    r = explain_image(load_run(run_dir), image, method=method, target_class=target_class, layer=layer,
+                      out_path=output, checkpoint=checkpoint)
+    typer.echo(f"predicted {r['predicted']} (p = {r['probability']:.4f}); {method} for {r['target']} "
+               f"written to {r['path']}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (evaluate it first to carry calibration and thresholds).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create (must not exist or be empty).")],
+    format: Annotated[str, typer.Option("--format", help="onnx (safetensors + model.onnx) | safetensors")] = "onnx",
+    quantize: Annotated[str | None, typer.Option(help="int8: also write a static INT8 model.int8.onnx")] = None,
+    torchscript: Annotated[bool, typer.Option("--torchscript", help="Also write model.ts (TorchScript).")] = False,
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    max_int8_auc_drop: Annotated[float, typer.Option(help="Refuse INT8 if validation AUC drops more than this.")] = 0.01,
+) -> None:
+    """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json."""
+    from .export import export_bundle
+
+    if format not in ("onnx", "safetensors"):
+        raise MedclsError(f"--format must be onnx or safetensors, got {format!r}")
+    info = export_bundle(run_dir, output, onnx=format == "onnx", quantize=quantize, torchscript=torchscript,
+                         checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop)
+    for name, f in info["files"].items():
+        typer.echo(f"{name:<20} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:12]}")
+    if "onnx_parity" in info["checks"]:
+        typer.echo(f"ONNX parity: max |p_onnx - p_torch| = {info['checks']['onnx_parity']['max_abs_prob_diff']:.2e}")
+    if "int8" in info["checks"]:
+        c = info["checks"]["int8"]
+        typer.echo(f"INT8: val AUC {c['val_auc_fp32']:.4f} -> {c['val_auc_int8']:.4f} (calibrated on {c['calibration_images']} train images)")
+    typer.echo(f"bundle written to {output}")
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory or an exported bundle.")],
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, TIFF, BMP; 8- or 16-bit).")],
     csv: Annotated[Path | None, typer.Option(help="Also write the probabilities to this CSV file.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
 ) -> None:
-    """Print class probabilities (and the predicted class) for each image."""
+    """Print calibrated class probabilities and the decision at the operating point for each image."""
     from . import api
 
-    results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device)
+    results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device, backend=backend)
     names = list(results[0]["probabilities"]) if results else []
     typer.echo("\t".join(["file", *names, "predicted"]))
     for r in results:
@@ -150,6 +220,34 @@ def predict(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory from `medcls export` (or a run directory with --backend torch).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="onnx | int8 | torch")] = "onnx",
+    api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable (X-API-Key header).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Micro-batching: images per model call at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Micro-batching: wait at most this long to fill a batch (0 = off).")] = 5.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest accepted image (pixels).")] = 40_000_000,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (onnxruntime).")] = None,
+) -> None:
+    """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
+    import uvicorn
+
+    from .inference import Predictor
+    from .serve import ServeSettings, create_app
+
+    settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
+                             max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_pixels=max_pixels, threads=threads)
+    predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
+    app_ = create_app(settings, predictor)
+    typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="Baseline run directory (A).")],
     run_b: Annotated[Path, typer.Argument(help="Run directory to compare (B).")],
@@ -161,7 +259,7 @@ def compare(
     from rich.console import Console
     from rich.table import Table
 
-    from .evaluate.compare import compare_runs
+    from .evaluation.compare import compare_runs
     from .utils import to_json
 
     res = compare_runs(run_a, run_b, split, n_resamples=n_resamples, seed=seed)

@@ -1,7 +1,14 @@
-"""Prediction on new images with a run's own preprocessing and weights."""
+"""``Predictor``: one object that turns images into calibrated class probabilities and decisions.
+
+It is built from a run directory or from an exported bundle and runs the model
+with torch or onnxruntime. Preprocessing (``Preprocess``), temperature and the
+operating point come from the run/bundle, so every consumer (CLI, Python, REST)
+gets the same numbers as ``medcls evaluate``.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,57 +16,115 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.io import read_image
+from .data.io import decode_image, read_image
+from .data.spec import DatasetSpec
 from .engine.predict import probabilities
-from .errors import DataError
-from .runs import Run
+from .errors import ConfigError, DataError, RunError
+from .transforms import Preprocess, PreprocessConfig
+
+BACKENDS = ("torch", "onnx", "int8")
 
 
-class RunPredictor:
-    """Loads a run's model once and predicts class probabilities for paths or arrays."""
+class Predictor:
+    """Preprocess -> model (torch | onnxruntime) -> softmax(logits / T) -> decision at the operating point."""
 
-    def __init__(self, run: Run, *, checkpoint: str = "best", device: torch.device | None = None,
-                 batch_size: int = 64) -> None:
-        self.run = run
+    def __init__(self, *, spec: DatasetSpec, preprocess: PreprocessConfig, model: torch.nn.Module | None = None,
+                 session: Any = None, temperature: float = 1.0, threshold: float = 0.5,
+                 operating_point: str = "default", device: torch.device | None = None, batch_size: int = 64,
+                 info: dict[str, Any] | None = None) -> None:
+        if (model is None) == (session is None):
+            raise ValueError("give exactly one of model (torch) or session (onnxruntime)")
+        self.spec, self.preprocess_cfg = spec, preprocess
+        self.preprocess = Preprocess(preprocess)
+        self.model, self.session = model, session
+        self.temperature, self.threshold, self.operating_point = float(temperature), float(threshold), operating_point
         self.device = device or torch.device("cpu")
-        self.model, _ = run.build_model(checkpoint, device=str(self.device))
-        self.preprocess = run.preprocess
         self.batch_size = batch_size
-        from .evaluate.clinical import load_postprocess
+        self.info = info or {}
+        self.backend = "torch" if model is not None else self.info.get("backend", "onnx")
 
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_run(cls, run, *, checkpoint: str = "best", device: torch.device | None = None) -> Predictor:
+        from .evaluation.clinical import load_postprocess
+
+        device = device or torch.device("cpu")
+        model, _ = run.build_model(checkpoint, device=str(device))
         post = load_postprocess(run.path) or {}
-        self.temperature = float(post.get("temperature", 1.0))
-        self.threshold = float(post.get("threshold", run.config.eval.threshold))
-        self.operating_point = post.get("selected", "default")
+        return cls(spec=run.spec, preprocess=run.preprocess_cfg, model=model, device=device,
+                   temperature=post.get("temperature", 1.0), threshold=post.get("threshold", run.config.eval.threshold),
+                   operating_point=post.get("selected", "default"),
+                   info={"source": str(run.path), "checkpoint": checkpoint, "backend": "torch"})
 
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str = "torch", checkpoint: str = "best",
+             device: torch.device | None = None, threads: int | None = None) -> Predictor:
+        """Load from a bundle directory (``bundle.json``) or a run directory (``config.yaml``)."""
+        p = Path(path)
+        if backend not in BACKENDS:
+            from .errors import did_you_mean
+
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.{did_you_mean(backend, BACKENDS)}")
+        if (p / "bundle.json").is_file():
+            from .export.bundle import load_bundle
+
+            return load_bundle(p, backend=backend, device=device, threads=threads)
+        if (p / "config.yaml").is_file():
+            if backend != "torch":
+                raise ConfigError(f"{p} is a run directory: only the torch backend runs it; "
+                                  f"export a bundle with `medcls export {p} -o BUNDLE` for {backend}")
+            from .runs import load_run
+
+            return cls.from_run(load_run(p), checkpoint=checkpoint, device=device)
+        raise RunError(f"{p} is neither a medcls bundle (bundle.json) nor a run directory (config.yaml)")
+
+    # --------------------------------------------------------------- inference
     def _load(self, item: Any) -> tuple[str, np.ndarray]:
         if isinstance(item, str | Path):
             return str(item), read_image(item)
+        if isinstance(item, bytes | bytearray):
+            return "<bytes>", decode_image(bytes(item))
         if isinstance(item, np.ndarray):
             return "<array>", item
-        raise DataError(f"expected an image path or a numpy array, got {type(item).__name__}")
+        raise DataError(f"expected an image path, bytes or a numpy array, got {type(item).__name__}")
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Raw logits for a preprocessed batch (N, C, S, S) in [0, 1]."""
+        if self.model is not None:
+            return self.model(x.to(self.device)).float().cpu().numpy()
+        from .export.onnx import ort_logits
+
+        return ort_logits(self.session, x.numpy())
+
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        return probabilities(self.logits(x) / self.temperature, self.spec.task)
+
+    def decide(self, p: np.ndarray) -> str | list[str]:
+        names = list(self.spec.class_names)
+        if self.spec.task == "multilabel":
+            return [c for c, v in zip(names, p, strict=True) if v >= self.threshold]
+        if self.spec.task == "binary":
+            pos = self.spec.positive_index
+            return names[pos] if p[pos] >= self.threshold else names[1 - pos]
+        return names[int(p.argmax())]
+
     def predict(self, images: Sequence[Any]) -> list[dict[str, Any]]:
-        spec = self.run.spec
-        names = list(spec.class_names)
-        thr = self.threshold
+        """One dict per image: file, probabilities (calibrated), predicted (at the operating point)."""
+        names = list(self.spec.class_names)
         results = []
         for start in range(0, len(images), self.batch_size):
             chunk = [self._load(it) for it in images[start : start + self.batch_size]]
-            x = torch.stack([self.preprocess(img) for _, img in chunk]).to(self.device)
-            probs = probabilities(self.model(x).float().cpu() / self.temperature, spec.task)
-            for (name, _), p in zip(chunk, probs, strict=True):
-                r: dict[str, Any] = {"file": name, "probabilities": dict(zip(names, map(float, p), strict=True))}
-                if spec.task == "multilabel":
-                    r["predicted"] = [c for c, v in zip(names, p, strict=True) if v >= thr]
-                elif spec.task == "binary":
-                    pos = spec.positive_index
-                    r["predicted"] = names[pos] if p[pos] >= thr else names[1 - pos]
-                    r["threshold"] = thr
-                    r["operating_point"] = self.operating_point
-                else:
-                    r["predicted"] = names[int(p.argmax())]
-                r["temperature"] = self.temperature
+            x = torch.stack([self.preprocess(img) for _, img in chunk])
+            for (name, _), p in zip(chunk, self.probabilities(x), strict=True):
+                r: dict[str, Any] = {"file": name, "probabilities": dict(zip(names, map(float, p), strict=True)),
+                                     "predicted": self.decide(p), "temperature": self.temperature}
+                if self.spec.task != "multiclass":
+                    r["threshold"], r["operating_point"] = self.threshold, self.operating_point
                 results.append(r)
         return results
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / "bundle.json"
+    return json.loads(p.read_text()) if p.is_file() else {}

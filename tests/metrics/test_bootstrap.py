@@ -244,3 +244,28 @@ def test_delong_undefined_and_bad_input():
         delong_test([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])
     with pytest.raises(DataError):
         delong_auc_ci([0, 1, 2], [0.1, 0.2, 0.3])
+
+
+def test_ci_coverage_on_simulated_data_is_close_to_95_percent():
+    """Repeated samples from a population with known AUC and sensitivity: ~95% of the CIs cover the truth."""
+    from scipy.stats import norm
+
+    d, t, n_rep = 1.2, 0.6, 200
+    true_auc = float(norm.cdf(d / np.sqrt(2)))
+    true_sens = float(norm.sf(t - d))
+    rng = np.random.default_rng(123)
+    hits = {"auc": 0, "sensitivity": 0, "delong": 0}
+    for r in range(n_rep):
+        y = np.r_[np.zeros(120, int), np.ones(80, int)]
+        s = np.r_[rng.normal(0, 1, 120), rng.normal(d, 1, 80)]
+        p = 1 / (1 + np.exp(-(s - t)))  # p >= 0.5  <=>  s >= t
+        ci = bootstrap_ci("binary", y, np.c_[1 - p, p], class_names=["neg", "pos"], positive_index=1,
+                          n_resamples=400, seed=r, metrics=["auc", "sensitivity"])
+        hits["auc"] += ci["auc"]["low"] <= true_auc <= ci["auc"]["high"]
+        hits["sensitivity"] += ci["sensitivity"]["low"] <= true_sens <= ci["sensitivity"]["high"]
+        dl = delong_auc_ci(y, p)
+        hits["delong"] += dl["low"] <= true_auc <= dl["high"]
+    coverage = {k: v / n_rep for k, v in hits.items()}
+    print("coverage", coverage)
+    for k, c in coverage.items():
+        assert 0.88 <= c <= 0.99, (k, coverage)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"}
 
 
 def _from_pil(img, name: str) -> np.ndarray:
@@ -37,11 +37,15 @@ def _from_pil(img, name: str) -> np.ndarray:
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (PNG/JPEG/TIFF/BMP/...) into (H, W) or (H, W, 3) uint8/uint16."""
+    """Decode encoded image bytes (PNG/JPEG/TIFF/BMP/..., or DICOM) into (H, W) or (H, W, 3) uint8/uint16."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise DataError(f"{name}: empty file")
+    from .dicom import decode_dicom, is_dicom
+
+    if is_dicom(data):
+        return decode_dicom(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

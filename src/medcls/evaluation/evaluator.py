@@ -59,11 +59,14 @@ def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, cla
     return df
 
 
-def _logits(run: Run, table, device: torch.device) -> np.ndarray:
+def _logits(run: Run, table, device: torch.device, *, tta: bool = False) -> np.ndarray:
+    from ..transforms.tta import tta_views
+
     model, _ = run.build_model(run.config.eval.checkpoint, device=str(device))
     batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
                       num_workers=run.config.data.num_workers)
-    return predict_logits(model, batches, device)
+    views = tta_views(run.config.transforms.preset) if tta else None
+    return predict_logits(model, batches, device, views=views)
 
 
 def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
@@ -107,12 +110,18 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
         if y.any() and (~y).any():
             metrics["auc_delong"] = delong_auc_ci(y, probs[:, pos])
         if ev.n_bootstrap and "operating_points" in post:
-            ops = {k: v for k, v in post["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
-            metrics["operating_points"] = apply_thresholds(y, probs[:, pos], ops, n_resamples=ev.n_bootstrap,
-                                                           seed=cfg.seed)
+            metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post["operating_points"],
+                                                           n_resamples=ev.n_bootstrap, seed=cfg.seed)
+    if ev.tta:
+        tta_probs = scale_probs(_logits(run, table, device, tta=True), task, T)
+        tta = compute_metrics(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr)
+        if ev.n_bootstrap:
+            tta["ci"] = bootstrap_ci(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr,
+                                     n_resamples=ev.n_bootstrap, seed=cfg.seed)
+        metrics["tta"] = {"views": run.config.transforms.preset, **{k: tta[k] for k in (*HEADLINE, "ci") if k in tta}}
     try:
         metrics["calibration"] = calibration_report(labels, logits, task=task, temperature=T)
-    except Exception as e:  # noqa: BLE001 - calibration is a report; never block the evaluation
+    except Exception as e:
         metrics["calibration"] = {"error": str(e)}
     metrics["postprocess"] = {k: post[k] for k in ("temperature", "calibrated", "selected", "threshold", "notes")
                               if k in post}
@@ -137,9 +146,13 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     hist = run.path / "history.csv"
     if hist.is_file():
         plot_history(out / "history.png", pd.read_csv(hist).to_dict("records"))
+    from .model_card import write_model_card
+    from .report import write_report
+
+    report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
     summary_path = run.path / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.setdefault("eval", {})[split] = {**headline(metrics), "n": len(labels), "checkpoint": checkpoint}
     atomic_write_json(summary_path, summary)
-    log.info("evaluation on %s written to %s", split, out)
+    log.info("evaluation on %s written to %s (report %s, model card %s)", split, out, report, card)
     return metrics

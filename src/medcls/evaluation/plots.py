@@ -195,7 +195,8 @@ def plot_history(path: str | Path, history_rows: Sequence[Mapping[str, Any]], *,
         raise DataError("history is empty: nothing to plot")
     if metrics is None:
         keys = {k for row in rows for k in row if k.startswith("val_") and k != "val_loss"}
-        metrics = sorted(k for k in keys if _series(rows, k)[0])
+        # rates only: counts such as val_tp or val_n would flatten every curve on a shared axis
+        metrics = sorted(k for k in keys if _series(rows, k)[0] and all(0 <= v <= 1 for v in _series(rows, k)[1]))
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
     for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
         xs, ys = _series(rows, key)

@@ -1,0 +1,297 @@
+"""Grad-CAM (pytorch-grad-cam) for :class:`~medcls.models.Classifier`: target layers found for ResNet,
+DenseNet, EfficientNet, ConvNeXt and ViT-style timm models (or named, ``"net.layer3"``), three-panel
+figures, and galleries of the most confident errors of an evaluated split (``mine_errors``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from ..errors import ConfigError, DataError, did_you_mean
+from ..runs import Run
+
+log = logging.getLogger("medcls")
+
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
+MIN_DISPLAY = 224  # images smaller than this are upscaled (nearest) in saved figures
+
+
+def check_method(method: str) -> type:
+    if method not in METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}.{did_you_mean(method, METHODS)} "
+                          f"Methods: {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def _vit_reshape(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Tokens (B, prefix + H*W, C) -> (B, C, H, W), dropping class/register tokens."""
+    prefix = int(getattr(net, "num_prefix_tokens", 1))
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        tokens = t[:, prefix:, :]
+        n = tokens.shape[1]
+        h, w = (int(grid[0]), int(grid[1])) if grid is not None and grid[0] * grid[1] == n else (math.isqrt(n),) * 2
+        if h * w != n:
+            raise ConfigError(f"cannot reshape {n} ViT tokens into a square grid")
+        return tokens.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def _auto_layer(net: nn.Module) -> str:
+    """Dotted name (relative to ``net``) of the usual Grad-CAM layer."""
+    if hasattr(net, "layer4") and isinstance(net.layer4, nn.Sequential):  # ResNet family
+        return f"layer4.{len(net.layer4) - 1}"
+    if hasattr(getattr(net, "features", None), "norm5"):  # DenseNet (norm5 includes the ReLU)
+        return "features.norm5"
+    if hasattr(net, "conv_head"):  # EfficientNet / MobileNet: bn2 (norm + act) after conv_head
+        return "bn2" if hasattr(net, "bn2") else "conv_head"
+    if isinstance(getattr(net, "stages", None), nn.Sequential) and len(net.stages):  # ConvNeXt & co
+        return f"stages.{len(net.stages) - 1}"
+    blocks = getattr(net, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(blocks[-1], "norm1"):  # ViT-style
+        return f"blocks.{len(blocks) - 1}.norm1"
+    last = next((n for n, m in reversed(list(net.named_modules())) if isinstance(m, nn.Conv2d)), None)
+    if last is None:
+        raise ConfigError(f"no convolutional layer found in {type(net).__name__}; pass a layer name (--layer)")
+    return last
+
+
+def resolve_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module, str, Callable | None]:
+    """(module, dotted name from the Classifier, reshape transform or None) for Grad-CAM."""
+    modules = dict(model.named_modules())
+    net = getattr(model, "net", model)
+    prefix = "net." if net is not model else ""
+    name = prefix + _auto_layer(net) if name is None else name
+    if name not in modules and prefix + name in modules:  # "layer3" also accepted for "net.layer3"
+        name = prefix + name
+    if name not in modules or name == "":
+        top = [prefix + n for n, _ in net.named_children()]
+        raise ConfigError(f"no layer named {name!r} in {type(net).__name__}.{did_you_mean(name, [n for n in modules if n])} "
+                          f"Top-level layers: {', '.join(top)} (sub-layers with dots).")
+    vit = re.search(r"(^|\.)blocks\.\d+(\.|$)", name) and hasattr(net, "num_prefix_tokens")
+    return modules[name], name, _vit_reshape(net) if vit else None
+
+
+def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> str:
+    """The layer :func:`compute_cam` uses for ``x``: ``layer``, else the automatic one, moved to the last
+    module whose feature map is at least 2x2 when it is smaller at this input size (e.g. 28 px images)."""
+    name = resolve_target_layer(model, layer)[1]
+    if layer is not None:
+        return name
+    seen: list[tuple[str, tuple | None]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: seen.append(
+        (n, tuple(o.shape[2:]) if isinstance(o, torch.Tensor) and o.ndim == 4 else None)))
+        for n, m in model.named_modules() if n]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1].to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    hw = dict(seen).get(name)
+    ok = [n for n, s in seen if s is not None and min(s) >= 2]
+    if hw is None or min(hw) >= 2 or not ok:
+        return name
+    warnings.warn(f"{name} gives a {hw[0]}x{hw[1]} map for {x.shape[2]}x{x.shape[3]} inputs: Grad-CAM uses "
+                  f"{ok[-1]} instead (pass a layer to choose)", stacklevel=3)
+    return ok[-1]
+
+
+def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", target_class: int | None = None,
+                layer: str | None = None) -> np.ndarray:
+    """CAMs (B, H, W) in [0, 1] for ``x`` (B, C, H, W) in [0, 1]; ``target_class`` None = the argmax; layer as
+    :func:`pick_layer`. Runs in eval mode; the mode, ``.grad`` and ``requires_grad`` are left as they were."""
+    cls = check_method(method)
+    if x.ndim != 4:
+        raise ConfigError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
+    module, _, reshape = resolve_target_layer(model, pick_layer(model, x, layer))
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # gradients flow from the input instead of the weights: no .grad is written, frozen models work too
+    x = x.detach().to(next(model.parameters()).device).float().clone().requires_grad_(True)
+    model.requires_grad_(False)
+    cam = cls(model=model, target_layers=[module], reshape_transform=reshape)  # sets eval mode, adds hooks
+    try:
+        targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))] * len(x)
+        with torch.enable_grad():
+            out = cam(input_tensor=x, targets=targets)
+    finally:
+        cam.activations_and_grads.release()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return np.clip(np.nan_to_num(np.asarray(out, np.float32)), 0.0, 1.0)
+
+
+def _upscale(a: np.ndarray, size: int = MIN_DISPLAY) -> np.ndarray:
+    f = max(1, math.ceil(size / max(a.shape[:2])))
+    return np.repeat(np.repeat(a, f, axis=0), f, axis=1) if f > 1 else a
+
+
+def overlay(image01: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) -> np.ndarray:
+    """uint8 RGB (H, W, 3): the jet-coloured ``cam`` blended over a gray or RGB ``image01`` in [0, 1]."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    img = np.clip(np.asarray(image01, np.float32), 0, 1)
+    img = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else np.broadcast_to(img, (*img.shape[:2], 3))
+    if img.shape[:2] != cam.shape:
+        raise ConfigError(f"image {img.shape[:2]} and CAM {cam.shape} differ in size")
+    return show_cam_on_image(img, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=image_weight)
+
+
+def save_explanation(path: str | Path, image01: np.ndarray, cam: np.ndarray, title: str) -> Path:
+    """PNG with three panels: image, heatmap, overlay (small images upscaled with nearest neighbour)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    img = np.clip(np.asarray(image01, np.float32), 0, 1)
+    img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+    big_img, big_cam = _upscale(img), _upscale(np.asarray(cam, np.float32))
+    panels = [(big_img, "image", {"cmap": "gray"} if img.ndim == 2 else {}),
+              (big_cam, "heatmap", {"cmap": "jet", "vmin": 0, "vmax": 1}),
+              (overlay(big_img, big_cam), "overlay", {})]
+    fig = Figure(figsize=(10.5, 3.9))
+    axes = fig.subplots(1, 3)
+    for ax, (a, name, kw) in zip(axes, panels, strict=True):
+        ax.imshow(a, interpolation="nearest", **kw)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _class_index(run: Run, target: int | str | None) -> int | None:
+    names = list(run.spec.class_names)
+    if target is None or (isinstance(target, int) and 0 <= target < len(names)):
+        return target
+    if target in names:
+        return names.index(target)
+    raise ConfigError(f"unknown class {target!r}.{did_you_mean(target, names)} Classes: {', '.join(names)}")
+
+
+def _calibration(run: Run) -> tuple[float, float]:
+    from .clinical import load_postprocess
+
+    post = load_postprocess(run.path) or {}
+    return float(post.get("temperature", 1.0)), float(post.get("threshold", run.config.eval.threshold))
+
+
+def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
+                  target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
+                  checkpoint: str = "best") -> dict[str, Any]:
+    """Predict one image (calibrated as :class:`~medcls.inference.RunPredictor`) and save its CAM figure.
+
+    The CAM explains ``target_class`` (index or name), by default the predicted class.
+    """
+    from ..data.io import read_image
+    from ..engine.predict import probabilities
+
+    check_method(method)
+    target = _class_index(run, target_class)
+    arr = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+    x = run.preprocess(arr).unsqueeze(0)
+    model, _ = run.build_model(checkpoint)
+    temperature, threshold = _calibration(run)
+    with torch.no_grad():
+        p = probabilities(model(x).float() / temperature, run.spec.task)[0]
+    names, spec = list(run.spec.class_names), run.spec
+    pos = spec.positive_index
+    pred = (pos if p[pos] >= threshold else 1 - pos) if spec.task == "binary" else int(p.argmax())
+    target = pred if target is None else target
+    layer = pick_layer(model, x, layer)
+    cam = compute_cam(model, x, method=method, target_class=target, layer=layer)[0]
+    title = f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer}"
+    path = save_explanation(out_path, x[0].permute(1, 2, 0).numpy(), cam, title)
+    return {"predicted": names[pred], "probability": float(p[pred]), "path": str(path),
+            "target": names[target], "method": method, "layer": layer}
+
+
+def _select_errors(df, run: Run, k: int, threshold: float) -> dict[str, Any]:
+    names, spec = list(run.spec.class_names), run.spec
+    if spec.task == "binary":
+        pos = names[spec.positive_index]
+        p = df[f"prob_{pos}"]
+        df = df.assign(_pred=np.where(p >= threshold, pos, names[1 - spec.positive_index]))
+        fp = df[(df["label"] != pos) & (p >= threshold)].sort_values(f"prob_{pos}", ascending=False).head(k)
+        fn = df[(df["label"] == pos) & (p < threshold)].sort_values(f"prob_{pos}", ascending=True).head(k)
+        return {"FP": fp, "FN": fn}
+    probs = df[[f"prob_{c}" for c in names]].to_numpy()
+    df = df.assign(_pred=[names[i] for i in probs.argmax(1)], _conf=probs.max(1))
+    wrong = df[df["_pred"] != df["label"]]
+    return {c: wrong[wrong["label"] == c].sort_values("_conf", ascending=False).head(k) for c in names}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x"
+
+
+def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gradcam", checkpoint: str = "best",
+                layer: str | None = None) -> list[dict[str, Any]]:
+    """Grad-CAM figures of the ``k`` most confident errors per group under ``RUN/eval-<split>/gradcam/``.
+
+    Binary: false positives (``FP/``, highest p(positive)) and false negatives (``FN/``, lowest
+    p(positive)) at the run's decision threshold (``postprocess.json``, else 0.5). Multiclass: per true
+    class (``<class>/``). The CAM explains the predicted class. An existing ``gradcam/`` is replaced.
+    """
+    import pandas as pd
+
+    from ..data.sources import load_data
+    from .evaluator import evaluate_run
+
+    check_method(method)
+    if run.spec.task == "multilabel":
+        raise ConfigError("Grad-CAM error mining supports binary and multiclass runs, not multilabel")
+    out = run.path / f"eval-{split}"
+    if not (out / "predictions.csv").is_file():
+        evaluate_run(run, split, checkpoint=checkpoint)
+    df = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str})
+    _, threshold = _calibration(run)
+    groups = _select_errors(df, run, k, threshold)
+    root = out / "gradcam"
+    shutil.rmtree(root, ignore_errors=True)
+    if not any(len(g) for g in groups.values()):
+        log.info("no errors on %s to explain", split)
+        return []
+    table = load_data(run.config.data).split(split)
+    index = {cid: i for i, cid in enumerate(table.ids)}
+    model, _ = run.build_model(checkpoint)
+    names, pre = list(run.spec.class_names), run.preprocess
+    written: list[dict[str, Any]] = []
+    for group, rows in groups.items():
+        for rank, r in enumerate(rows.to_dict("records"), 1):
+            cid, pred = str(r["id"]), str(r["_pred"])
+            if cid not in index:
+                raise DataError(f"case {cid!r} of predictions.csv is not in the {split} split any more "
+                                  f"(data changed since evaluation?); re-run `medcls evaluate`")
+            x = pre(table.load(index[cid])).unsqueeze(0)
+            layer = pick_layer(model, x, layer)  # chosen (and warned about) once
+            cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer)[0]
+            path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
+            prob = float(r[f"prob_{pred}"])
+            save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam,
+                             f"{group} · {cid} · true {r['label']} · predicted {pred} (p = {prob:.3f})")
+            written.append({"id": cid, "group": group, "label": r["label"], "predicted": pred,
+                            "probability": prob, "path": str(path)})
+    pd.DataFrame(written).to_csv(root / "cases.csv", index=False)
+    log.debug("Grad-CAM of %d errors written to %s", len(written), root)
+    return written

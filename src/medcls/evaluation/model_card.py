@@ -1,0 +1,160 @@
+"""A Markdown model card (``eval-<split>/model_card.md``) following the TRIPOD+AI items that apply.
+
+It is generated from the run directory and the evaluation metrics only; the
+sections a human must complete (intended users, ethics review) are worded as
+defaults for a research model and should be edited before any sharing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..runs import Run
+from ..utils import atomic_write_text
+from .report import fmt_threshold, operating_points, read_json
+
+NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
+                "prospectively or externally, is not a medical device, and must not be used to diagnose, "
+                "triage or treat patients.")
+HEADLINE = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+            "kappa", "macro_f1", "quadratic_weighted_kappa")
+
+
+def _f(v: Any, d: int = 3) -> str:
+    return f"{v:.{d}f}" if isinstance(v, int | float) and not isinstance(v, bool) else "—"
+
+
+def _ci(d: Any) -> str:
+    return f"{_f(d['low'])}–{_f(d['high'])}" if isinstance(d, dict) and "low" in d else "—"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _caveats(run: Run) -> list[str]:
+    src = str(run.data_summary.get("source", ""))
+    out = []
+    if src.startswith("medmnist:"):
+        size = run.spec.native_size
+        out.append(f"MedMNIST images are heavily downsampled ({size}×{size} px); fine findings visible at full "
+                   "resolution are lost and results may not transfer to full-resolution images.")
+        out.append("MedMNIST's official splits are used as provided; patient-level separation between splits "
+                   "is not verified by medcls.")
+    if src == "medmnist:pneumoniamnist":
+        out.append("Pneumonia data are paediatric chest X-rays from one hospital; performance on adults, other "
+                   "sites, devices or acquisition protocols is unknown.")
+    return out
+
+
+def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/model_card.md`` for ``run`` evaluated on ``split``."""
+    from .. import __version__
+
+    cfg, spec, d = run.config, run.spec, run.data_summary
+    t, m = cfg.train, cfg.model
+    tr = run.metrics().get("train", {})
+    names = list(spec.class_names)
+    pos = names[spec.positive_index] if spec.task == "binary" and spec.positive_index is not None else None
+    env = read_json(run.path / "env.json")
+    post = read_json(run.path / "postprocess.json")
+    pp = metrics.get("postprocess") or {}
+    ci = metrics.get("ci") or {}
+    L: list[str] = [f"# Model card: {spec.name} · {m.name}", "", f"> {NOT_CLINICAL}", ""]
+
+    L += ["## Model details", "",
+          f"- **Run:** `{run.path.name}` (trained {env.get('started', 'unknown date')}, git {env.get('git_sha') or 'unknown'})",
+          f"- **Architecture:** `{m.name}` (timm; pretrained={m.pretrained}, stem={d.get('stem', m.stem)}, "
+          f"drop_rate={m.drop_rate}), {spec.num_classes} outputs, task **{spec.task}**",
+          f"- **Classes:** {', '.join(names)}" + (f" (positive class: **{pos}**)" if pos else ""),
+          f"- **Software:** medcls {__version__}, torch {env.get('torch', '?')}, timm {env.get('timm', '?')}",
+          f"- **Card generated:** {time.strftime('%Y-%m-%d %H:%M')} from the `{split}` evaluation", ""]
+
+    L += ["## Intended use", "",
+          f"- Research and benchmarking of {spec.task} classification of {spec.name} images "
+          f"({', '.join(names)}).",
+          "- Intended users: machine-learning and medical-imaging researchers, who interpret outputs "
+          "alongside the limitations below.", "",
+          "## Out-of-scope uses", "",
+          "- Any clinical decision: diagnosis, screening, triage or treatment of real patients.",
+          "- Images from other sites, scanners, populations, modalities or resolutions than the training data.",
+          "- Use of the probabilities as calibrated risks outside the data distribution of the validation split.", ""]
+
+    splits = d.get("splits") or {}
+    L += ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
+          + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else "")]
+    L += ["", *_md_table(["split", *names, "total"],
+                         [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
+                          for s, v in splits.items()]), ""]
+    notes = d.get("notes") or []
+    L += ["- **How val/test were made:** " + ("; ".join(notes) if notes else
+          "official splits of the source used as provided (no re-splitting)."),
+          f"- Split seed {cfg.data.split_seed}; " + (f"each split limited to {cfg.data.limit} samples."
+                                                     if cfg.data.limit else "no subsampling."), ""]
+    pre = run.preprocess_cfg.to_dict()
+    L += ["## Preprocessing", "", "- " + ", ".join(f"{k}={v}" for k, v in pre.items()),
+          f"- Training augmentation preset `{cfg.transforms.preset}` (strength {cfg.transforms.strength}); "
+          "none at evaluation.", ""]
+
+    L += ["## Model training", "",
+          f"- {t.epochs} epochs planned, {tr.get('epochs_run', '?')} run; batch size {t.batch_size}; optimizer "
+          f"{t.optimizer} (lr {t.lr}, weight decay {t.weight_decay}); scheduler {t.scheduler}; loss {t.loss} "
+          f"(label smoothing {t.label_smoothing}); class weights {t.class_weights}; seed {cfg.seed}",
+          f"- Model selection: best validation **{tr.get('monitor', t.monitor)}** at epoch "
+          f"**{tr.get('best_epoch', '?')}** (value {_f(tr.get('best_value'), 4)}); evaluated checkpoint "
+          f"`{metrics.get('checkpoint', 'best')}` (epoch {metrics.get('checkpoint_epoch', '?')})", ""]
+
+    keys = [k for k in HEADLINE if isinstance(metrics.get(k), int | float)]
+    rows = [[k, _f(metrics[k]), _ci(ci.get(k))] for k in keys]
+    if isinstance(metrics.get("auc_delong"), dict):
+        rows.append(["auc (DeLong CI)", _f(metrics["auc_delong"].get("value")), _ci(metrics["auc_delong"])])
+    L += [f"## Performance ({split} split, n = {metrics.get('n', '?')})", "",
+          *_md_table(["metric", "value", "95% CI"], rows), "",
+          (f"Threshold-dependent metrics use threshold {fmt_threshold(metrics.get('threshold', 0.5))}"
+           if spec.task != "multiclass" else "Class predictions are the arg-max class")
+          + (f"; 95% CIs by {ci.get('method')} ({ci.get('n_resamples')} resamples)." if ci else "; no CIs."), ""]
+
+    cal = metrics.get("calibration") or {}
+    L += ["## Calibration", ""]
+    if "error" in cal:
+        L += [f"- Not available: {cal['error']}", ""]
+    else:
+        L += [f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}",
+              f"- ECE before {_f((cal.get('before') or {}).get('ece'), 4)} → after "
+              f"{_f((cal.get('after') or {}).get('ece'), 4)}; Brier before {_f((cal.get('before') or {}).get('brier'), 4)}"
+              f" → after {_f((cal.get('after') or {}).get('brier'), 4)} (on {split})", ""]
+
+    if spec.task == "binary":
+        sel = pp.get("selected", "default")
+        op = (post.get("operating_points") or {}).get(sel) or {}
+        val = op.get("val") or {}
+        here = operating_points(metrics).get(sel) or {}
+        L += ["## Operating point in use", "",
+              f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** "
+              f"on p({pos})",
+              f"- Provenance: chosen on {(post.get('operating_points') or {}).get('chosen_on', 'val')} "
+              f"(n = {post.get('n_val', '?')}); val sensitivity {_f(val.get('sensitivity'))}, "
+              f"val specificity {_f(val.get('specificity'))}"]
+        if here:
+            L.append(f"- On {split}: sensitivity {_f(here['sensitivity']['value'])} ({_ci(here['sensitivity'])}), "
+                     f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
+        L += [f"- Other rules ({', '.join(k for k in operating_points(metrics) if k != sel)}) are listed in "
+              "report.html.", ""]
+
+    lim = ["Single-source data: no external validation on another site or population has been done.",
+           "Test-set performance estimates carry the uncertainty shown by the CIs and may be optimistic if "
+           "the test distribution matches training more closely than deployment data would.",
+           *_caveats(run), *(f"Evaluation note: {n}" for n in pp.get("notes") or []),
+           *(f"Data note: {n}" for n in notes)]
+    L += ["## Limitations", "", *(f"- {x}" for x in lim), "",
+          "## Ethical considerations", "",
+          "- Subgroup performance (age, sex, device, site) was not assessed: the data carry no such labels.",
+          "- Errors have asymmetric costs (missed disease vs. false alarm); any threshold must be chosen "
+          "with clinicians for a specific setting and re-validated there.",
+          "- Public de-identified data; no new patient data were collected for this model.", "",
+          "## Not for clinical use", "", NOT_CLINICAL, ""]
+    path = Path(out_dir) / "model_card.md"
+    atomic_write_text(path, "\n".join(L))
+    return path

@@ -1,0 +1,332 @@
+"""A single self-contained HTML report for one evaluated split: ``eval-<split>/report.html``.
+
+Every figure is embedded as a base64 PNG data URI and the CSS is inline, so
+the file opens offline, can be mailed or archived, and prints cleanly. All
+text taken from the run (config, notes, class names) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import time
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from ..runs import Run
+from ..utils import atomic_write_text
+
+MAX_GALLERY = 24
+GRADCAM_HINT = "medcls evaluate RUN --gradcam-errors 8"
+NOT_CLINICAL = "Research use only — not for clinical decision making."
+RATES = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1", "kappa")
+
+CSS = """
+*{box-sizing:border-box}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d2330;
+ background:#f4f6f9;margin:0}
+main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:36px}
+h3{font-size:16px;margin:18px 0 6px}
+.sub{color:#5a6472;margin:0 0 12px}
+.banner{background:#fff4e5;border:1px solid #f0b429;border-left:6px solid #d9822b;padding:10px 14px;margin:12px 0;
+ border-radius:4px}
+.notice{background:#fdecea;border-left-color:#c0392b;border-color:#e6a4a0;font-weight:600}
+nav{font-size:14px;margin:10px 0 0}nav a{margin-right:14px;color:#2459a8;text-decoration:none}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:14px;min-width:40%}
+th,td{padding:5px 10px;border:1px solid #dde3ea;text-align:right}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#e9eef5}tbody tr:nth-child(even){background:#f6f8fb}
+tr.selected td{background:#e8f3ea}tr.selected td:first-child{font-weight:600}
+td small{color:#5a6472}td small.ci{white-space:nowrap}.wide{overflow-x:auto}.wide table{font-size:13px;width:100%}.wide td:nth-child(3),.wide td:nth-child(4),.wide th:nth-child(3),.wide th:nth-child(4){text-align:left}
+.tag{display:inline-block;font-size:11px;padding:1px 6px;border-radius:8px;background:#2e7d32;color:#fff;margin-left:6px}
+pre{background:#f6f8fb;border:1px solid #dde3ea;padding:10px;font-size:12px;overflow:auto;max-height:560px}
+img{max-width:100%;height:auto}
+.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.figs figure{margin:0;flex:1 1 300px;max-width:520px}
+.cms{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
+.cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px}
+.gallery figure{margin:0}figcaption{font-size:12px;color:#5a6472;word-break:break-all}
+.muted{color:#5a6472}
+footer{margin-top:40px;border-top:1px solid #dde3ea;padding-top:10px;font-size:13px;color:#5a6472}
+@media print{body{background:#fff}main{padding:0;max-width:none}nav{display:none}
+ section,figure,table,.cm{break-inside:avoid}pre{max-height:none;white-space:pre-wrap}}
+"""
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else str(v)
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        return "—" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return escape(str(v))
+
+
+def fmt_threshold(t: float) -> str:
+    """How thresholds are printed in the report and model card (4 significant digits)."""
+    return f"{float(t):.4g}"
+
+
+def _ci(d: Any) -> str:
+    if isinstance(d, dict) and "low" in d and "high" in d:
+        return f"[{_fmt(d['low'])}, {_fmt(d['high'])}]"
+    return "—"
+
+
+def _val_ci(d: Any) -> str:
+    return f"{_fmt(d.get('value'))}<br><small class=\"ci\">{_ci(d)}</small>" if isinstance(d, dict) else "—"
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f'<p class="muted">({escape(path.name)} was not produced)</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def _fig(path: Path, caption: str) -> str:
+    return f"<figure>{_img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join((f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{x}</td>" for x in r) + "</tr>"
+                   for r, c in zip(rows, classes or [""] * len(rows), strict=True))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def operating_points(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """rule name -> entry, for the binary operating points evaluated on this split."""
+    ops = metrics.get("operating_points") or {}
+    return {k: v for k, v in ops.items() if isinstance(v, dict) and "threshold" in v}
+
+
+def _data(run: Run) -> str:
+    d = run.data_summary
+    names = list(run.spec.class_names)
+    splits = d.get("splits") or {}
+    rows = [[escape(s), *(_fmt(v.get("per_class", {}).get(c)) for c in names), _fmt(v.get("n"))]
+            for s, v in splits.items()]
+    pre = run.preprocess_cfg.to_dict()
+    out = (f'<p>Source <code>{escape(str(d.get("source", "?")))}</code> · dataset '
+           f'<b>{escape(run.spec.name)}</b> · task {escape(run.spec.task)}'
+           + (f" · positive class <b>{escape(names[run.spec.positive_index])}</b>"
+              if run.spec.task == "binary" and run.spec.positive_index is not None else "") + "</p>"
+           + _table(["split", *names, "total"], rows)
+           + "<p>Preprocessing: " + escape(", ".join(f"{k}={v}" for k, v in pre.items())) + "</p>")
+    notes = d.get("notes") or []
+    out += ("<h3>Data notes</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>" if notes
+            else '<p class="muted">No data notes were recorded (splits used as provided by the source).</p>')
+    return out
+
+
+def _history(run: Run, out_dir: Path, tmp: Path) -> Path:
+    """history.png re-drawn with rate metrics only (counts such as val_tp would flatten the axis)."""
+    hist = run.path / "history.csv"
+    if not hist.is_file():
+        return out_dir / "history.png"
+    import pandas as pd
+
+    from .plots import plot_history
+
+    rows = pd.read_csv(hist).to_dict("records")
+    keys = [f"val_{k}" for k in RATES if any(isinstance(r.get(f"val_{k}"), float) for r in rows)]
+    try:
+        return plot_history(tmp / "history.png", rows, metrics=keys)
+    except DataError:  # fall back to the evaluator's figure
+        return out_dir / "history.png"
+
+
+def _training(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
+    t = run.metrics().get("train", {})
+    facts = [f"monitor <b>{escape(str(t.get('monitor', run.config.train.monitor)))}</b>"]
+    if "best_epoch" in t:
+        facts.append(f"best epoch <b>{_fmt(t['best_epoch'])}</b> (val {_fmt(t.get('best_value'), 4)})")
+    if "epochs_run" in t:
+        facts.append(f"{_fmt(t['epochs_run'])} epoch(s) run of {run.config.train.epochs}")
+    if isinstance(t.get("train_seconds"), int | float):
+        facts.append(f"{t['train_seconds'] / 60:.1f} min training")
+    facts.append(f"evaluated checkpoint: {escape(str(metrics.get('checkpoint', 'best')))} "
+                 f"(epoch {_fmt(metrics.get('checkpoint_epoch'))})")
+    return "<p>" + " · ".join(facts) + "</p>" + _img(_history(run, out_dir, tmp), "training history")
+
+
+def _metrics(metrics: dict[str, Any], split: str) -> str:
+    ci = metrics.get("ci") or {}
+    skip = {"n", "tp", "fp", "tn", "fn", "threshold", "prevalence", "split", "checkpoint_epoch"}
+    keys = [k for k, v in ci.items() if isinstance(v, dict) and "value" in v]
+    keys += [k for k, v in metrics.items() if k not in keys and k not in skip
+             and isinstance(v, int | float) and not isinstance(v, bool)]
+    rows = [[escape(k), _fmt(metrics.get(k, ci.get(k, {}).get("value"))), _ci(ci.get(k))] for k in keys]
+    dl = metrics.get("auc_delong")
+    if isinstance(dl, dict):
+        rows.append(["auc (DeLong)", _fmt(dl.get("value")), _ci(dl)])
+    for k, v in (metrics.get("tta") or {}).items():
+        if k in keys and isinstance(v, int | float):
+            rows.append([f"{escape(k)} (TTA)", _fmt(v), _ci((metrics["tta"].get("ci") or {}).get(k))])
+    how = escape(str(ci.get("method", "")))
+    out = (f"<p>{escape(split)} split, n = {_fmt(metrics.get('n'))}"
+           + (f", decision threshold {fmt_threshold(metrics['threshold'])}" if "threshold" in metrics else "")
+           + (f"; 95% CI by {how} ({_fmt(ci.get('n_resamples'))} resamples)" if how else "; no bootstrap CIs")
+           + "</p>" + _table(["metric", "value", "95% CI [low, high]"], rows))
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        cols = ["auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1", "support"]
+        cols = [c for c in cols if any(c in v for v in per_class.values())]
+        out += "<h3>Per class</h3>" + _table(["class", *cols], [[escape(c), *(_fmt(v.get(k)) for k in cols)]
+                                                                 for c, v in per_class.items()])
+    return out
+
+
+def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
+    pp = metrics.get("postprocess") or {}
+    notes = pp.get("notes") or []
+    out = "".join(f'<div class="banner"><b>Note:</b> {escape(str(n))}</div>' for n in notes)
+    ops = operating_points(metrics)
+    if run.spec.task != "binary":
+        rule = ("prediction = arg-max class" if run.spec.task == "multiclass" else
+                f"each label predicted when p >= {fmt_threshold(metrics.get('threshold', 0.5))}")
+        return out + f"<p>Operating points apply to binary tasks; this run is {escape(run.spec.task)} " \
+            f"({escape(rule)}).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
+            _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
+    post = read_json(run.path / "postprocess.json").get("operating_points") or {}
+    where = post.get("chosen_on", "val")
+    selected = pp.get("selected")
+    rows, classes = [], []
+    for name, op in ops.items():
+        val = (post.get(name) or {}).get("val") or {}
+        prov = f"chosen on {escape(str(where))}" + (f"<br><small>val sens {_fmt(val['sensitivity'])}, spec "
+                                                     f"{_fmt(val.get('specificity'))}</small>" if "sensitivity" in val else "")
+        cells = [escape(name) + ('<span class="tag">in use</span>' if name == selected else ""),
+                 f'<span title="{op["threshold"]!r}">{fmt_threshold(op["threshold"])}</span>',
+                 f'<small>{escape(str(op.get("rule", "")))}</small>', prov]
+        cells += [_val_ci(op.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")]
+        rows.append(cells)
+        classes.append("selected" if name == selected else "")
+    if rows:
+        out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}) were fitted on the "
+                f"validation split (n = {_fmt(read_json(run.path / 'postprocess.json').get('n_val'))}) and "
+                f"applied unchanged to {escape(str(metrics.get('split', '')))}; values below are on "
+                f"{escape(str(metrics.get('split', '')))} with 95% CIs.</p>"
+                + '<div class="wide">' + _table(["rule", "threshold", "definition", "provenance", "sensitivity",
+                                                  "specificity", "PPV", "NPV"], rows, classes) + "</div>")
+    else:
+        out += "<p>No operating points were evaluated (bootstrap disabled or none could be chosen).</p>"
+    return out + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC with operating points") + \
+        _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>"
+
+
+def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
+    from .plots import plot_confusion
+
+    names = list(run.spec.class_names)
+    if run.spec.task == "binary":
+        import pandas as pd
+
+        pos = run.spec.positive_index if run.spec.positive_index is not None else 1
+        pred_file = out_dir / "predictions.csv"
+        ops = {k: v["threshold"] for k, v in operating_points(metrics).items()}
+        if not ops and "threshold" in metrics:
+            ops = {"threshold": metrics["threshold"]}
+        if not pred_file.is_file() or not ops:
+            return '<p class="muted">No predictions to build confusion matrices from.</p>'
+        df = pd.read_csv(pred_file)
+        y = df["label"].astype(str).map({c: i for i, c in enumerate(names)}).to_numpy()
+        p = df[f"prob_{names[pos]}"].to_numpy()
+        mats = {}
+        for name, t in ops.items():
+            pred = np.where(p >= t, pos, 1 - pos)
+            mats[f"{name} (threshold {fmt_threshold(t)})"] = np.array(
+                [[int(((y == i) & (pred == j)).sum()) for j in range(2)] for i in range(2)])
+    elif "confusion_matrix" in metrics:
+        mats = {"arg-max class": np.asarray(metrics["confusion_matrix"])}
+    else:
+        return "<p>Confusion matrices are not shown for multilabel tasks (see per-label metrics).</p>"
+    out = "<p>Rows are the true class; the row-normalised matrix shows per-class recall.</p><div class=\"cms\">"
+    for i, (title, cm) in enumerate(mats.items()):
+        a = plot_confusion(tmp / f"cm{i}.png", cm, names)
+        b = plot_confusion(tmp / f"cm{i}n.png", cm, names, normalize=True)
+        out += (f'<div class="cm"><h3>{escape(title)}</h3><div class="figs">'
+                + _fig(a, "counts") + _fig(b, "row-normalised") + "</div></div>")
+    return out + "</div>"
+
+
+def _calibration(out_dir: Path, metrics: dict[str, Any]) -> str:
+    cal = metrics.get("calibration") or {}
+    if "error" in cal:
+        return f'<div class="banner">Calibration report unavailable: {escape(str(cal["error"]))}</div>'
+    keys = ("ece", "mce", "brier", "nll")
+    rows = [[k.upper() if k != "brier" else "Brier", _fmt((cal.get("before") or {}).get(k), 4),
+             _fmt((cal.get("after") or {}).get(k), 4)] for k in keys]
+    t = cal.get("temperature", (metrics.get("postprocess") or {}).get("temperature"))
+    return (f"<p>Temperature T = <b>{_fmt(t, 4)}</b> (fitted on val; probabilities = softmax(logits / T)). "
+            f"Lower is better for every score; {_fmt(cal.get('n_bins'))} bins.</p>"
+            + '<div class="figs"><div>' + _table(["score", "before (T = 1)", "after (T)"], rows) + "</div>"
+            + _fig(out_dir / "reliability.png", "Reliability diagram") + "</div>")
+
+
+def _errors(out_dir: Path) -> str:
+    root = out_dir / "gradcam"
+    files = sorted(root.rglob("*.png")) if root.is_dir() else []
+    if not files:
+        return (f"<p>No Grad-CAM gallery for this evaluation. Produce one with <code>{escape(GRADCAM_HINT)}</code> "
+                "and re-open this report.</p>")
+    shown = files[:MAX_GALLERY]
+    more = f" (first {MAX_GALLERY} of {len(files)})" if len(files) > MAX_GALLERY else ""
+    return (f"<p>Grad-CAM overlays of misclassified images{more}.</p><div class=\"gallery\">"
+            + "".join(_fig(f, f.relative_to(root).as_posix()) for f in shown) + "</div>")
+
+
+def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) for ``metrics`` of ``run`` on ``split``."""
+    from .. import __version__
+
+    out_dir = Path(out_dir)
+    cfg_file = run.path / "config.yaml"
+    cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
+    title = f"{run.spec.name} · {run.config.model.name} · {split}"
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = [
+            ("data", "Data", _data(run)),
+            ("config", "Configuration", f"<pre>{escape(cfg_text)}</pre>"),
+            ("training", "Training", _training(run, out_dir, metrics, Path(tmp))),
+            ("metrics", "Metrics", _metrics(metrics, split)),
+            ("operating-points", "Operating points", _operating_points(run, out_dir, metrics)),
+            ("confusion", "Confusion matrices", _confusions(run, out_dir, metrics, Path(tmp))),
+            ("calibration", "Calibration", _calibration(out_dir, metrics)),
+            ("errors", "Errors (Grad-CAM)", _errors(out_dir)),
+        ]
+    nav = "".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name, _ in sections)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    doc = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<header><h1>{escape(title)}</h1><p class=\"sub\">Run <code>{escape(run.path.name)}</code> · "
+        f"{escape(run.spec.task)} · n = {_fmt(metrics.get('n'))} · checkpoint {escape(str(metrics.get('checkpoint')))}"
+        f"</p><div class=\"banner notice\">{escape(NOT_CLINICAL)}</div><nav>{nav}</nav></header>"
+        + "".join(_section(*s) for s in sections)
+        + f"<footer>Generated by medcls {escape(__version__)} on {stamp}. <b>{escape(NOT_CLINICAL)}</b></footer>"
+        "</main></body></html>\n"
+    )
+    path = out_dir / "report.html"
+    atomic_write_text(path, doc)
+    return path

@@ -1,0 +1,17 @@
+"""Service settings (one class; the CLI fills it)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ServeSettings(BaseModel):
+    bundle: str = Field(..., description="Bundle directory (or a run directory with backend=torch).")
+    backend: str = Field("onnx", description="torch | onnx | int8")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused (decompression bombs).")
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_files: int = Field(64, ge=1, description="Files per /v1/predict/batch request.")
+    threads: int | None = Field(None, ge=1)

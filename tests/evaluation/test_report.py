@@ -1,0 +1,131 @@
+"""report.html is self-contained and complete; model_card.md carries the headline numbers and warnings."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from medcls.api import evaluate, train
+from medcls.data.sources import LoadedData, load_data
+from medcls.evaluation.report import fmt_threshold
+
+SECTIONS = ("data", "config", "training", "metrics", "operating-points", "confusion", "calibration", "errors")
+
+
+class Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.imgs: list[str] = []
+        self.refs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        self.refs += [v for k, v in attrs if k in ("href", "src") and v]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path) -> Collector:
+    c = Collector()
+    c.feed(path.read_text(encoding="utf-8"))
+    c.close()
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pneumonia_npz, tmp_path_factory):
+    """One tiny training shared by the tests here (the ``tiny_cfg`` of tests/conftest.py, module-scoped)."""
+    cfg = {"name": "tiny", "seed": 0, "output_dir": str(tmp_path_factory.mktemp("runs")),
+           "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 96},
+           "model": {"name": "resnet18", "stem": "default"},
+           "train": {"epochs": 2, "batch_size": 32, "progress": False, "warmup_epochs": 0.5},
+           "eval": {"batch_size": 64, "n_bootstrap": 200}}
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run):
+    metrics = evaluate(tiny_run, "test", device="cpu")
+    return tiny_run, metrics, tiny_run.path / "eval-test"
+
+
+def test_report_is_self_contained_and_complete(evaluated):
+    _, metrics, out = evaluated
+    html = (out / "report.html").read_text(encoding="utf-8")
+    page = _parse(out / "report.html")
+    assert set(SECTIONS) <= page.ids
+    # history, roc, pr, reliability + (counts, normalised) per operating point
+    ops = {k: v for k, v in metrics["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
+    assert len(page.imgs) >= 4 + 2 * len(ops)
+    assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert not re.search(r"https?://", html)
+    assert all(r.startswith(("#", "data:")) for r in page.refs)
+    text = " ".join(page.text)
+    for name, op in ops.items():
+        assert name in text and fmt_threshold(op["threshold"]) in text
+    assert "chosen on val" in text
+    assert "not for clinical decision making" in text.lower()
+    assert f"{metrics['ci']['auc']['low']:.3f}" in text and f"{metrics['ci']['auc']['high']:.3f}" in text
+    assert "--gradcam-errors 8" in text  # no gradcam folder yet: says how to make one
+    assert "<script" not in html and "@import" not in html
+
+
+def test_model_card(evaluated):
+    run, metrics, out = evaluated
+    card = (out / "model_card.md").read_text(encoding="utf-8")
+    auc = metrics["ci"]["auc"]
+    assert re.search(rf"\| auc \| {auc['value']:.3f} \| {auc['low']:.3f}–{auc['high']:.3f} \|", card)
+    assert "Not for clinical use" in card
+    post = json.loads((run.path / "postprocess.json").read_text())
+    sel = post["selected"]
+    assert f"Rule **{sel}**" in card and post["operating_points"][sel]["rule"] in card
+    assert fmt_threshold(post["threshold"]) in card and "chosen on val" in card
+    for split, v in run.data_summary["splits"].items():
+        assert f"| {split} |" in card and str(v["n"]) in card
+
+
+def test_gradcam_gallery_is_embedded(evaluated, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from medcls.evaluation.report import write_report
+
+    run, metrics, src = evaluated
+    out = shutil.copytree(src, tmp_path / "eval")
+    (out / "gradcam" / "fn").mkdir(parents=True)
+    for i in range(30):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(out / "gradcam" / "fn" / f"err_{i:02d}.png")
+    page = _parse(write_report(run, "test", metrics, out))
+    gallery = [s for s in page.imgs if s.startswith("data:image/png;base64,")]
+    assert "fn/err_00.png" in " ".join(page.text) and "fn/err_29.png" not in " ".join(page.text)
+    assert len(gallery) >= 24 + 4
+
+
+def test_single_class_val_fallback_is_shown(tiny_run, tmp_path):
+    run = tiny_run
+    data = load_data(run.config.data)
+    labels = np.asarray(data.val.labels)
+    one_class = LoadedData(data.spec, data.train, data.val.subset(np.flatnonzero(labels == 0)), data.test, data.notes)
+    out = tmp_path / "eval"
+    metrics = evaluate(run, "test", device="cpu", data=one_class, out_dir=out)
+    notes = metrics["postprocess"]["notes"]
+    assert any("falling back to 0.5" in n for n in notes)
+    page = _parse(out / "report.html")
+    text = " ".join(page.text)
+    assert "falling back to 0.5" in text
+    html = (out / "report.html").read_text(encoding="utf-8")
+    section = html[html.index('id="operating-points"'):html.index('id="confusion"')]
+    assert 'class="banner"' in section and "falling back to 0.5" in section
+    assert "falling back to 0.5" in (out / "model_card.md").read_text(encoding="utf-8")

@@ -1,0 +1,79 @@
+"""Bundles: export parity, INT8 check, Predictor backends equal to evaluation, integrity checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medcls import Predictor
+from medcls.cli import main
+from medcls.errors import ModelError, RunError
+from medcls.export import export_bundle
+
+
+def test_bundle_contents(bundle, evaluated_run):
+    out, info = bundle
+    assert set(info["files"]) == {"model.safetensors", "model.onnx", "model.int8.onnx", "model.ts"}
+    disk = json.loads((out / "bundle.json").read_text())
+    assert disk == json.loads(json.dumps(info))
+    assert disk["class_names"] == ["normal", "pneumonia"] and disk["positive_class"] == "pneumonia"
+    assert disk["preprocess"]["size"] == 28 and disk["preprocess"]["in_chans"] == 1
+    post = json.loads((evaluated_run.path / "postprocess.json").read_text())
+    assert disk["temperature"] == post["temperature"]
+    assert disk["operating_point"] == {"selected": "youden", "threshold": post["threshold"], "chosen_on": "val"}
+    assert disk["checks"]["onnx_parity"]["max_abs_prob_diff"] <= 1e-4
+    assert disk["checks"]["int8"]["calibration_images"] == 64
+    assert abs(disk["checks"]["int8"]["auc_drop"]) < 0.2
+
+
+@pytest.mark.parametrize("backend,tol", [("torch", 1e-5), ("onnx", 1e-4), ("int8", 0.1)])
+def test_predictor_backends_match_evaluation(bundle, evaluated_run, pneumonia_arrays, backend, tol):
+    out, _ = bundle
+    df = pd.read_csv(evaluated_run.path / "eval-test" / "predictions.csv")
+    idx = [int(s.split("/")[1]) for s in df["id"][:16]]
+    pred = Predictor.load(out, backend=backend)
+    res = pred.predict([pneumonia_arrays["test_images"][i] for i in idx])
+    got = np.array([r["probabilities"]["pneumonia"] for r in res])
+    assert np.abs(got - df["prob_pneumonia"][:16].to_numpy()).max() <= tol
+    if backend != "int8":
+        assert [r["predicted"] for r in res] == list(df["decision"][:16])
+
+
+def test_bundle_is_never_overwritten_and_checks_integrity(bundle, evaluated_run, tmp_path):
+    out, _ = bundle
+    with pytest.raises(RunError, match="already exists"):
+        export_bundle(evaluated_run, out)
+    import shutil
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(RunError, match="sha256"):
+        Predictor.load(bad, backend="onnx")
+    with pytest.raises(RunError, match="neither a medcls bundle"):
+        Predictor.load(tmp_path)
+
+
+def test_int8_refused_beyond_bound(evaluated_run, tmp_path):
+    with pytest.raises(ModelError, match="INT8 model loses"):
+        export_bundle(evaluated_run, tmp_path / "q", quantize="int8", max_int8_auc_drop=-1.0, n_calibration=32)
+    assert not (tmp_path / "q").exists()  # nothing half-written
+
+
+def test_cli_export_and_predict_with_onnx(evaluated_run, tmp_path, capsys, pneumonia_arrays):
+    from PIL import Image
+
+    out = tmp_path / "cli-bundle"
+    assert main(["export", str(evaluated_run.path), "-o", str(out), "--format", "onnx"]) == 0
+    assert "ONNX parity" in capsys.readouterr().out
+    img = tmp_path / "x.png"
+    Image.fromarray(pneumonia_arrays["test_images"][0]).save(img)
+    assert main(["predict", str(out), str(img), "--backend", "onnx"]) == 0
+    assert "pneumonia" in capsys.readouterr().out
+    assert main(["predict", str(evaluated_run.path), str(img), "--backend", "onnx"]) == 2
+    assert "only the torch backend" in capsys.readouterr().err
+    assert main(["predict", str(out), str(img), "--backend", "tensorrt"]) == 2

@@ -1,0 +1,104 @@
+"""`medcls serve` as a real process on 127.0.0.1, bounded concurrent requests, and a browser test."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+ARTIFACTS = Path(os.environ.get("MEDCLS_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    out, _ = bundle
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medcls", "serve", str(out), "--port", str(port),
+                             "--backend", "onnx", "--max-wait-ms", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not become ready in 120 s")
+    yield base
+    os.kill(proc.pid, signal.SIGTERM)  # stop by PID
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_concurrent_requests_all_answered(server, pneumonia_arrays):
+    images = [png(pneumonia_arrays["test_images"][i]) for i in range(40)]
+
+    def call(i: int) -> tuple[int, dict]:
+        r = httpx.post(server + "/v1/predict", files={"file": (f"{i}.png", images[i])}, timeout=60)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(call, range(len(images))))
+    assert all(code == 200 for code, _ in answers), [a for a in answers if a[0] != 200][:3]
+    for _, body in answers:
+        p = body["probabilities"]
+        assert abs(sum(p.values()) - 1) < 1e-4 and body["predicted"] in p
+    metrics = httpx.get(server + "/metrics").text
+    # micro-batching gathered concurrent requests: some model call saw more than one image
+    count = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("medcls_batch_size_count")))
+    total = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("medcls_batch_size_sum")))
+    assert total == len(images) and count < len(images)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium is not installed (make browser-deps)")
+def test_web_page_in_headless_chromium(server, pneumonia_arrays, tmp_path):
+    pw = pytest.importorskip("playwright.sync_api")
+    img = tmp_path / "xray.png"
+    Image.fromarray(pneumonia_arrays["test_images"][0]).save(img)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(server + "/")
+        page.set_input_files("#file", str(img))
+        page.wait_for_selector("#result[data-ready='1']", timeout=60_000)
+        bars = page.locator("#bars .bar")
+        assert bars.count() == 2
+        assert "Decision:" in page.inner_text("#decision")
+        assert page.eval_on_selector("#overlay", "el => el.naturalWidth") >= 224
+        page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
