@@ -59,10 +59,9 @@ def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, cla
     return df
 
 
-def _logits(run: Run, table, device: torch.device, *, tta: bool = False) -> np.ndarray:
+def _logits(run: Run, model: torch.nn.Module, table, device: torch.device, *, tta: bool = False) -> np.ndarray:
     from ..transforms.tta import tta_views
 
-    model, _ = run.build_model(run.config.eval.checkpoint, device=str(device))
     batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
                       num_workers=run.config.data.num_workers)
     views = tta_views(run.config.transforms.preset) if tta else None
@@ -75,10 +74,6 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
 
     device = device or torch.device("cpu")
     cfg, spec, ev = run.config, run.spec, run.config.eval
-    if checkpoint != ev.checkpoint:
-        cfg = cfg.model_copy(update={"eval": ev.model_copy(update={"checkpoint": checkpoint})})
-        run = Run(run.path, cfg, run.spec, run.preprocess_cfg, run.data_summary)
-        ev = cfg.eval
     data = data or load_data(cfg.data)
     table = data.split(split)
     if not run.checkpoint_path(checkpoint).is_file():
@@ -87,13 +82,14 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
         raise RunError(f"{run.path} has no {checkpoint} checkpoint (was training interrupted before epoch 1 ended?)")
     names, task, pos = list(spec.class_names), spec.task, spec.positive_index
 
-    val_logits = _logits(run, data.val, device)
+    model, _ = run.build_model(checkpoint, device=str(device))
+    val_logits = _logits(run, model, data.val, device)
     post = fit_postprocess(task, val_logits, np.asarray(data.val.labels), positive_index=pos,
                            operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
                            target_specificity=ev.target_specificity, calibrate=ev.calibrate)
     post["checkpoint"] = checkpoint
     save_postprocess(run.path, post)
-    logits = val_logits if split == "val" else _logits(run, table, device)
+    logits = val_logits if split == "val" else _logits(run, model, table, device)
     T = post["temperature"]
     probs = scale_probs(logits, task, T)
     labels = np.asarray(table.labels)
@@ -113,7 +109,7 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
             metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post["operating_points"],
                                                            n_resamples=ev.n_bootstrap, seed=cfg.seed)
     if ev.tta:
-        tta_probs = scale_probs(_logits(run, table, device, tta=True), task, T)
+        tta_probs = scale_probs(_logits(run, model, table, device, tta=True), task, T)
         tta = compute_metrics(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr)
         if ev.n_bootstrap:
             tta["ci"] = bootstrap_ci(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr,
