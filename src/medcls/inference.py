@@ -8,7 +8,6 @@ gets the same numbers as ``medcls evaluate``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,8 +122,3 @@ class Predictor:
                     r["threshold"], r["operating_point"] = self.threshold, self.operating_point
                 results.append(r)
         return results
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / "bundle.json"
-    return json.loads(p.read_text()) if p.is_file() else {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -112,12 +111,3 @@ def epoch_order(labels: np.ndarray, *, sampler: str, seed: int, epoch: int, rank
         order = np.resize(order, per * world_size)  # pad by wrapping, as DistributedSampler
         order = order[rank::world_size]
     return order
-
-
-def warn_if_empty_classes(labels: np.ndarray, class_names: tuple[str, ...], split: str) -> None:
-    if labels.ndim != 1:
-        return
-    counts = np.bincount(labels, minlength=len(class_names))
-    empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        warnings.warn(f"{split} split has no samples of class(es) {empty}", stacklevel=2)
