@@ -189,34 +189,33 @@ def _class_index(run: Run, target: int | str | None) -> int | None:
     raise ConfigError(f"unknown class {target!r}.{did_you_mean(target, names)} Classes: {', '.join(names)}")
 
 
-def _calibration(run: Run) -> tuple[float, float]:
+def _decision_threshold(run: Run) -> float:
+    """The operating point ``predict`` uses (postprocess.json), else eval.threshold."""
     from .clinical import load_postprocess
 
-    post = load_postprocess(run.path) or {}
-    return float(post.get("temperature", 1.0)), float(post.get("threshold", run.config.eval.threshold))
+    return float((load_postprocess(run.path) or {}).get("threshold", run.config.eval.threshold))
 
 
 def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
                   target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
                   checkpoint: str = "best") -> dict[str, Any]:
-    """Predict one image (calibrated as :class:`~medcls.inference.RunPredictor`) and save its CAM figure.
+    """Predict one image (calibrated, at the run's operating point, as :class:`~medcls.inference.Predictor`)
+    and save its CAM figure.
 
     The CAM explains ``target_class`` (index or name), by default the predicted class.
     """
     from ..data.io import read_image
-    from ..engine.predict import probabilities
+    from ..inference import Predictor
 
     check_method(method)
     target = _class_index(run, target_class)
     arr = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
-    x = run.preprocess(arr).unsqueeze(0)
-    model, _ = run.build_model(checkpoint)
-    temperature, threshold = _calibration(run)
-    with torch.no_grad():
-        p = probabilities(model(x).float() / temperature, run.spec.task)[0]
-    names, spec = list(run.spec.class_names), run.spec
-    pos = spec.positive_index
-    pred = (pos if p[pos] >= threshold else 1 - pos) if spec.task == "binary" else int(p.argmax())
+    predictor = Predictor.from_run(run, checkpoint=checkpoint)
+    model = predictor.model
+    x = predictor.preprocess(arr).unsqueeze(0)
+    p = predictor.probabilities(x)[0]
+    names = list(run.spec.class_names)
+    pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(predictor.decide(p))
     target = pred if target is None else target
     layer = pick_layer(model, x, layer)
     cam = compute_cam(model, x, method=method, target_class=target, layer=layer)[0]
@@ -265,7 +264,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     if not (out / "predictions.csv").is_file():
         evaluate_run(run, split, checkpoint=checkpoint)
     df = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str})
-    _, threshold = _calibration(run)
+    threshold = _decision_threshold(run)
     groups = _select_errors(df, run, k, threshold)
     root = out / "gradcam"
     shutil.rmtree(root, ignore_errors=True)
