@@ -35,33 +35,39 @@ def pneumonia_arrays(pneumonia_npz) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+@pytest.fixture(scope="session")
+def make_cfg(pneumonia_npz):
+    """Build a small training config on real PneumoniaMNIST: ResNet-18, 2 epochs, batch 32.
+
+    ``train`` and ``eval`` entries are added to (train) or replace (eval) the defaults.
+    """
+
+    def make(output_dir, *, name: str = "tiny", limit: int = 96, stem: str = "default",
+             train: dict | None = None, eval: dict | None = None) -> dict:
+        return {
+            "name": name, "seed": 0, "output_dir": str(output_dir),
+            "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": limit},
+            "model": {"name": "resnet18", "stem": stem},
+            "train": {"epochs": 2, "batch_size": 32, "progress": False, **(train or {})},
+            "eval": dict(eval or {}),
+        }
+
+    return make
+
+
 @pytest.fixture
-def tiny_cfg(pneumonia_npz, tmp_path) -> dict:
+def tiny_cfg(make_cfg, tmp_path) -> dict:
     """A config that trains ResNet-18 on 96 real PneumoniaMNIST images per split in seconds."""
-    return {
-        "name": "tiny",
-        "seed": 0,
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 96},
-        "model": {"name": "resnet18", "stem": "default"},
-        "train": {"epochs": 2, "batch_size": 32, "progress": False, "warmup_epochs": 0.5},
-        "eval": {"batch_size": 64},
-    }
+    return make_cfg(tmp_path / "runs", train={"warmup_epochs": 0.5}, eval={"batch_size": 64})
 
 
 @pytest.fixture(scope="session")
-def evaluated_run(tmp_path_factory, pneumonia_npz):
+def evaluated_run(tmp_path_factory, make_cfg):
     """A 2-epoch run on 128 real images per split, evaluated on test (calibration + youden operating point)."""
     from medcls import evaluate, train
 
-    root = tmp_path_factory.mktemp("evaluated")
-    cfg = {
-        "name": "b", "seed": 0, "output_dir": str(root),
-        "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 128},
-        "model": {"name": "resnet18", "stem": "small"},
-        "train": {"epochs": 2, "batch_size": 32, "progress": False},
-        "eval": {"n_bootstrap": 200, "operating_point": "youden"},
-    }
+    cfg = make_cfg(tmp_path_factory.mktemp("evaluated"), name="b", limit=128, stem="small",
+                   eval={"n_bootstrap": 200, "operating_point": "youden"})
     run = train(cfg)
     evaluate(run, "test")
     return run

@@ -15,15 +15,9 @@ from medcls.errors import ConfigError, RunError
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, pneumonia_npz):
-    root = tmp_path_factory.mktemp("ev")
-    cfg = {
-        "name": "ev", "seed": 0, "output_dir": str(root),
-        "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 128},
-        "model": {"name": "resnet18", "stem": "default"},
-        "train": {"epochs": 2, "batch_size": 32, "progress": False},
-        "eval": {"n_bootstrap": 500, "operating_point": "youden"},
-    }
+def tiny_run(tmp_path_factory, make_cfg):
+    cfg = make_cfg(tmp_path_factory.mktemp("ev"), name="ev", limit=128,
+                   eval={"n_bootstrap": 500, "operating_point": "youden"})
     return train(cfg)
 
 

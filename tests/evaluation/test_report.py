@@ -44,13 +44,10 @@ def _parse(path) -> Collector:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(pneumonia_npz, tmp_path_factory):
+def tiny_run(make_cfg, tmp_path_factory):
     """One tiny training shared by the tests here (the ``tiny_cfg`` of tests/conftest.py, module-scoped)."""
-    cfg = {"name": "tiny", "seed": 0, "output_dir": str(tmp_path_factory.mktemp("runs")),
-           "data": {"source": "medmnist:pneumoniamnist", "options": {"path": str(pneumonia_npz)}, "limit": 96},
-           "model": {"name": "resnet18", "stem": "default"},
-           "train": {"epochs": 2, "batch_size": 32, "progress": False, "warmup_epochs": 0.5},
-           "eval": {"batch_size": 64, "n_bootstrap": 200}}
+    cfg = make_cfg(tmp_path_factory.mktemp("runs"), train={"warmup_epochs": 0.5},
+                   eval={"batch_size": 64, "n_bootstrap": 200})
     return train(cfg)
 
 
