@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+# MedMNIST v2 (Yang et al., Scientific Data 2023), Table: PneumoniaMNIST test AUC / ACC.
+from _common import cpu_name
+
 import medcls
 
-# MedMNIST v2 (Yang et al., Scientific Data 2023), Table: PneumoniaMNIST test AUC / ACC.
 REFERENCE: list[tuple[str, float, float]] = [
     ("ResNet-18 (28)", 0.944, 0.854),
     ("ResNet-50 (224)", 0.962, 0.884),
@@ -32,13 +34,6 @@ REFERENCE: list[tuple[str, float, float]] = [
 ]
 TIME_BUDGET_S = 600.0
 METRICS = ("auc", "accuracy", "sensitivity", "specificity")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

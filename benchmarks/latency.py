@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import cpu_name
 
 from medcls.engine.predict import probabilities
 from medcls.export.onnx import INPUT, OUTPUT
@@ -32,13 +33,6 @@ from medcls.runs import Run, load_run
 
 BACKENDS = ("torch", "onnx", "int8")
 LABELS = {"torch": "torch eager fp32", "onnx": "ORT fp32", "int8": "ORT INT8 (static QDQ)"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def runner(pred: Predictor):

@@ -31,17 +31,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _common import cpu_name
 from PIL import Image
 
 HOST = "127.0.0.1"
 MODES = {"on": ("32", "5"), "off": ("1", "0")}  # --max-batch, --max-wait-ms
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def free_port() -> int:

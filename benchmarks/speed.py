@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import cpu_name
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
@@ -113,13 +114,6 @@ def medcls_data_epoch(batches: Batches, cfg: Any, epoch: int) -> float:
     for x, _, _ in batches.iterate(order):
         augment(x, g)
     return time.perf_counter() - t0
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:
