@@ -310,6 +310,13 @@ def datasets() -> None:
                    f"{n['train']}/{n['val']}/{n['test']}  {info.get('license', '')}")
 
 
+from .cli_data import data_app  # noqa: E402
+from .cli_experiments import register as _register_experiments  # noqa: E402
+
+app.add_typer(data_app, name="data")
+_register_experiments(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors become one clear line on stderr and exit status 2."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
