@@ -83,6 +83,9 @@ class TrainConfig(_Section):
     channels_last: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1)
+    mixup: float = Field(0.0, ge=0, description="Mixup Beta alpha (0 = off; 0.2-0.4 typical).")
+    cutmix: float = Field(0.0, ge=0, description="CutMix Beta alpha (0 = off; 1.0 typical). With mixup, each batch uses one.")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="Chance that a batch is mixed when mixup/cutmix is on.")
     progress: bool = True
 
 

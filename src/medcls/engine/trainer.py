@@ -39,6 +39,7 @@ from .checkpoint import (
 from .distributed import DistInfo, check_in_sync
 from .loader import Batches, epoch_order
 from .losses import build_loss, class_weights
+from .mixing import mix_batch
 from .predict import predict_logits, probabilities
 from .schedule import build_optimizer, lr_factor, set_lr
 
@@ -192,13 +193,16 @@ class Trainer:
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(self.device)
+            mixed = mix_batch(x, y.float() if self.task == "multilabel" else y, g,
+                              mixup=t.mixup, cutmix=t.cutmix, prob=t.mix_prob)
+            x = mixed.x
             last_micro = (i + 1) % t.grad_accum_steps == 0 or i + 1 == n_batches
             sync = nullcontext() if (last_micro or not self.dist.enabled) else self.ddp_model.no_sync()
             amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
             with sync:
                 with amp:
                     logits = self.ddp_model(x)
-                loss = self.criterion(logits.float(), y.float() if self.task == "multilabel" else y)
+                loss = mixed.loss(self.criterion, logits.float())
                 scaled = loss / t.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             if last_micro:
