@@ -28,7 +28,11 @@ def resolve_preprocess(cfg: Config, data: LoadedData) -> PreprocessConfig:
     native = data.spec.native_size
     size = t.image_size or (native if native and native <= 64 else default_input_size(cfg.model.name))
     in_chans = cfg.model.in_chans or data.spec.channels
-    return PreprocessConfig(size=size, in_chans=in_chans, clahe=t.clahe, clahe_clip=t.clahe_clip)
+    from .transforms.stain import resolve_stain  # fits the reference once; the run keeps the parameters
+
+    stain = resolve_stain(t.stain, t.stain_reference, channels=data.spec.channels, dataset=data.spec.name)
+    return PreprocessConfig(size=size, in_chans=in_chans, clahe=t.clahe, clahe_clip=t.clahe_clip,
+                            stain=t.stain, stain_params=stain)
 
 
 def build_model(cfg: Config, data: LoadedData, pre: PreprocessConfig):
@@ -54,14 +58,16 @@ def _as_config(config: Config | str | Path | dict | None, overrides: Sequence[st
 
 def train(config: Config | str | Path | dict | None = None, *, overrides: Sequence[str] | None = None,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
-          callbacks: Sequence[Callback] = (), evaluate_split: str | None = None) -> Run:
+          callbacks: Sequence[Callback] = (), evaluate_split: str | None = None,
+          data: LoadedData | None = None) -> Run:
     """Train a model and return its :class:`~medcls.runs.Run`.
 
     ``config`` is a :class:`Config`, a YAML path, a dict or None (defaults);
     ``overrides`` are ``a.b=value`` strings. ``resume`` continues an existing
     run from its ``last`` checkpoint (only ``train.*`` overrides such as a larger
     ``train.epochs`` are allowed then). ``evaluate_split`` evaluates the best
-    checkpoint on that split afterwards.
+    checkpoint on that split afterwards. ``data`` trains on these splits instead of
+    loading ``cfg.data`` (cross-validation folds, tuning without the test split).
     """
     if resume is not None:
         prev = load_run(resume)
@@ -82,8 +88,8 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        data = load_data(cfg.data)
-        pre = resolve_preprocess(cfg, data)
+        data = load_data(cfg.data) if data is None else data
+        pre = prev.preprocess_cfg if resume is not None else resolve_preprocess(cfg, data)
         torch.manual_seed(cfg.seed)
         model, stem = build_model(cfg, data, pre)
         if resume is not None:

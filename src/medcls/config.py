@@ -32,6 +32,7 @@ class DataConfig(_Section):
     cache: Literal["auto", "on", "off"] = Field("auto", description="Keep preprocessed images in memory (auto: when they fit in 2 GiB).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
     limit: int | None = Field(None, ge=1, description="Use at most this many samples per split (smoke tests).")
+    splits_file: str | None = Field(None, description="CSV (id,split[,label,group]) from `medcls data split`: use exactly these train/val/test splits.")
 
 
 class TransformConfig(_Section):
@@ -41,6 +42,10 @@ class TransformConfig(_Section):
     clahe_clip: float = Field(2.0, gt=0)
     strength: float = Field(1.0, ge=0, le=3, description="Scales every augmentation magnitude; 0 disables augmentation.")
     hflip: bool | None = Field(None, description="Random horizontal flips (default: the preset's choice; off for xray).")
+    stain: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="H&E stain normalisation of RGB images, fitted on stain_reference and stored in the run/bundle.")
+    stain_reference: str | None = Field(
+        None, description="Reference patch image, or a JSON from `medcls data stain-reference`; read once at training.")
 
 
 class ModelConfig(_Section):
@@ -78,14 +83,14 @@ class TrainConfig(_Section):
     monitor: str = Field("auc", description="Validation metric used for best checkpoint and early stopping.")
     early_stopping_patience: int | None = Field(None, ge=1)
     head_only_epochs: int = Field(0, ge=0, description="Two-stage schedule: train only the head for this many epochs first.")
+    mixup: float = Field(0.0, ge=0, description="Mixup Beta alpha (0 = off; 0.2-0.4 typical).")
+    cutmix: float = Field(0.0, ge=0, description="CutMix Beta alpha (0 = off; 1.0 typical). With mixup, each batch uses one.")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="Chance that a batch is mixed when mixup/cutmix is on.")
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     channels_last: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1)
-    mixup: float = Field(0.0, ge=0, description="Mixup Beta alpha (0 = off; 0.2-0.4 typical).")
-    cutmix: float = Field(0.0, ge=0, description="CutMix Beta alpha (0 = off; 1.0 typical). With mixup, each batch uses one.")
-    mix_prob: float = Field(1.0, ge=0, le=1, description="Chance that a batch is mixed when mixup/cutmix is on.")
     progress: bool = True
 
 

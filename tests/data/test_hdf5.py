@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from medcls.config import DataConfig
 from medcls.data.hdf5 import hdf5_source
@@ -158,3 +159,39 @@ def test_unknown_option(tmp_path):
     make_pcam(tmp_path / "pcam", {"train": 2})
     with pytest.raises(ConfigError, match=r"data\.options\.xkey.*Did you mean 'x_key'"):
         load_data(DataConfig(source=f"hdf5:{tmp_path / 'pcam'}", options={"xkey": "x"}))
+
+
+def test_pcam_label_semantics_are_documented(capsys):
+    import medcls.data.hdf5 as mod
+    from medcls.cli import main
+
+    assert "centre\n32x32 pixel region contains at least one pixel of tumour tissue" in mod.__doc__
+    assert "outer\nregion only provides context" in mod.__doc__
+    assert main(["datasets"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("hdf5"))
+    assert "PatchCamelyon" in line and "centre 32x32" in line
+
+
+def test_compressed_pcam_stays_lazy_through_stain_preprocessing(tmp_path, read_spy):
+    """Real PCam files are gzip-chunked; batches with a stain step still read one row per image."""
+    from medcls.engine.loader import Batches
+    from medcls.transforms import Preprocess, PreprocessConfig
+
+    root = tmp_path / "pcam"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 200, size=(12, 96, 96, 3), dtype=np.uint8)
+    for split, n in (("train", 12), ("valid", 6), ("test", 6)):
+        with h5py.File(root / PATTERN.format(split=split, xy="x"), "w") as f:
+            f.create_dataset("x", data=x[:n], chunks=(1, 96, 96, 3), compression="gzip")
+        with h5py.File(root / PATTERN.format(split=split, xy="y"), "w") as f:
+            f.create_dataset("y", data=(np.arange(n) % 2).astype(np.uint8).reshape(n, 1, 1, 1))
+    data = load_data(DataConfig(source=f"hdf5:{root}", min_val_size=1))
+    assert [c for c in read_spy if c[0] == "/x"] == []
+    pre = Preprocess(PreprocessConfig(size=32, in_chans=3, stain="reinhard",
+                                      stain_params={"lab_mean": [60.0, 30.0, -20.0], "lab_std": [20.0, 15.0, 12.0]}))
+    batches = Batches(data.train, pre, batch_size=5, cache="off")
+    xs = torch.cat([b[0] for b in batches.iterate()])
+    assert xs.shape == (12, 3, 32, 32)
+    assert read_spy.count(("/x", (96, 96, 3))) == 12 and all(c[1] == (96, 96, 3) for c in read_spy if c[0] == "/x")
+    assert torch.equal(xs[3], pre(x[3]))

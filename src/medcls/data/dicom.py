@@ -1,67 +1,170 @@
 """DICOM pixel data -> uint16 array, the radiology way.
 
 Rescale slope/intercept (modality LUT), then the VOI LUT or window
-centre/width from the file (or given), MONOCHROME1 inverted so that high
-values are bright, and the result stretched to the full uint16 range so the
-16-bit precision survives until the final normalisation. Patient tags are never
-read into logs or messages.
+centre/width from the file (or a configured ``(centre, width)``), MONOCHROME1
+inverted so that high values are bright, and the result stretched to the full
+uint16 range so the 16-bit precision survives until the final normalisation
+(:mod:`medcls.transforms.preprocess` min-max scales uint16 images).
+
+Compressed transfer syntaxes are decoded by whatever pydicom pixel-data plugin
+is installed (Pillow handles JPEG baseline and JPEG 2000); when none is, the
+error names the file, the transfer syntax (name and UID) and the packages that
+would decode it.
+
+Patient tags are PHI: this module never reads them into a value that could be
+logged. The only patient element touched is ``PatientID``, read as raw bytes
+(no pydicom value validation, whose warnings would echo the value) and turned
+into a keyed hash by :func:`patient_pseudonym`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 DICM_MAGIC = b"DICM"
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+Window = tuple[float, float] | None
+SALT_ENV = "MEDCLS_PATIENT_SALT"
+_DEFAULT_SALT = "medcls-patient-groups-v1"
+# pip names of pydicom's pixel-data plugins, for the "missing handler" message
+_PLUGIN_PACKAGES = {"gdcm": "python-gdcm", "pylibjpeg": "pylibjpeg + pylibjpeg-libjpeg/-openjpeg/-rle",
+                    "pyjpegls": "pyjpegls", "pillow": "pillow", "numpy": "numpy"}
 
 
 def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == DICM_MAGIC
 
 
-def _dataset_to_array(ds, name: str, window: tuple[float, float] | None = None) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def parse_window(value: Any, where: str = "option window") -> Window:
+    """``'file'``/None -> None (use the file's VOI LUT/window); ``[centre, width]`` -> a tuple."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "file"):
+        return None
+    if isinstance(value, list | tuple) and len(value) == 2:
+        try:
+            c, w = float(value[0]), float(value[1])
+        except (TypeError, ValueError):
+            pass
+        else:
+            if w > 0 and np.isfinite(c) and np.isfinite(w):
+                return c, w
+    raise ConfigError(f"{where} must be 'file' (VOI LUT / window from each file, else the full range) or "
+                      f"[centre, width] with width > 0, got {value!r}")
 
-    if "PixelData" not in ds:
-        raise DataError(f"{name}: DICOM file has no pixel data")
-    try:
-        arr = ds.pixel_array
-    except Exception as e:  # missing codec plugins raise RuntimeError naming them
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise DataError(f"{name}: cannot decode DICOM pixel data (transfer syntax "
-                        f"{getattr(ts, 'name', ts)}): {e}") from None
-    if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: first frame
-    if ds.get("SamplesPerPixel", 1) == 3:
-        return np.asarray(arr).astype(np.uint8) if arr.dtype != np.uint8 else arr
-    x = apply_modality_lut(arr, ds).astype(np.float64)
-    if window is not None:
-        c, w = window
-        x = np.clip((x - (c - w / 2)) / max(w, 1e-6), 0, 1)
-    elif "WindowCenter" in ds or "VOILUTSequence" in ds:
-        x = apply_voi_lut(x, ds).astype(np.float64)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        x = x.max() + x.min() - x
+
+def _transfer_syntax(ds) -> Any:
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
+def _decode_error(ds, name: str, err: Exception) -> DataError:
+    """Name the file, the transfer syntax and, when no plugin can decode it, the packages that would."""
+    ts = _transfer_syntax(ds)
+    ts_text = f"{getattr(ts, 'name', ts)} ({ts})" if ts is not None else "unknown transfer syntax"
+    missing: list[str] = []
+    if ts is not None:
+        try:
+            from pydicom.pixels import get_decoder
+
+            decoder = get_decoder(ts)
+            if not decoder.is_available:
+                missing = list(getattr(decoder, "missing_dependencies", []))
+        except NotImplementedError:
+            return DataError(f"{name}: pydicom has no decoder for the transfer syntax {ts_text}; convert the file "
+                             "to an uncompressed (Explicit VR Little Endian) DICOM or to PNG")
+        except Exception:  # describing an error must not raise another one
+            pass
+    if missing:
+        pkgs = sorted({_PLUGIN_PACKAGES.get(m.split(" ")[0], m.split(" ")[0]) for m in missing})
+        return DataError(f"{name}: cannot decode DICOM pixel data compressed as {ts_text}: no installed pixel-data "
+                         f"handler supports it. Install one of: {'; '.join(pkgs)} (pydicom plugins: "
+                         f"{'; '.join(missing)})")
+    return DataError(f"{name}: cannot decode DICOM pixel data ({ts_text}): {type(err).__name__}: {err}")
+
+
+def _as_uint16(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     return np.round((x - lo) / max(hi - lo, 1e-12) * 65535).astype(np.uint16)
 
 
-def decode_dicom(data: bytes, name: str = "dicom", *, window: tuple[float, float] | None = None) -> np.ndarray:
+def dataset_to_array(ds, name: str, window: Window = None) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DataError(f"{name}: DICOM file has no pixel data (no (7FE0,0010) PixelData element; "
+                        "is it a structured report or a presentation state?)")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # missing codec plugins raise RuntimeError naming them
+        raise _decode_error(ds, name, e) from None
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if arr.ndim == (4 if spp == 3 else 3):
+        arr = arr[0]  # multi-frame: first frame
+    if spp == 3:  # colour (pydicom converts YBR to RGB)
+        if arr.dtype == np.uint8:
+            return arr
+        if arr.dtype.kind == "u" and arr.max() <= 65535:
+            return arr.astype(np.uint16)
+        return _as_uint16(arr.astype(np.float64))
+    x = apply_modality_lut(arr, ds).astype(np.float64)
+    if window is not None:
+        c, w = window
+        x = np.clip((x - (c - w / 2)) / w, 0, 1)
+    elif "WindowCenter" in ds or "VOILUTSequence" in ds:
+        x = apply_voi_lut(x, ds).astype(np.float64)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
+        x = x.max() + x.min() - x
+    return _as_uint16(x)
+
+
+def read_dataset(data: bytes | str | Path, name: str | None = None, *, header_only: bool = False):
+    """``pydicom.dcmread`` with a :class:`DataError` naming the file (and nothing from its content)."""
     import pydicom
 
+    src = io.BytesIO(data) if isinstance(data, bytes) else Path(data)
+    name = name or (str(src) if isinstance(src, Path) else "dicom")
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        return pydicom.dcmread(src, force=False, stop_before_pixels=header_only)
     except Exception as e:  # InvalidDicomError and friends
         raise DataError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
-    return _dataset_to_array(ds, name, window)
 
 
-def read_dicom(path: str | Path, *, window: tuple[float, float] | None = None) -> np.ndarray:
+def decode_dicom(data: bytes, name: str = "dicom", *, window: Window = None) -> np.ndarray:
+    return dataset_to_array(read_dataset(data, name), name, window)
+
+
+def read_dicom(path: str | Path, *, window: Window = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"DICOM file not found: {p}")
     return decode_dicom(p.read_bytes(), str(p), window=window)
+
+
+def raw_patient_id(ds) -> bytes | None:
+    """PatientID (0010,0020) as raw bytes, without pydicom's value conversion/validation; None if absent or blank."""
+    tag = 0x00100020
+    if tag not in ds:
+        return None
+    elem = ds.get_item(tag)
+    value = elem.value
+    if value is None:
+        return None
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    raw = raw.strip(b" \x00")
+    return raw or None
+
+
+def patient_pseudonym(raw: bytes, salt: str | None = None) -> str:
+    """A keyed hash of a patient id: equal ids give equal pseudonyms; the id itself is never stored.
+
+    The key is ``salt``, else ``$MEDCLS_PATIENT_SALT``, else a built-in constant. Use a secret salt when
+    the pseudonyms leave your site: with the public constant, short ids could be recovered by brute force.
+    """
+    key = (salt if salt is not None else os.environ.get(SALT_ENV) or _DEFAULT_SALT).encode()
+    return "pt-" + hashlib.blake2b(raw, key=key[:64], digest_size=8).hexdigest()

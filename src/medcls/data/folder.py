@@ -19,7 +19,6 @@ the ``csv`` source.
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .groups import KAGGLE_PATIENT_PATTERNS, patient_groups  # noqa: F401 (re-exported)
 from .io import IMAGE_SUFFIXES, read_image
 from .sources import SOURCES, SourceData
 from .spec import DatasetSpec
@@ -35,8 +35,6 @@ from .table import FileTable
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-# Kaggle chest_xray file names: person1_bacteria_1.jpeg, IM-0001-0001.jpeg, NORMAL2-IM-0001-0001.jpeg
-KAGGLE_PATIENT_PATTERNS = ((re.compile(r"person(\d+)_"), "person{}"), (re.compile(r"IM-(\d+)-"), "IM-{}"))
 MAX_LISTED = 10
 
 
@@ -102,35 +100,6 @@ def check_images(paths: Sequence[Path], *, verify: bool, strict: bool, where: st
             raise DataError(msg)
         warnings.warn(msg + ". Skipping them (options.strict=true makes this an error).", stacklevel=3)
     return ok, guess
-
-
-def patient_groups(names: Sequence[str], patient_regex: str | None = None) -> tuple[np.ndarray, int]:
-    """Patient id per file name and how many names matched.
-
-    With ``patient_regex`` the id is its first capture group (or the whole
-    match); by default the Kaggle chest_xray patterns ``person(\\d+)_`` and
-    ``IM-(\\d+)-`` are tried. A name that matches nothing is its own group.
-    """
-    if patient_regex is not None:
-        try:
-            rx = re.compile(patient_regex)
-        except re.error as e:
-            raise ConfigError(f"option patient_regex {patient_regex!r} is not a valid regular expression: {e}") from None
-        patterns: tuple[tuple[re.Pattern[str], str], ...] = ((rx, "{}"),)
-    else:
-        patterns = KAGGLE_PATIENT_PATTERNS
-    groups: list[str] = []
-    matched = 0
-    for name in names:
-        gid = None
-        for rx, fmt in patterns:
-            m = rx.search(Path(name).name)
-            if m:
-                gid = fmt.format(m.group(1) if m.groups() else m.group(0))
-                break
-        matched += gid is not None
-        groups.append(gid if gid is not None else f"file:{name}")
-    return np.array(groups, dtype=object), matched
 
 
 def _find_splits(root: Path) -> dict[str, Path]:

@@ -6,6 +6,14 @@ Made for PatchCamelyon (Veeling et al. 2018, CC0): a folder with
 file is ~7 GB, so images are never read whole: each split is an
 :class:`~medcls.data.table.H5Table` that reads one row at a time. Only the
 labels are read into memory.
+
+Label semantics (PCam): a patch is positive (``tumor``, 1) iff its centre
+32x32 pixel region contains at least one pixel of tumour tissue. The outer
+region only provides context: tumour there does not make a patch positive, so
+models see the full 96x96 patch, and only geometric augmentations that keep the
+centre at the centre (the ``histology`` preset: rot90 x flips, no shifts or
+crops) preserve the label. Colour varies with the scanning centre: see
+``transforms.stain`` (Macenko/Reinhard stain normalisation).
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ def _split_files(root: Path, pattern: str) -> dict[str, tuple[Path, Path]]:
 def hdf5_source(arg: str, *, x_key: str = "x", y_key: str = "y",
                 pattern: str = "camelyonpatch_level_2_split_{split}_{xy}.h5",
                 classes: list[str] | None = None) -> SourceData:
-    """HDF5 image arrays read lazily, e.g. PatchCamelyon (official train/valid/test files).
+    """HDF5 image arrays read lazily, e.g. PatchCamelyon (label: tumour in the centre 32x32 px; train/valid/test).
 
     ``arg`` is a folder holding ``pattern`` files for the splits train/valid/test
     (valid becomes our val; ``{xy}`` is replaced by x and y), or one ``.h5`` file

@@ -121,12 +121,22 @@ def load_data(data_cfg) -> LoadedData:
         raise DataError(f"{data_cfg.source}: no training samples found")
     val, test = src.splits.get("val"), src.splits.get("test")
     seed = data_cfg.split_seed
-    if test is None or len(test) == 0:
+    splits_file = getattr(data_cfg, "splits_file", None)
+    if splits_file:
+        from .splits import apply_splits_file
+
+        fixed = apply_splits_file(src.splits, splits_file, spec.class_names)
+        train, val, test = fixed["train"], fixed["val"], fixed["test"]
+        from ..utils import file_md5
+
+        notes.append(f"splits from {splits_file} (md5 {file_md5(splits_file)}): {len(train)}/{len(val)}/{len(test)} "
+                     "train/val/test")
+    elif test is None or len(test) == 0:
         keep, held = split_indices(train.labels, data_cfg.test_fraction, seed=seed, groups=train.groups)
         train, test = train.subset(keep), train.subset(held)
         notes.append(f"no test split: held out {len(test)} of train ({data_cfg.test_fraction:.0%}, "
                      f"{'by group' if train.groups is not None else 'stratified'})")
-    if val is None or len(val) < data_cfg.min_val_size:
+    if not splits_file and (val is None or len(val) < data_cfg.min_val_size):
         had = 0 if val is None else len(val)
         keep, held = split_indices(train.labels, data_cfg.val_fraction, seed=seed + 1, groups=train.groups)
         train, val = train.subset(keep), train.subset(held)
@@ -140,6 +150,8 @@ def load_data(data_cfg) -> LoadedData:
 
 
 # Register the built-in sources (import for side effects).
+from . import btxrd as _btxrd  # noqa: E402,F401
+from . import dicom_source as _dicom  # noqa: E402,F401
 from . import folder as _folder  # noqa: E402,F401
 from . import hdf5 as _hdf5  # noqa: E402,F401
 from . import manifest as _manifest  # noqa: E402,F401

@@ -1,10 +1,24 @@
-"""Stratified (and group-aware) train/val/test splitting."""
+"""Stratified (and group-aware) train/val/test splitting, and split files.
+
+:func:`split_indices` holds out one fraction; :func:`assign_splits` makes a
+three-way train/val/test assignment (patient-grouped when group ids are given);
+:func:`center_splits` keeps whole centres for test (external validation).
+A split file (``id,split,label,group``, written by ``medcls data split``) is
+applied by :func:`apply_splits_file` so that training uses exactly those splits.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .table import ImageTable
+
+SPLIT_FILE_COLUMNS = ("id", "split", "label", "group")
+_SPLITS = ("train", "val", "test")
 
 
 def _strata(labels: np.ndarray) -> np.ndarray:
@@ -12,14 +26,15 @@ def _strata(labels: np.ndarray) -> np.ndarray:
     return labels.argmax(1) if labels.ndim == 2 else labels
 
 
-def split_indices(labels: np.ndarray, fraction: float, *, seed: int = 0,
-                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(labels: np.ndarray, fraction: float, *, seed: int = 0, groups: np.ndarray | None = None,
+                  stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(labels))`` into (keep, held_out) with ~``fraction`` held out.
 
-    Stratified by class. With ``groups`` (patient ids), no group is on both
-    sides; classes are balanced as well as the groups allow (StratifiedGroupKFold).
+    Stratified by class (unless ``stratify=False``). With ``groups`` (patient ids),
+    no group is on both sides; classes are balanced as well as the groups allow
+    (StratifiedGroupKFold).
     """
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
     n = len(labels)
     if not 0 < fraction < 1:
@@ -28,22 +43,295 @@ def split_indices(labels: np.ndarray, fraction: float, *, seed: int = 0,
         raise DataError(f"cannot split {n} sample(s)")
     y = _strata(labels)
     idx = np.arange(n)
-    if groups is not None:
-        groups = np.asarray(groups)
-        n_groups = len(np.unique(groups))
-        n_splits = max(2, min(round(1 / fraction), n_groups))
-        if n_groups < 2:
-            raise DataError(f"cannot split by group: only {n_groups} distinct group id(s)")
+    try:
+        if groups is not None:
+            groups = np.asarray(groups).astype(str)
+            n_groups = len(np.unique(groups))
+            if n_groups < 2:
+                raise DataError(f"cannot split by group: only {n_groups} distinct group id(s)")
+            n_splits = max(2, min(round(1 / fraction), n_groups))
+            counts = np.bincount(y)
+            keep = held = np.array([], dtype=np.int64)
+            if stratify and counts[counts > 0].min() >= n_splits:
+                cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                keep, held = next(cv.split(idx, y, groups))
+            if len(keep) == 0 or len(held) == 0:  # too few samples of a class to stratify (or not asked to)
+                test_size = min(fraction, (n_groups - 1) / n_groups)
+                gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+                keep, held = next(gss.split(idx, y, groups))
+            return np.sort(keep), np.sort(held)
         counts = np.bincount(y)
-        if counts[counts > 0].min() >= n_splits:
-            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            keep, held = next(cv.split(idx, y, groups))
-        else:  # too few samples of a class to stratify: plain group split
-            from sklearn.model_selection import GroupShuffleSplit
-
-            keep, held = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(idx, y, groups))
-        return np.sort(keep), np.sort(held)
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and round(n * fraction) >= len(counts[counts > 0]) else None
-    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+        n_cls = len(counts[counts > 0])
+        ok = stratify and counts[counts > 0].min() >= 2 and n_cls <= round(n * fraction) <= n - n_cls
+        strat = y if ok else None
+        keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot hold out {fraction:.0%} of {n} samples"
+                        f"{'' if groups is None else f' in {len(np.unique(groups))} groups'}: {e}") from None
     return np.sort(keep), np.sort(held)
+
+
+def _check_fractions(val: float, test: float) -> None:
+    for name, f in (("val", val), ("test", test)):
+        if not 0 <= f < 1:
+            raise DataError(f"the {name} fraction must be in [0, 1), got {f}")
+    if val + test >= 1:
+        raise DataError(f"val + test fractions must leave some training data, got {val} + {test} = {val + test:g}")
+
+
+def assign_splits(labels: np.ndarray, *, val: float, test: float, groups: np.ndarray | None = None,
+                  stratify: bool = True, seed: int = 0) -> np.ndarray:
+    """A split name (train/val/test) per sample; ``val`` and ``test`` are fractions of all samples.
+
+    Test is held out first, then val from the rest (``val / (1 - test)`` of it). With ``groups`` every
+    group lands in exactly one split.
+    """
+    _check_fractions(val, test)
+    labels = np.asarray(labels)
+    out = np.full(len(labels), "train", dtype=object)
+    rest = np.arange(len(labels))
+    g = None if groups is None else np.asarray(groups).astype(str)
+    need = 1 + (val > 0) + (test > 0)
+    if (len(labels) if g is None else len(np.unique(g))) < need:
+        what = "samples" if g is None else "groups (patients)"
+        raise DataError(f"need at least {need} {what} for train/val/test splits, got "
+                        f"{len(labels) if g is None else len(np.unique(g))}")
+    if test > 0:
+        keep, held = split_indices(labels, test, seed=seed, groups=g, stratify=stratify)
+        out[held] = "test"
+        rest = keep
+    if val > 0:
+        _, held = split_indices(labels[rest], val / (1 - test), seed=seed + 1, groups=None if g is None else g[rest],
+                                stratify=stratify)
+        out[rest[held]] = "val"
+    return out
+
+
+def normalise_center(value: object) -> str:
+    """``1``, ``1.0`` and ``'1'`` name the same centre."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value).strip()
+    return str(int(f)) if np.isfinite(f) and f == int(f) else str(value).strip()
+
+
+def center_splits(labels: np.ndarray, centers: Sequence[object], *, test_centers: Sequence[object], val: float,
+                  groups: np.ndarray | None = None, stratify: bool = True, seed: int = 0) -> np.ndarray:
+    """External validation: every sample of ``test_centers`` is test; val is carved from the other centres."""
+    _check_fractions(val, 0)
+    c = np.array([normalise_center(v) for v in centers], dtype=object)
+    wanted = {normalise_center(v) for v in test_centers}
+    found = sorted(set(c), key=lambda v: (len(v), v))
+    if not wanted or not wanted <= set(found):
+        raise DataError(f"test centres {sorted(wanted)} are not all among the centres of the data ({', '.join(found)})")
+    is_test = np.isin(c, list(wanted))
+    if is_test.all():
+        raise DataError(f"test centres {sorted(wanted)} hold every sample; leave at least one centre for training "
+                        f"(centres: {', '.join(found)})")
+    out = np.where(is_test, "test", "train").astype(object)
+    rest = np.flatnonzero(~is_test)
+    if val > 0:
+        _, held = split_indices(np.asarray(labels)[rest], val, seed=seed + 1, stratify=stratify,
+                                groups=None if groups is None else np.asarray(groups)[rest])
+        out[rest[held]] = "val"
+    return out
+
+
+class ConcatTable(ImageTable):
+    """Rows of several tables seen as one (official splits pooled before re-splitting)."""
+
+    def __init__(self, parts: Sequence[ImageTable], part_of: np.ndarray | None = None,
+                 row_of: np.ndarray | None = None) -> None:
+        self.parts = list(parts)
+        if part_of is None or row_of is None:
+            part_of = np.concatenate([np.full(len(t), k, dtype=np.int64) for k, t in enumerate(self.parts)])
+            row_of = np.concatenate([np.arange(len(t), dtype=np.int64) for t in self.parts])
+        self.part_of, self.row_of = np.asarray(part_of, dtype=np.int64), np.asarray(row_of, dtype=np.int64)
+        offsets = np.cumsum([0] + [len(t) for t in self.parts])[:-1]
+        flat = offsets[self.part_of] + self.row_of  # row in the concatenation of all parts
+        self.labels = np.concatenate([t.labels for t in self.parts])[flat]
+        all_ids = [i for t in self.parts for i in t.ids]
+        self.ids = [all_ids[j] for j in flat]
+        self.groups = (None if any(t.groups is None for t in self.parts)
+                       else np.concatenate([np.asarray(t.groups, dtype=object) for t in self.parts])[flat])
+        metas = [getattr(t, "meta", None) for t in self.parts]
+        if all(m is not None for m in metas):
+            import pandas as pd
+
+            self.meta = pd.concat(metas, ignore_index=True).iloc[flat].reset_index(drop=True)
+
+    def load(self, i: int) -> np.ndarray:
+        return self.parts[self.part_of[i]].load(int(self.row_of[i]))
+
+    def describe(self, i: int) -> str:
+        return self.parts[self.part_of[i]].describe(int(self.row_of[i]))
+
+    def subset(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        return ConcatTable(self.parts, self.part_of[idx], self.row_of[idx])
+
+
+def pool_tables(tables: dict[str, ImageTable | None]) -> ImageTable:
+    """All samples of a source's official splits as one table (the table itself when there is only one)."""
+    present = [t for s in _SPLITS if (t := tables.get(s)) is not None and len(t)]
+    if not present:
+        raise DataError("the source has no samples")
+    if len(present) == 1:
+        return present[0]
+    pooled = ConcatTable(present)
+    dup = _duplicates(pooled.ids)
+    if dup:
+        raise DataError(f"sample ids repeat across the source's splits ({', '.join(map(repr, dup[:3]))}); "
+                        "cannot pool them for a split file")
+    return pooled
+
+
+def _duplicates(ids: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    return [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+
+
+def splits_frame(table: ImageTable, split_of: np.ndarray, class_names: Sequence[str], groups: np.ndarray | None):
+    """The ``id,split,label,group`` DataFrame of a split assignment."""
+    import pandas as pd
+
+    y = _strata(table.labels)
+    return pd.DataFrame({"id": table.ids, "split": np.asarray(split_of, dtype=str),
+                         "label": [class_names[int(k)] for k in y],
+                         "group": [""] * len(y) if groups is None else np.asarray(groups).astype(str)})
+
+
+def read_splits_file(path: str | Path):
+    """Read and check a split file: columns id and split (label, group optional); split in train/val/test."""
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.splits_file {p} does not exist (write one with `medcls data split`)")
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"data.splits_file {p}: cannot parse it as CSV ({type(e).__name__}: {e})") from None
+    missing = [c for c in ("id", "split") if c not in df.columns]
+    if missing:
+        raise DataError(f"data.splits_file {p}: missing column(s) {', '.join(missing)}; expected "
+                        f"{','.join(SPLIT_FILE_COLUMNS)}, got {','.join(map(str, df.columns))}")
+    df["split"] = df["split"].str.strip().str.lower()
+    bad = ~df["split"].isin(_SPLITS)
+    if bad.any():
+        rows = (np.flatnonzero(bad.to_numpy()) + 2)[:5].tolist()
+        raise DataError(f"data.splits_file {p}: split must be train, val or test; got "
+                        f"{sorted(set(df['split'][bad]))[:5]} in row(s) {rows}")
+    dup = _duplicates(df["id"].tolist())
+    if dup:
+        raise DataError(f"data.splits_file {p}: id(s) listed more than once: {', '.join(map(repr, dup[:3]))}")
+    return df
+
+
+def apply_splits_file(tables: dict[str, ImageTable | None], path: str | Path,
+                      class_names: Sequence[str]) -> dict[str, ImageTable]:
+    """Re-split a source's samples as a split file says; every id must match, both ways."""
+    p = Path(path).expanduser()
+    df = read_splits_file(p)
+    table = pool_tables(tables)
+    pos = {sid: i for i, sid in enumerate(table.ids)}
+    unknown = [sid for sid in df["id"] if sid not in pos]
+    if unknown:
+        raise DataError(f"data.splits_file {p}: {len(unknown)} id(s) are not samples of the source "
+                        f"(e.g. {', '.join(map(repr, unknown[:3]))}; first source ids: "
+                        f"{', '.join(map(repr, table.ids[:3]))}). Was it written for another source, or are those "
+                        "images now unreadable/missing?")
+    listed = set(df["id"])
+    absent = [sid for sid in table.ids if sid not in listed]
+    if absent:
+        raise DataError(f"data.splits_file {p}: {len(absent)} sample(s) of the source are not in the file "
+                        f"(e.g. {', '.join(map(repr, absent[:3]))}); rewrite it with `medcls data split`")
+    rows = np.array([pos[sid] for sid in df["id"]], dtype=np.int64)
+    if "label" in df.columns and (df["label"] != "").any():
+        y = _strata(table.labels)[rows]
+        names = np.array([class_names[int(k)] for k in y], dtype=object)
+        differ = (df["label"].to_numpy() != names) & (df["label"].to_numpy() != "")
+        if differ.any():
+            i = int(np.flatnonzero(differ)[0])
+            raise DataError(f"data.splits_file {p}: {int(differ.sum())} label(s) differ from the source, e.g. "
+                            f"{df['id'].iloc[i]!r} is {names[i]!r} in the source but {df['label'].iloc[i]!r} "
+                            "in the file")
+    out: dict[str, ImageTable] = {}
+    split = df["split"].to_numpy()
+    for s in _SPLITS:
+        sel = np.sort(rows[split == s])
+        if len(sel) == 0:
+            raise DataError(f"data.splits_file {p}: no {s!r} rows; a split file needs train, val and test samples")
+        out[s] = table.subset(sel)
+    return out
+
+
+def split_source(source: str, *, options: dict | None = None, by: str = "patient", val: float = 0.1,
+                 test: float = 0.2, stratify: bool = True, seed: int = 0, patient_col: str | None = None,
+                 patient_regex: str | None = None, center_col: str = "center",
+                 test_centers: Sequence[object] | None = None, keep_test: bool = False,
+                 data_dir: str | None = None):
+    """Assign every sample of a source to train/val/test. Returns (``id,split,label,group`` frame, notes).
+
+    ``by``: ``patient`` (groups from :func:`~medcls.data.groups.source_groups`), ``none`` (by image) or
+    ``center`` (whole centres to test; needs a ``center_col`` metadata column, as BTXRD has).
+    ``keep_test`` keeps the source's own test split and re-splits the rest into train/val.
+    """
+    from .groups import describe_groups, source_groups
+    from .sources import _call_source, parse_source
+
+    if by not in ("patient", "none", "center"):
+        raise DataError(f"--by must be patient, none or center, got {by!r}")
+    kind, arg = parse_source(source)
+    options = dict(options or {})
+    if patient_col is not None and by == "patient":
+        if kind == "csv" or (kind == "dicom" and "labels" in options):
+            options.setdefault("group_col", patient_col)
+        elif kind == "dicom" and patient_col.replace("_", "").lower() != "patientid":
+            raise DataError(f"--patient-col {patient_col!r}: a dicom source without options.labels has only "
+                            "PatientID (used as a keyed hash)")
+    src = _call_source(kind, arg, data_dir, options)
+    notes = list(src.notes or [])
+    official_test = src.splits.get("test")
+    if keep_test and (official_test is None or len(official_test) == 0):
+        raise DataError(f"--keep-test: {source} has no test split of its own")
+    if keep_test:
+        rest = pool_tables({"train": src.splits.get("train"), "val": src.splits.get("val")})
+        table = ConcatTable([rest, official_test])
+        fixed_test = np.arange(len(table)) >= len(rest)
+    else:
+        table = pool_tables(src.splits)
+        fixed_test = np.zeros(len(table), dtype=bool)
+    groups, how = source_groups(table, kind=kind, by=by, patient_col=patient_col, patient_regex=patient_regex)
+    notes.append(f"groups: {how}; {describe_groups(groups, len(table))}")
+    free = np.flatnonzero(~fixed_test)
+    g_free = None if groups is None else np.asarray(groups)[free]
+    if by == "center":
+        meta = getattr(table, "meta", None)
+        if meta is None or center_col not in meta.columns:
+            cols = [] if meta is None else [str(c) for c in meta.columns]
+            raise DataError(f"--by center needs a {center_col!r} column in the source's metadata (the btxrd source "
+                            f"has one); {kind} source has " + (f"columns {', '.join(cols)}" if cols else "no metadata"))
+        centers = [normalise_center(c) for c in meta[center_col].to_numpy()[free]]
+        if test_centers is None:
+            found = sorted(set(centers), key=lambda v: (len(v), v))
+            test_centers = found[1:]
+        part = center_splits(table.labels[free], centers, test_centers=test_centers, val=val, groups=g_free,
+                             stratify=stratify, seed=seed)
+        notes.append(f"test = centre(s) {', '.join(map(str, test_centers))}")
+    else:
+        part = assign_splits(table.labels[free], val=val, test=0.0 if keep_test else test, groups=g_free,
+                             stratify=stratify, seed=seed)
+    split_of = np.full(len(table), "test", dtype=object)
+    split_of[free] = part
+    if groups is not None:
+        g = np.asarray(groups).astype(str)
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = set(g[split_of == a]) & set(g[split_of == b])
+            if shared:  # the official test split of a source may share patients with its train split
+                notes.append(f"warning: {len(shared)} group(s) are in both {a} and {b}"
+                             + (" (the source's own test split shares them)" if keep_test else ""))
+    return splits_frame(table, split_of, src.spec.class_names, groups), notes

@@ -27,6 +27,14 @@ class PreprocessConfig:
     clahe_clip: float = 2.0
     clahe_grid: int = 8
     intensity: str = "dtype"  # uint8 -> /255; uint16 -> per-image min-max
+    stain: str = "none"  # H&E stain normalisation of RGB uint8 images: none | macenko | reinhard
+    stain_params: dict[str, Any] | None = None  # the fitted reference (plain JSON lists; see transforms.stain)
+
+    def __post_init__(self) -> None:
+        if self.stain != "none" or self.stain_params is not None:
+            from .stain import check_stain_params
+
+            check_stain_params(self.stain, self.stain_params)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,12 +71,18 @@ def _to_unit(img: np.ndarray) -> np.ndarray:
 class Preprocess:
     """Callable: (H, W) / (H, W, C) uint8|uint16 array -> (in_chans, size, size) float32 tensor in [0, 1].
 
-    Steps: RGBA -> RGB, colour <-> gray as the model needs, optional CLAHE,
-    scale to [0, 1], antialiased bilinear resize to ``size`` x ``size``.
+    Steps: RGBA -> RGB, optional stain normalisation (8-bit RGB, at native size),
+    colour <-> gray as the model needs, optional CLAHE, scale to [0, 1],
+    antialiased bilinear resize to ``size`` x ``size``.
     """
 
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.cfg = cfg
+        self.stain = None
+        if cfg.stain != "none":
+            from .stain import StainNormalizer
+
+            self.stain = StainNormalizer(cfg.stain, cfg.stain_params)
 
     def __call__(self, img: np.ndarray) -> torch.Tensor:
         cfg = self.cfg
@@ -81,6 +95,8 @@ class Preprocess:
             raise DataError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
         if min(img.shape[:2]) < 2:
             raise DataError(f"image too small: {img.shape[:2]}")
+        if self.stain is not None:
+            img = self.stain(img)
         if img.ndim == 3 and cfg.in_chans == 1:
             gray = img.astype(np.float32) @ _LUMA
             img = np.clip(np.rint(gray), 0, np.iinfo(img.dtype).max).astype(img.dtype)

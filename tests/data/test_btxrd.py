@@ -1,0 +1,153 @@
+"""The ``btxrd`` source: dataset.xlsx (real column layout) + images/, metadata, centre split, bad labels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medcls.config import DataConfig
+from medcls.data.btxrd import btxrd_source
+from medcls.data.sources import load_data
+from medcls.errors import ConfigError, DataError
+
+SITES = ["hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone", "ankle-joint",
+         "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint"]
+SUBTYPES = ["osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor", "osteofibroma",
+            "synovial osteochondroma", "other bt", "osteosarcoma", "other mt"]
+
+
+def make_btxrd(root: Path, images: np.ndarray, n: int = 60, *, edit=None) -> tuple[Path, np.ndarray]:
+    """BTXRD/dataset.xlsx (Sheet1, the real columns in order) + BTXRD/images/IMG00000k.jpeg (a few .jpg)."""
+    kind = np.array([(0, 0, 1, 1, 2)[i % 5] for i in range(n)])  # 0 normal, 1 benign, 2 malignant
+    rows = []
+    for i in range(n):
+        image_id = f"IMG{i + 1:06d}"
+        path = root / "images" / f"{image_id}{'.jpg' if i % 9 == 4 else '.jpeg'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(path)
+        row = {"image_id": image_id, "center": 1 + (i % 4 == 3) + (i % 8 == 7), "age": 10 + i % 60,
+               "gender": "MF"[i % 2]}
+        row.update({s: int(j == i % len(SITES)) for j, s in enumerate(SITES)})
+        row.update({"tumor": int(kind[i] > 0), "benign": int(kind[i] == 1), "malignant": int(kind[i] == 2)})
+        row.update({s: int((kind[i], j) in ((1, 0), (2, 7))) for j, s in enumerate(SUBTYPES)})
+        row.update({"upper limb": int(i % len(SITES) < 4), "lower limb": int(i % len(SITES) >= 4), "pelvis": 0})
+        row.update({"frontal": int(i % 3 != 1), "lateral": int(i % 3 == 1), "oblique": 0})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if edit is not None:
+        df = edit(df)
+    path = root / "dataset.xlsx"
+    df.to_excel(path, sheet_name="Sheet1", index=False)
+    return path, kind
+
+
+@pytest.fixture
+def btxrd(tmp_path, pneumonia_arrays):
+    path, kind = make_btxrd(tmp_path / "BTXRD", pneumonia_arrays["train_images"])
+    return path.parent, kind
+
+
+def test_labels_metadata_and_no_patient_warning(btxrd, caplog):
+    root, kind = btxrd
+    with caplog.at_level(logging.WARNING, logger="medcls"):
+        src = btxrd_source(str(root))
+    t = src.splits["train"]
+    assert src.spec.class_names == ("normal", "benign", "malignant") and src.spec.task == "multiclass"
+    assert src.splits["val"] is None and src.splits["test"] is None
+    np.testing.assert_array_equal(t.labels, kind)
+    assert t.groups is None and t.ids[4] == "IMG000005" and t.paths[4].name == "IMG000005.jpg"
+    assert list(t.meta.columns) == ["center", "age", "gender", "site", "view"]
+    assert t.meta.iloc[2].to_dict() == {"center": 1, "age": 12, "gender": "M", "site": "radius", "view": "frontal"}
+    assert t.meta.iloc[1]["view"] == "lateral"
+    assert "no patient ids" in caplog.text and any("no patient ids" in n for n in src.notes)
+    sub = t.subset([7, 2])
+    assert sub.meta["age"].tolist() == [17, 12] and sub.ids == ["IMG000008", "IMG000003"]
+    assert src.spec.extra["metadata"] == ["center", "age", "gender", "site", "view"]
+
+
+def test_metadata_follows_samples_through_load_data(btxrd):
+    root, _ = btxrd
+    data = load_data(DataConfig(source=f"btxrd:{root}", min_val_size=1))
+    for s in ("train", "val", "test"):
+        t = data.split(s)
+        assert len(t.meta) == len(t)
+        assert [f"IMG{int(a) - 10 + 1:06d}" for a in t.meta["age"]] == t.ids  # age encodes the row here
+
+
+def test_center_split_is_external_validation(btxrd):
+    root, _ = btxrd
+    src = btxrd_source(str(root), split="center")
+    assert set(src.splits["train"].meta["center"]) == {1} and set(src.splits["test"].meta["center"]) == {2, 3}
+    assert any("external validation" in n for n in src.notes)
+    data = load_data(DataConfig(source=f"btxrd:{root}", options={"split": "center"}, min_val_size=1,
+                                val_fraction=0.2))
+    assert set(data.val.meta["center"]) == {1} and set(data.train.meta["center"]) == {1}
+    assert set(data.test.meta["center"]) == {2, 3} and len(data.test) == len(src.splits["test"])
+    assert set(data.val.labels.tolist()) == {0, 1, 2}  # stratified from centre 1
+    only3 = btxrd_source(str(root), split="center", test_centers=[3])
+    assert set(only3.splits["test"].meta["center"]) == {3}
+    with pytest.raises(ConfigError, match=r"test_centers \[4\] must be some, not all, of the centres .*1, 2, 3"):
+        btxrd_source(str(root), split="center", test_centers=[4])
+    with pytest.raises(ConfigError, match="split must be 'random' or 'center'"):
+        btxrd_source(str(root), split="centre")
+
+
+def test_missing_label_column(tmp_path, pneumonia_arrays):
+    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10,
+                         edit=lambda df: df.drop(columns=["malignant"]))
+    with pytest.raises(DataError, match=r"B/dataset\.xlsx: missing BTXRD column\(s\) 'malignant'"):
+        btxrd_source(str(path.parent))
+
+
+def test_row_with_two_classes_names_file_and_row(tmp_path, pneumonia_arrays):
+    def both(df):
+        df.loc[3, ["tumor", "benign", "malignant"]] = 1  # spreadsheet row 5
+        return df
+
+    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=both)
+    with pytest.raises(DataError, match=r"dataset\.xlsx: row\(s\) 5 set both benign and malignant"):
+        btxrd_source(str(path))  # the xlsx path itself is accepted too
+
+
+def test_tumor_flag_must_agree(tmp_path, pneumonia_arrays):
+    def odd(df):
+        df.loc[0, "tumor"] = 1  # row 2 is normal (neither benign nor malignant)
+        return df
+
+    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=odd)
+    with pytest.raises(DataError, match=r"dataset\.xlsx: row\(s\) 2 disagree"):
+        btxrd_source(str(path.parent))
+
+
+def test_missing_layout(tmp_path):
+    with pytest.raises(DataError, match="dataset.xlsx not found"):
+        btxrd_source(str(tmp_path))
+    (tmp_path / "dataset.xlsx").write_bytes(b"")
+    with pytest.raises(DataError, match="image folder .*images not found"):
+        btxrd_source(str(tmp_path))
+
+
+def test_data_split_by_center_and_patient_errors(btxrd, tmp_path, capsys):
+    from medcls.cli import main
+
+    root, _ = btxrd
+    out = tmp_path / "splits.csv"
+    assert main(["data", "split", str(root), "--by", "center", "--val", "0.2", "-o", str(out)]) == 0
+    df = pd.read_csv(out)
+    t = btxrd_source(str(root)).splits["train"]
+    meta = t.meta.set_axis(t.ids)
+    centers = meta.loc[df["id"], "center"].to_numpy()
+    assert set(centers[df["split"] == "test"]) == {2, 3} and set(centers[df["split"] != "test"]) == {1}
+    assert (df["split"] == "val").sum() > 0
+    printed = capsys.readouterr()
+    assert "test = centre(s) 2, 3" in printed.err and "malignant" in printed.out
+    assert main(["data", "split", f"btxrd:{root}", "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "'person(\\d+)_' matches none of the 60 file names (e.g. 'IMG000001', 'IMG000002', 'IMG000003')" in err
+    assert "--by none" in err
+    assert main(["data", "split", f"btxrd:{root}", "--by", "none", "-o", str(tmp_path / "n.csv")]) == 0
