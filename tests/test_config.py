@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -80,3 +82,9 @@ def test_config_model_is_frozen_against_typos_at_runtime():
     cfg = Config()
     with pytest.raises(ValueError):
         cfg.train.epochs = -3
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.data.source

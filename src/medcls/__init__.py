@@ -17,6 +17,9 @@ _LAZY = {
     "load_config": "medcls.config",
     "create_model": "medcls.models",
     "Predictor": "medcls.inference",
+    "check_data": "medcls.data.check",
+    "cv": "medcls.experiments",
+    "tune": "medcls.experiments",
 }
 
 __all__ = ["__version__", *_LAZY]

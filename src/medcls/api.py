@@ -35,7 +35,20 @@ def resolve_preprocess(cfg: Config, data: LoadedData) -> PreprocessConfig:
                             stain=t.stain, stain_params=stain)
 
 
-def build_model(cfg: Config, data: LoadedData, pre: PreprocessConfig):
+def build_model(cfg: Config, data: LoadedData, pre: PreprocessConfig, *, inputs=None, text_source=None,
+                pretrained_text: bool = True):
+    """The image model, or (``inputs``: a fitted InputEncoder) the image model fused with metadata/text."""
+    model, stem = _build_image_model(cfg, data, pre)
+    if inputs is not None:
+        from .multimodal import build_fused, fusion_options
+
+        model = build_fused(model, data.spec.num_classes, fusion_options(cfg, inputs),
+                            text_source=text_source or cfg.inputs.text_encoder, pretrained_text=pretrained_text,
+                            modality_dropout=cfg.train.modality_dropout)
+    return model, stem
+
+
+def _build_image_model(cfg: Config, data: LoadedData, pre: PreprocessConfig):
     m = cfg.model
     kwargs = dict(in_chans=pre.in_chans, pretrained=m.pretrained, weights=m.weights, drop_rate=m.drop_rate)
     if m.stem != "auto":
@@ -90,22 +103,36 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     try:
         data = load_data(cfg.data) if data is None else data
         pre = prev.preprocess_cfg if resume is not None else resolve_preprocess(cfg, data)
+        inputs = None
+        if cfg.model.fusion != "none":  # metadata/text: fitted on the training split only
+            from .multimodal import InputEncoder
+
+            inputs = prev.inputs if resume is not None else InputEncoder.fit(cfg.inputs, data.train)
         torch.manual_seed(cfg.seed)
-        model, stem = build_model(cfg, data, pre)
+        model, stem = build_model(cfg, data, pre, inputs=inputs,
+                                  text_source=(prev.path / "text_encoder") if resume is not None else None,
+                                  pretrained_text=resume is None)
         if resume is not None:
             path = Path(resume)
         else:
             path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
             path = Path(broadcast_object(str(path) if path else None, dist))
         summary = {"splits": data.summary(), "notes": data.notes, "stem": stem, "source": cfg.data.source}
+        if inputs is not None:
+            summary["inputs"] = inputs.to_dict()
         if dist.is_main:
             write_run_files(path, cfg, data.spec, pre, summary)
+            if inputs is not None and inputs.text and resume is None:
+                from .multimodal.text import save_text_files
+
+                save_text_files(inputs.tokenizer, model.text_model.config, path / "text_encoder")
             atomic_write_json(path / ("env.json" if resume is None else "env.resume.json"),
                               environment(str(device), dist.world_size))
             log.info("run directory: %s", path)
             for s, v in summary["splits"].items():
                 log.info("%-5s %5d images  %s", s, v["n"], v["per_class"])
-        trainer = Trainer(cfg, data, model, Preprocess(pre), path, device=device, dist=dist, callbacks=callbacks)
+        trainer = Trainer(cfg, data, model, Preprocess(pre), path, device=device, dist=dist, callbacks=callbacks,
+                          inputs=inputs)
         if resume is not None:
             trainer.resume(path / "checkpoints" / "last.safetensors")
         try:
@@ -137,14 +164,20 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
 
 
 def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto",
-            backend: str = "torch") -> list[dict[str, Any]]:
+            backend: str = "torch", metadata: Sequence[dict[str, Any] | None] | None = None,
+            text: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """Calibrated class probabilities and decisions for image files, bytes or arrays.
 
     ``source`` is a run (directory) or an exported bundle; preprocessing comes from it.
+    Fused models also take ``metadata`` and ``text`` (one entry per image; None = unknown).
     """
     from .inference import Predictor
 
     dev = resolve_device(device)
     if isinstance(source, Run):
-        return Predictor.from_run(source, checkpoint=checkpoint, device=dev).predict(images)
-    return Predictor.load(source, backend=backend, checkpoint=checkpoint, device=dev).predict(images)
+        pred = Predictor.from_run(source, checkpoint=checkpoint, device=dev)
+    else:
+        pred = Predictor.load(source, backend=backend, checkpoint=checkpoint, device=dev)
+    if metadata is None and text is None:
+        return pred.predict(images)
+    return pred.predict(images, metadata=metadata, text=text)

@@ -198,16 +198,34 @@ def predict(
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
+    metadata: Annotated[str | None, typer.Option(help="Fused models: JSON object of metadata (and text) for "
+                                                 "every image, e.g. '{\"age\": 40, \"view\": \"frontal\"}'.")] = None,
 ) -> None:
     """Print calibrated class probabilities and the decision at the operating point for each image."""
     from . import api
+    from .evaluation.clinical import findings_text
 
-    results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device, backend=backend)
+    meta = None
+    if metadata is not None:
+        import json
+
+        from .errors import DataError
+
+        try:
+            obj = json.loads(metadata)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--metadata must be a JSON object such as '{{\"age\": 40}}': {e}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"--metadata must be a JSON object, got {type(obj).__name__}")
+        meta = [obj] * len(images)
+    results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device, backend=backend,
+                          metadata=meta)
+    for r in results:  # multilabel: the labels at or above their thresholds, ";"-joined, or "no finding"
+        r["predicted"] = r["predicted"] if isinstance(r["predicted"], str) else findings_text(r["predicted"])
     names = list(results[0]["probabilities"]) if results else []
     typer.echo("\t".join(["file", *names, "predicted"]))
     for r in results:
-        pred = r["predicted"] if isinstance(r["predicted"], str) else ",".join(r["predicted"])
-        typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), pred]))
+        typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), r["predicted"]]))
     if csv:
         import pandas as pd
 
@@ -322,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     _setup_logging()
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
     except MedclsError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -341,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

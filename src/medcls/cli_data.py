@@ -129,10 +129,8 @@ def check(
     max_distance: Annotated[int, typer.Option(min=0, max=16, help="Near duplicates: phash Hamming distance at most this (of 64 bits).")] = 6,
     min_correlation: Annotated[float, typer.Option(min=0.01, max=1.0, help="Near duplicates: 32x32 thumbnail correlation at least this.")] = 0.99,
     workers: Annotated[int | None, typer.Option(min=1, help="Threads decoding image files (default: up to 4).")] = None,
-) -> None:
+) -> int:
     """Data report (report.json + report.html): counts, image formats, unreadable files, duplicates and patients shared across splits."""
-    import click
-
     from .data.check import check_data, parse_options
     from .data.check_report import check_new, print_summary
 
@@ -142,7 +140,7 @@ def check(
                         workers=workers)
     out = report.write(output)
     print_summary(report, out)
-    if strict and report.leakage:
-        err = click.ClickException(f"leakage between splits (--strict): {'; '.join(report.leakage_reasons)}")
-        err.exit_code = 1  # 1 = leakage; 2 = a user error (bad source, option or path)
-        raise err
+    if strict and report.leakage:  # exit 1 = leakage; 2 = a user error (bad source, option or path)
+        typer.echo(f"error: leakage between splits (--strict): {'; '.join(report.leakage_reasons)}", err=True)
+        return 1
+    return 0

@@ -48,6 +48,19 @@ class TransformConfig(_Section):
         None, description="Reference patch image, or a JSON from `medcls data stain-reference`; read once at training.")
 
 
+class InputsConfig(_Section):
+    numeric: list[str] = Field(default_factory=list, description="Numeric metadata columns (standardised on train only; missing -> flag).")
+    categorical: list[str] = Field(default_factory=list, description="Categorical metadata columns (vocabulary from train; unseen -> 'unknown').")
+    text: str | None = Field(None, description="One free-text column (report, referral note) encoded by text_encoder.")
+    text_encoder: str | None = Field(None, description="Hugging Face model name (e.g. dmis-lab/biobert-v1.1) or a local directory.")
+    text_max_length: int = Field(128, ge=4, le=4096, description="Tokens per text; longer texts are truncated (counted).")
+    freeze_text: bool = Field(True, description="Keep the text encoder's weights fixed (else fine-tune at lr x train.text_lr_scale).")
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical, *([self.text] if self.text else [])]
+
+
 class ModelConfig(_Section):
     name: str = "resnet18"
     pretrained: bool = False
@@ -58,6 +71,9 @@ class ModelConfig(_Section):
         "tiny: 3x3 stride-1, no max-pool (full resolution, ~4x the compute); auto: small when the input is <= 64 px.")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     freeze_backbone: bool = False
+    fusion: Literal["none", "concat", "cross_attention", "gated", "meta_only"] = Field(
+        "none", description="How image and `inputs` (metadata, text) combine; none = image only, meta_only = no image.")
+    fusion_dim: int = Field(64, ge=4, le=4096, description="Width of the per-modality embeddings in the fusion head.")
 
 
 class TrainConfig(_Section):
@@ -86,6 +102,8 @@ class TrainConfig(_Section):
     mixup: float = Field(0.0, ge=0, description="Mixup Beta alpha (0 = off; 0.2-0.4 typical).")
     cutmix: float = Field(0.0, ge=0, description="CutMix Beta alpha (0 = off; 1.0 typical). With mixup, each batch uses one.")
     mix_prob: float = Field(1.0, ge=0, le=1, description="Chance that a batch is mixed when mixup/cutmix is on.")
+    text_lr_scale: float = Field(0.1, ge=0, le=10, description="Text encoder LR = lr x this when inputs.freeze_text is false.")
+    modality_dropout: float = Field(0.1, ge=0, lt=1, description="Chance per sample and modality (metadata, text) of being replaced by its learned 'missing' embedding during training.")
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     channels_last: bool = True
@@ -114,6 +132,7 @@ class Config(_Section):
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     transforms: TransformConfig = Field(default_factory=TransformConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -122,6 +141,20 @@ class Config(_Section):
     def _check(self) -> Config:
         if self.train.loss == "bce" and self.train.sampler == "balanced":
             raise ValueError("train.sampler=balanced is not defined for multilabel (bce) training")
+        i = self.inputs
+        if self.model.fusion != "none":
+            if not i.columns:
+                raise ValueError(f"model.fusion={self.model.fusion} needs extra inputs: set inputs.numeric, "
+                                 "inputs.categorical and/or inputs.text")
+            if self.train.mixup or self.train.cutmix:
+                raise ValueError("train.mixup/cutmix mix images across samples, which breaks the pairing with their "
+                                 "metadata: use them with model.fusion=none only")
+        if i.text and not i.text_encoder:
+            raise ValueError(f"inputs.text={i.text!r} needs inputs.text_encoder (a Hugging Face model name such as "
+                             "dmis-lab/biobert-v1.1, or a local directory)")
+        dup = sorted({c for c in i.columns if i.columns.count(c) > 1})
+        if dup:
+            raise ValueError(f"inputs: column(s) {dup} are declared more than once")
         return self
 
     def to_dict(self) -> dict[str, Any]:

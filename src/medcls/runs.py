@@ -100,6 +100,17 @@ class Run:
         p = self.path / "metrics.json"
         return json.loads(p.read_text()) if p.is_file() else {}
 
+    @property
+    def inputs(self):
+        """The fitted :class:`~medcls.multimodal.InputEncoder` of a fused run (metadata/text), else None."""
+        if self.config.model.fusion == "none" or not self.data_summary.get("inputs"):
+            return None
+        if "_inputs" not in self.__dict__:
+            from .multimodal import InputEncoder
+
+            self.__dict__["_inputs"] = InputEncoder.from_dict(self.data_summary["inputs"], self.path)
+        return self.__dict__["_inputs"]
+
     def build_model(self, which: str = "best", device: str = "cpu"):
         """The trained model (eval mode) with weights from the ``which`` checkpoint."""
         from .engine.checkpoint import load_checkpoint, split_prefix
@@ -109,6 +120,11 @@ class Run:
         model = create_model(m.name, self.spec.num_classes,
                              in_chans=self.preprocess_cfg.in_chans, pretrained=False,
                              stem=self.data_summary.get("stem", "default"))
+        if self.inputs is not None:
+            from .multimodal import TEXT_DIR, build_fused, fusion_options
+
+            model = build_fused(model, self.spec.num_classes, fusion_options(self.config, self.inputs),
+                                text_source=self.path / TEXT_DIR, pretrained_text=False)
         tensors, meta = load_checkpoint(self.checkpoint_path(which), device="cpu")
         state = split_prefix(tensors, "model/")
         try:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from medcls.errors import ConfigError, DataError
-from medcls.metrics import apply_thresholds, binary_metrics, bootstrap_ci, choose_thresholds
+from medcls.metrics import (
+    UndefinedMetricWarning,
+    apply_thresholds,
+    binary_metrics,
+    bootstrap_ci,
+    choose_thresholds,
+)
 
 RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
 
@@ -120,3 +128,111 @@ def test_bad_inputs():
         apply_thresholds(y, p, {"a": "high"}, n_resamples=10)
     with pytest.raises(ConfigError, match="non-empty"):
         apply_thresholds(y, p, {}, n_resamples=10)
+
+
+# ------------------------------------------------------------------ multi-label
+def _multilabel(seed: int = 0, n: int = 300):
+    """Three labels with different score scales (so their thresholds differ) and a label with no positives."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 4)) < [0.5, 0.2, 0.05, 0.0]).astype(int)
+    y[:2, :3] = [[0, 0, 0], [1, 1, 1]]
+    z = rng.normal(size=(n, 4)) + 2.0 * y + np.array([-1.0, -2.5, 0.5, -3.0])
+    return y, 1 / (1 + np.exp(-z))
+
+
+NAMES = ["effusion", "nodule", "mass", "hernia"]
+
+
+def test_choose_label_thresholds_runs_every_rule_per_column():
+    from medcls.metrics.operating_points import choose_label_thresholds
+
+    y, p = _multilabel(0)
+    res = choose_label_thresholds(y, p, class_names=NAMES, target_sensitivity=0.9, target_specificity=0.8)
+    assert res["chosen_on"] == "val" and res["n"] == 300 and set(res["per_label"]) == set(NAMES)
+    for k, name in enumerate(NAMES[:3]):
+        assert res["per_label"][name] == choose_thresholds(y[:, k], p[:, k], target_sensitivity=0.9,
+                                                           target_specificity=0.8)
+    youden = [res["per_label"][c]["youden"]["threshold"] for c in NAMES[:3]]
+    assert len(set(youden)) == 3  # each label gets its own threshold
+    # 'hernia' has no positives: no threshold can be chosen, 0.5 with a note, nothing raises
+    assert set(res["skipped"]) == {"hernia"} and "0 positive(s) and 300 negative(s)" in res["skipped"]["hernia"]
+    assert set(RULES) & set(res["per_label"]["hernia"]) == {"default"}
+    assert res["per_label"]["hernia"]["default"]["threshold"] == 0.5
+
+
+def test_select_label_thresholds_falls_back_per_label():
+    from medcls.metrics.operating_points import choose_label_thresholds, select_label_thresholds
+
+    y, p = _multilabel(1)
+    chosen = choose_label_thresholds(y, p, class_names=NAMES)
+    thr, rules, notes = select_label_thresholds(chosen, "max_f1")
+    assert rules == {"effusion": "max_f1", "nodule": "max_f1", "mass": "max_f1", "hernia": "default"}
+    assert thr["hernia"] == 0.5 and thr["nodule"] == chosen["per_label"]["nodule"]["max_f1"]["threshold"]
+    assert len(notes) == 1 and "'hernia'" in notes[0]
+    thr, rules, notes = select_label_thresholds(chosen, "default")
+    assert set(thr.values()) == {0.5} and not notes
+    with pytest.raises(ConfigError, match="Did you mean 'youden'"):
+        select_label_thresholds(chosen, "youdn")
+    with pytest.raises(ConfigError, match="choose_label_thresholds"):
+        select_label_thresholds({"youden": 0.3}, "youden")
+
+
+def test_multilabel_decision_metrics_match_sklearn():
+    import sklearn.metrics as skm
+
+    from medcls.metrics.operating_points import label_decisions, multilabel_decision_metrics
+
+    y, p = _multilabel(2)
+    t = {"effusion": 0.4, "nodule": 0.2, "mass": 0.7, "hernia": 0.5}
+    res = multilabel_decision_metrics(y, p, t, class_names=NAMES)
+    pred = label_decisions(p, t, class_names=NAMES).astype(int)
+    assert np.array_equal(pred, (p >= [0.4, 0.2, 0.7, 0.5]).astype(int))
+    assert label_decisions(p, [0.4, 0.2, 0.7, 0.5], class_names=NAMES).tolist() == pred.astype(bool).tolist()
+    for k, c in enumerate(NAMES[:3]):
+        d = res["per_label"][c]
+        assert d["threshold"] == t[c]
+        assert d["sensitivity"] == pytest.approx(skm.recall_score(y[:, k], pred[:, k]))
+        assert d["specificity"] == pytest.approx(skm.recall_score(1 - y[:, k], 1 - pred[:, k]))
+        assert d["ppv"] == pytest.approx(skm.precision_score(y[:, k], pred[:, k]))
+        assert d["f1"] == pytest.approx(skm.f1_score(y[:, k], pred[:, k]))
+    assert math.isnan(res["per_label"]["hernia"]["sensitivity"])  # no positives: undefined, not an error
+    assert res["subset_accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert res["hamming_accuracy"] == pytest.approx(1 - skm.hamming_loss(y, pred))
+    assert res["macro_f1"] == pytest.approx(np.mean([skm.f1_score(y[:, k], pred[:, k]) for k in range(3)]))
+    assert res["n_no_finding"] == int((pred.sum(1) == 0).sum())
+
+
+def test_apply_label_thresholds_equals_per_label_apply():
+    from medcls.metrics.operating_points import apply_label_thresholds, choose_label_thresholds
+
+    yv, pv = _multilabel(3)
+    yt, pt = _multilabel(4, n=200)
+    chosen = choose_label_thresholds(yv, pv, class_names=NAMES)
+    res = apply_label_thresholds(yt, pt, chosen, class_names=NAMES, n_resamples=100, seed=1)
+    assert res["chosen_on"] == "val" and res["n"] == 200 and res["n_resamples"] == 100
+    for k, c in enumerate(NAMES):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)  # AUC of 'hernia' (no positives)
+            ref = apply_thresholds(yt[:, k], pt[:, k], chosen["per_label"][c], n_resamples=100, seed=1)
+        assert json.dumps(res["per_label"][c], sort_keys=True) == json.dumps({**ref, "chosen_on": "val"}, sort_keys=True)
+    assert set(RULES) & set(res["per_label"]["hernia"]) == {"default"}
+    with pytest.raises(ConfigError, match="choose_label_thresholds output"):
+        apply_label_thresholds(yt, pt, chosen, class_names=["a", "b", "c", "d"], n_resamples=10)
+
+
+def test_multilabel_threshold_inputs_are_checked():
+    from medcls.metrics.operating_points import choose_label_thresholds, threshold_vector
+
+    y, p = _multilabel(0, n=20)
+    with pytest.raises(ConfigError, match=r"no entry for label\(s\) \['mass', 'hernia'\]"):
+        threshold_vector({"effusion": 0.5, "nodule": 0.5}, NAMES)
+    with pytest.raises(ConfigError, match="got 2 thresholds for 4 labels"):
+        threshold_vector([0.5, 0.5], NAMES)
+    with pytest.raises(ConfigError, match="label 'nodule' must be a finite number"):
+        threshold_vector([0.5, float("nan"), 0.5, 0.5], NAMES)
+    with pytest.raises(DataError, match="got 3 class_names but probs has 4 columns"):
+        choose_label_thresholds(y, p, class_names=NAMES[:3])
+    with pytest.raises(DataError, match=r"expected y_true of shape \(N, 4\)"):
+        choose_label_thresholds(y[:, :3], p, class_names=NAMES)
+    with pytest.raises(ConfigError, match="target_sensitivity"):
+        choose_label_thresholds(y, p, class_names=NAMES, target_sensitivity=0)

@@ -38,17 +38,10 @@ NO_PATIENT_IDS = ("BTXRD has no patient ids: views of one patient may land in di
 
 
 class MetaFileTable(FileTable):
-    """Image files with per-image metadata (``meta``: DataFrame, one row per sample, same order)."""
+    """Image files with per-image metadata (``meta`` required; any table may carry it, see :mod:`.table`)."""
 
     def __init__(self, paths, labels, ids=None, groups=None, *, meta: pd.DataFrame) -> None:
-        super().__init__(paths, labels, ids, groups)
-        if len(meta) != len(self.labels):
-            raise DataError(f"got {len(meta)} metadata rows for {len(self.labels)} images")
-        self.meta = meta.reset_index(drop=True)
-
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
-        return MetaFileTable([self.paths[j] for j in idx], meta=self.meta.iloc[idx], **self._sub(idx))
+        super().__init__(paths, labels, ids, groups, meta=meta)
 
 
 def _one_hot_names(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:

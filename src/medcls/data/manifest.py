@@ -8,6 +8,8 @@ column of class names/ints (``label_col``) or from one-hot columns
 (``label_cols``, e.g. BTXRD ``[benign, malignant]`` with rows that set neither
 labelled ``none_label``). ``group_col`` (patient id) makes held-out splits
 patient-disjoint; ``split_col`` (train/val/test) gives official splits.
+Every column of the manifest is kept per image in ``table.meta`` (for
+multimodal models: ``inputs.numeric``/``categorical``/``text``).
 
 Row numbers in messages are as a spreadsheet shows them (header = row 1).
 """
@@ -291,7 +293,7 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
         if len(rows) == 0:
             raise DataError(f"{path.name} ({s}): none of the listed images could be read")
         splits[s] = FileTable([found[i] for i in rows], labels[rows], [str(raw[i]) for i in rows],
-                              None if groups is None else groups[rows])
+                              None if groups is None else groups[rows], meta=df.iloc[rows])
     spec = DatasetSpec(name=path.stem, task=task, class_names=tuple(names),
                        channels=channels if channels is not None else (guess or 1),
                        extra={"source": "csv", "manifest": str(path), "image_root": str(root)})

@@ -118,13 +118,21 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-@SOURCES.register("medmnist", help="MedMNIST v2/+ npz: medmnist:<flag>, options: size (28|64|128|224), path, download")
+@SOURCES.register("medmnist", help="MedMNIST v2/+ npz: medmnist:<flag>, options: size (28|64|128|224), path, download, "
+                  "labels (class/label names of a custom file)")
 def medmnist_source(arg: str, *, data_dir: str | None = None, size: int = 28, path: str | None = None,
-                    download: bool = True) -> SourceData:
-    """MedMNIST dataset ``arg`` (e.g. pneumoniamnist) at ``size`` px, official splits."""
+                    download: bool = True, labels: list[str] | None = None) -> SourceData:
+    """MedMNIST dataset ``arg`` (e.g. pneumoniamnist) at ``size`` px, official splits.
+
+    ``labels`` renames the classes (multi-label: the label columns), e.g. for a
+    custom file in the layout of ``chestmnist`` with fewer than its 14 findings.
+    """
     flag = arg.lower()
     _check_flag(flag, size)
     info = INFO[flag]
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(c, str) for c in labels)):
+        raise DataError(f"data.options.labels must be a list of class names, got {labels!r}")
+    names = list(labels) if labels is not None else list(info["labels"])
     npz = Path(path) if path else locate_or_download(flag, size, data_dir, download=download)
     if not npz.is_file():
         raise DataError(f"MedMNIST file not found: {npz}")
@@ -137,16 +145,22 @@ def medmnist_source(arg: str, *, data_dir: str | None = None, size: int = 28, pa
             images = images[..., 0]
         lab = arrays[f"{s}_labels"]
         if task == "multilabel":
-            labels = lab.astype(np.float32)
+            if lab.ndim != 2 or lab.shape[1] != len(names):
+                raise DataError(f"{npz}: {s}_labels has shape {lab.shape}, expected (N, {len(names)}) multi-hot "
+                                f"columns {names}; name the columns of a custom file with data.options.labels")
+            if not np.isin(lab, (0, 1)).all():
+                raise DataError(f"{npz}: {s}_labels must be multi-hot 0/1, got values "
+                                f"{sorted(set(np.unique(lab).tolist()) - {0, 1})[:5]}")
+            y = lab.astype(np.float32)
         else:
-            labels = lab.reshape(len(lab), -1)[:, 0].astype(np.int64)
-            bad = labels[(labels < 0) | (labels >= len(info["labels"]))]
+            y = lab.reshape(len(lab), -1)[:, 0].astype(np.int64)
+            bad = y[(y < 0) | (y >= len(names))]
             if bad.size:
                 raise DataError(f"{npz}: {s}_labels hold {sorted(set(bad.tolist()))}, "
-                                f"expected 0..{len(info['labels']) - 1}")
-        splits[s] = ArrayTable(images, labels, ids=[f"{s}/{i}" for i in range(len(images))])
+                                f"expected 0..{len(names) - 1}")
+        splits[s] = ArrayTable(images, y, ids=[f"{s}/{i}" for i in range(len(images))])
     channels = 3 if arrays["train_images"].ndim == 4 else 1
-    spec = DatasetSpec(name=flag if size == 28 else f"{flag}_{size}", task=task, class_names=tuple(info["labels"]),
+    spec = DatasetSpec(name=flag if size == 28 else f"{flag}_{size}", task=task, class_names=tuple(names),
                        channels=channels, ordinal=bool(info.get("ordinal", False)),
                        native_size=int(arrays["train_images"].shape[1]),
                        extra={"license": info.get("license", ""), "file": str(npz)})

@@ -3,6 +3,10 @@
 A table never holds more than it must: :class:`ArrayTable` wraps arrays already
 in memory (MedMNIST), :class:`FileTable` reads image files on demand and
 :class:`H5Table` reads single rows of an HDF5 dataset lazily.
+
+Any table may carry per-sample metadata (``meta``: a DataFrame, one row per
+sample in table order; e.g. every column of a CSV/Excel manifest, or BTXRD's
+age/gender/site/view) that ``subset`` keeps aligned; multimodal models read it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..errors import DataError
 
@@ -21,6 +26,7 @@ class ImageTable:
     labels: np.ndarray
     ids: list[str]
     groups: np.ndarray | None
+    meta: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -36,11 +42,19 @@ class ImageTable:
         return self.ids[i]
 
     def _sub(self, idx: np.ndarray) -> dict:
-        return {
+        out = {
             "labels": self.labels[idx],
             "ids": [self.ids[j] for j in idx],
             "groups": None if self.groups is None else self.groups[idx],
         }
+        if self.meta is not None:  # only then: subclasses without a ``meta`` argument keep working
+            out["meta"] = self.meta.iloc[idx]
+        return out
+
+    def _set_meta(self, meta: pd.DataFrame | None) -> None:
+        if meta is not None and len(meta) != len(self.labels):
+            raise DataError(f"got {len(meta)} metadata rows for {len(self.labels)} samples")
+        self.meta = None if meta is None else meta.reset_index(drop=True)
 
 
 def _check_lengths(n: int, ids: Sequence[str], groups: np.ndarray | None) -> None:
@@ -54,7 +68,7 @@ class ArrayTable(ImageTable):
     """Images held in memory as one ``(N, H, W[, C])`` array."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, ids: Sequence[str] | None = None,
-                 groups: np.ndarray | None = None) -> None:
+                 groups: np.ndarray | None = None, meta: pd.DataFrame | None = None) -> None:
         if len(images) != len(labels):
             raise DataError(f"got {len(images)} images but {len(labels)} labels")
         self.images = images
@@ -62,6 +76,7 @@ class ArrayTable(ImageTable):
         self.ids = list(ids) if ids is not None else [f"#{i}" for i in range(len(images))]
         self.groups = groups
         _check_lengths(len(self.labels), self.ids, groups)
+        self._set_meta(meta)
 
     def load(self, i: int) -> np.ndarray:
         return self.images[i]
@@ -75,7 +90,7 @@ class FileTable(ImageTable):
     """Images stored as files (PNG, JPEG, TIFF, BMP ...), read on demand."""
 
     def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, ids: Sequence[str] | None = None,
-                 groups: np.ndarray | None = None) -> None:
+                 groups: np.ndarray | None = None, meta: pd.DataFrame | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels)
         if len(self.paths) != len(self.labels):
@@ -83,6 +98,7 @@ class FileTable(ImageTable):
         self.ids = list(ids) if ids is not None else [str(p) for p in self.paths]
         self.groups = groups
         _check_lengths(len(self.labels), self.ids, groups)
+        self._set_meta(meta)
 
     def load(self, i: int) -> np.ndarray:
         from .io import read_image
@@ -98,7 +114,8 @@ class H5Table(ImageTable):
     """Rows of an HDF5 image dataset, opened lazily (once per process) and read one at a time."""
 
     def __init__(self, path: str | Path, key: str, rows: np.ndarray, labels: np.ndarray,
-                 ids: Sequence[str] | None = None, groups: np.ndarray | None = None) -> None:
+                 ids: Sequence[str] | None = None, groups: np.ndarray | None = None,
+                 meta: pd.DataFrame | None = None) -> None:
         self.path = Path(path)
         self.key = key
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -108,6 +125,7 @@ class H5Table(ImageTable):
         self.ids = list(ids) if ids is not None else [f"{self.path.name}[{r}]" for r in self.rows]
         self.groups = groups
         _check_lengths(len(self.labels), self.ids, groups)
+        self._set_meta(meta)
         self._file = None
         self._pid = None
 

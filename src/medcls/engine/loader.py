@@ -43,7 +43,7 @@ def _nbytes(n: int, preprocess: Preprocess) -> int:
 
 
 class Batches:
-    """Iterates (x, y, idx) batches over a table.
+    """Iterates (x, y, idx) batches over a table (``extras_for(idx)``: the batch's metadata/text inputs).
 
     With ``cache`` the whole split is preprocessed once into one tensor and
     batches are sliced from it (no per-image work per epoch); otherwise a
@@ -52,8 +52,10 @@ class Batches:
     """
 
     def __init__(self, table: ImageTable, preprocess: Preprocess, *, batch_size: int, cache: str = "auto",
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, inputs=None, where: str = "data") -> None:
         self.dataset = ImageDataset(table, preprocess)
+        # extra model inputs (metadata, text) of every row, from a medcls.multimodal.InputEncoder
+        self.extras: dict[str, torch.Tensor] | None = inputs.encode_table(table, where) if inputs is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         want = cache == "on" or (cache == "auto" and _nbytes(len(table), preprocess) <= CACHE_BYTES)
@@ -73,6 +75,13 @@ class Batches:
     @property
     def labels(self) -> torch.Tensor:
         return self.dataset.labels
+
+    def extras_for(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The extra inputs of rows ``idx`` (a batch's indices) on ``device``; ``{}`` for image-only data."""
+        if self.extras is None:
+            return {}
+        idx = torch.as_tensor(idx)
+        return {k: v[idx].to(device, non_blocking=True) for k, v in self.extras.items()}
 
     def iterate(self, order: np.ndarray | None = None, *, drop_last: bool = False) -> Iterator[tuple]:
         """Yield batches following ``order`` (default: 0..N-1)."""

@@ -87,7 +87,8 @@ class Trainer:
     """Train ``model`` on ``data`` into ``run_dir`` as configured by ``cfg``."""
 
     def __init__(self, cfg: Config, data: LoadedData, model: Classifier, preprocess: Preprocess, run_dir: Path, *,
-                 device: torch.device, dist: DistInfo | None = None, callbacks: Sequence[Callback] = ()) -> None:
+                 device: torch.device, dist: DistInfo | None = None, callbacks: Sequence[Callback] = (),
+                 inputs=None) -> None:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.dist = dist or DistInfo()
         self.device = device
@@ -102,14 +103,17 @@ class Trainer:
         self.amp = amp_dtype(t.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.train_batches = Batches(data.train, preprocess, batch_size=t.batch_size, cache=cfg.data.cache,
-                                     num_workers=cfg.data.num_workers)
+                                     num_workers=cfg.data.num_workers, inputs=inputs, where="train split")
         self.val_batches = Batches(data.val, preprocess, batch_size=cfg.eval.batch_size, cache=cfg.data.cache,
-                                   num_workers=cfg.data.num_workers)
+                                   num_workers=cfg.data.num_workers, inputs=inputs, where="val split")
         self.augment = build_augment(cfg.transforms.preset, cfg.transforms.strength, cfg.transforms.hflip)
         w = class_weights(data.train.labels, data.spec.num_classes, t.class_weights)
         self.criterion = build_loss(t.loss, self.task, weights=w, label_smoothing=t.label_smoothing,
                                     focal_gamma=t.focal_gamma).to(device)
-        groups = param_groups(self.model, t.lr, t.backbone_lr_scale, t.weight_decay)
+        if hasattr(self.model, "param_groups"):  # fused model: own groups (text encoder at its own LR)
+            groups = self.model.param_groups(t.lr, t.backbone_lr_scale, t.weight_decay, t.text_lr_scale)
+        else:
+            groups = param_groups(self.model, t.lr, t.backbone_lr_scale, t.weight_decay)
         self.optimizer = build_optimizer(t.optimizer, groups, lr=t.lr, momentum=t.momentum)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.enabled:
@@ -188,7 +192,8 @@ class Trainer:
         total_loss, seen, t0 = 0.0, 0, time.perf_counter()
         bar = self._progress(n_batches, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y, _) in enumerate(self.train_batches.iterate(order)):
+        for i, (x, y, idx) in enumerate(self.train_batches.iterate(order)):
+            extras = self.train_batches.extras_for(idx, self.device)
             x = self.augment(x.to(self.device, non_blocking=True), g)
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -201,7 +206,7 @@ class Trainer:
             amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
             with sync:
                 with amp:
-                    logits = self.ddp_model(x)
+                    logits = self.ddp_model(x, **extras)
                 loss = mixed.loss(self.criterion, logits.float())
                 scaled = loss / t.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()

@@ -3,12 +3,24 @@
 The result is stored in ``RUN_DIR/postprocess.json`` and used by ``predict``
 (and the bundle): calibrated probabilities = softmax(logits / T); the binary
 decision = p(positive) >= the selected operating point's threshold.
+
+Multi-label runs: probabilities = sigmoid(logits / T) with **one temperature
+shared by all labels** (fitted on the pooled per-label NLL). A per-label T would
+be fitted on a handful of positives for rare findings (or not at all when a label
+has one class on val) and would not change any decision, since thresholds are
+chosen per label on the calibrated probabilities (a monotone map of the logit);
+one T keeps calibration stable and ``temperature`` a single number everywhere.
+Operating points are chosen **per label** on val (``operating_points.per_label``);
+``thresholds`` maps each label to the threshold of ``eval.operating_point``
+(0.5 for a label that has a single class on val, with a note). The decision is
+the list of labels with p >= their threshold, possibly empty ("no finding").
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +28,18 @@ import numpy as np
 
 from ..errors import DataError
 from ..metrics import TemperatureScaler, choose_thresholds
+from ..metrics.operating_points import RULES, choose_label_thresholds, select_label_thresholds
 from ..utils import atomic_write_json
 
 POSTPROCESS_FILE = "postprocess.json"
-RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
+NO_FINDING = "no finding"
+__all__ = ["NO_FINDING", "POSTPROCESS_FILE", "RULES", "findings_text", "fit_postprocess", "load_postprocess",
+           "save_postprocess", "scale_probs"]
+
+
+def findings_text(findings: Sequence[str]) -> str:
+    """A multi-label decision as one string: labels joined by ``;``, or ``no finding``."""
+    return ";".join(findings) if len(findings) else NO_FINDING
 
 
 def scale_probs(logits: np.ndarray, task: str, temperature: float) -> np.ndarray:
@@ -30,8 +50,13 @@ def scale_probs(logits: np.ndarray, task: str, temperature: float) -> np.ndarray
 
 def fit_postprocess(task: str, val_logits: np.ndarray, val_labels: np.ndarray, *, positive_index: int | None,
                     operating_point: str = "default", target_sensitivity: float = 0.95,
-                    target_specificity: float = 0.95, calibrate: bool = True) -> dict[str, Any]:
-    """Fit temperature and (binary) operating points on validation logits. Failures fall back, with a note."""
+                    target_specificity: float = 0.95, calibrate: bool = True,
+                    class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fit temperature and operating points (binary; per label for multilabel) on validation logits.
+
+    Failures fall back (T = 1, threshold 0.5), with a note. ``class_names`` names
+    the label columns of a multilabel task (default ``label_0``, ``label_1``, ...).
+    """
     notes: list[str] = []
     temperature = 1.0
     if calibrate:
@@ -58,6 +83,16 @@ def fit_postprocess(task: str, val_logits: np.ndarray, val_labels: np.ndarray, *
             notes.append(f"operating point {operating_point!r} unavailable; using 'default' (0.5)")
         out.update({"operating_points": ops, "selected": selected,
                     "threshold": float(ops[selected]["threshold"])})
+    elif task == "multilabel":
+        y = np.asarray(val_labels)
+        names = list(class_names) if class_names is not None else [f"label_{k}" for k in range(y.shape[1])]
+        p = scale_probs(val_logits, task, temperature)
+        ops = choose_label_thresholds(y, p, class_names=names, target_sensitivity=target_sensitivity,
+                                      target_specificity=target_specificity)
+        thresholds, rules, _ = select_label_thresholds(ops, operating_point)
+        notes += [f"label {k!r}: {v}" for k, v in ops["skipped"].items()]
+        out.update({"operating_points": ops, "selected": operating_point, "thresholds": thresholds,
+                    "threshold_rules": rules})
     out["notes"] = notes
     return out
 

@@ -3,12 +3,23 @@
 Temperature and operating points are fitted on the validation split (never on
 the split being evaluated, unless that split *is* val, which is then flagged)
 and stored in ``RUN_DIR/postprocess.json`` for ``predict``.
+
+Multilabel runs: ``metrics.json`` holds per-label AUC/AP (with DeLong CIs),
+sensitivity/specificity/PPV/NPV/F1 at ``eval.threshold``, macro and micro AUC
+(bootstrap CI of the macro AUC), the per-label operating points chosen on val and
+applied here (``operating_points``, bootstrap CIs) and the metrics of the decision
+in use (``decision``: each label at its own threshold). Labels with a single class
+in the split are reported as ``nan``, left out of macro means and listed in
+``skipped_labels``. ``predictions.csv`` has ``true_``/``prob_``/``pred_`` (at
+``eval.threshold``) and ``decision_`` columns per label and a ``decision`` column
+(findings joined by ``;``, or ``no finding``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +30,22 @@ import torch
 from ..data.sources import LoadedData, load_data
 from ..engine.loader import Batches
 from ..engine.predict import predict_logits
-from ..metrics import apply_thresholds, bootstrap_ci, calibration_report, compute_metrics, delong_auc_ci
+from ..metrics import (
+    UndefinedMetricWarning,
+    apply_thresholds,
+    bootstrap_ci,
+    calibration_report,
+    compute_metrics,
+    delong_auc_ci,
+)
+from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
-from .clinical import fit_postprocess, save_postprocess, scale_probs
+from .clinical import findings_text, fit_postprocess, save_postprocess, scale_probs
 
 log = logging.getLogger("medcls")
 
-HEADLINE = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
+HEADLINE = ("auc", "micro_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -35,7 +54,9 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, class_names: list[str], task: str,
-                      threshold: float, positive_index: int | None, decision_threshold: float | None = None) -> pd.DataFrame:
+                      threshold: float, positive_index: int | None,
+                      decision_threshold: float | dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per case. ``decision_threshold``: the operating point in use (multilabel: ``{label: t}``)."""
     df = pd.DataFrame({"id": ids})
     if task == "multilabel":
         for j, c in enumerate(class_names):
@@ -43,6 +64,11 @@ def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, cla
         for j, c in enumerate(class_names):
             df[f"prob_{c}"] = probs[:, j]
             df[f"pred_{c}"] = (probs[:, j] >= threshold).astype(int)
+        if decision_threshold is not None:
+            called = label_decisions(probs, decision_threshold, class_names=class_names)
+            for j, c in enumerate(class_names):
+                df[f"decision_{c}"] = called[:, j].astype(int)
+            df["decision"] = [findings_text([c for c, f in zip(class_names, row, strict=True) if f]) for row in called]
         return df
     df["label"] = [class_names[i] for i in labels]
     for j, c in enumerate(class_names):
@@ -59,11 +85,33 @@ def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, cla
     return df
 
 
-def _logits(run: Run, model: torch.nn.Module, table, device: torch.device, *, tta: bool = False) -> np.ndarray:
+def _multilabel_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: dict[str, Any],
+                       names: list[str], split: str, n_bootstrap: int, seed: int) -> list[str]:
+    """Per-label DeLong AUC CIs, skipped labels, per-label operating points and the decision in use; notes."""
+    skipped: dict[str, str] = {}
+    for k, c in enumerate(names):
+        n_pos = int(labels[:, k].sum())
+        if 0 < n_pos < len(labels):
+            metrics["per_class"][c]["auc_delong"] = delong_auc_ci(labels[:, k], probs[:, k])
+        else:
+            skipped[c] = (f"{n_pos} positive(s) and {len(labels) - n_pos} negative(s) on {split}: AUC/AP undefined "
+                          "(nan), left out of the macro means")
+    metrics["skipped_labels"] = skipped
+    metrics["decision"] = {"operating_point": post["selected"], "rules": post["threshold_rules"],
+                           **multilabel_decision_metrics(labels, probs, post["thresholds"], class_names=names)}
+    if n_bootstrap:
+        metrics["operating_points"] = {"selected": post["selected"],
+                                       **apply_label_thresholds(labels, probs, post["operating_points"],
+                                                                class_names=names, n_resamples=n_bootstrap, seed=seed)}
+    return [f"label {c!r}: {r}" for c, r in skipped.items()]
+
+
+def _logits(run: Run, model: torch.nn.Module, table, device: torch.device, *, tta: bool = False,
+            where: str = "data") -> np.ndarray:
     from ..transforms.tta import tta_views
 
     batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
-                      num_workers=run.config.data.num_workers)
+                      num_workers=run.config.data.num_workers, inputs=run.inputs, where=where)
     views = tta_views(run.config.transforms.preset) if tta else None
     return predict_logits(model, batches, device, views=views)
 
@@ -83,24 +131,29 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     names, task, pos = list(spec.class_names), spec.task, spec.positive_index
 
     model, _ = run.build_model(checkpoint, device=str(device))
-    val_logits = _logits(run, model, data.val, device)
+    val_logits = _logits(run, model, data.val, device, where="val split")
     post = fit_postprocess(task, val_logits, np.asarray(data.val.labels), positive_index=pos,
                            operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
-                           target_specificity=ev.target_specificity, calibrate=ev.calibrate)
+                           target_specificity=ev.target_specificity, calibrate=ev.calibrate, class_names=names)
     post["checkpoint"] = checkpoint
     save_postprocess(run.path, post)
-    logits = val_logits if split == "val" else _logits(run, model, table, device)
+    logits = val_logits if split == "val" else _logits(run, model, table, device, where=f"{split} split")
     T = post["temperature"]
     probs = scale_probs(logits, task, T)
     labels = np.asarray(table.labels)
     thr = ev.threshold
-    metrics = compute_metrics(task, labels, probs, class_names=names, positive_index=pos, threshold=thr)
+    with warnings.catch_warnings():  # multilabel: labels with one class are recorded in skipped_labels instead
+        if task == "multilabel":
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+        metrics = compute_metrics(task, labels, probs, class_names=names, positive_index=pos, threshold=thr)
+        if ev.n_bootstrap:
+            metrics["ci"] = bootstrap_ci(task, labels, probs, class_names=names, positive_index=pos, threshold=thr,
+                                         n_resamples=ev.n_bootstrap, seed=cfg.seed)
     ckpt_meta = json.loads(run.checkpoint_path(checkpoint).with_suffix(".json").read_text())
     metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": ckpt_meta.get("epoch"),
                "n": len(labels), **metrics}
-    if ev.n_bootstrap:
-        metrics["ci"] = bootstrap_ci(task, labels, probs, class_names=names, positive_index=pos, threshold=thr,
-                                     n_resamples=ev.n_bootstrap, seed=cfg.seed)
+    eval_notes = _multilabel_extras(metrics, labels, probs, post, names, split, ev.n_bootstrap, cfg.seed) \
+        if task == "multilabel" else []
     if task == "binary":
         y = labels == pos
         if y.any() and (~y).any():
@@ -109,26 +162,30 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
             metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post["operating_points"],
                                                            n_resamples=ev.n_bootstrap, seed=cfg.seed)
     if ev.tta:
-        tta_probs = scale_probs(_logits(run, model, table, device, tta=True), task, T)
-        tta = compute_metrics(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr)
-        if ev.n_bootstrap:
-            tta["ci"] = bootstrap_ci(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr,
-                                     n_resamples=ev.n_bootstrap, seed=cfg.seed)
+        tta_probs = scale_probs(_logits(run, model, table, device, tta=True, where=f"{split} split"), task, T)
+        with warnings.catch_warnings():
+            if task == "multilabel":
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+            tta = compute_metrics(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr)
+            if ev.n_bootstrap:
+                tta["ci"] = bootstrap_ci(task, labels, tta_probs, class_names=names, positive_index=pos,
+                                         threshold=thr, n_resamples=ev.n_bootstrap, seed=cfg.seed)
         metrics["tta"] = {"views": run.config.transforms.preset, **{k: tta[k] for k in (*HEADLINE, "ci") if k in tta}}
     try:
         metrics["calibration"] = calibration_report(labels, logits, task=task, temperature=T)
     except Exception as e:
         metrics["calibration"] = {"error": str(e)}
-    metrics["postprocess"] = {k: post[k] for k in ("temperature", "calibrated", "selected", "threshold", "notes")
-                              if k in post}
+    metrics["postprocess"] = {k: post[k] for k in ("temperature", "calibrated", "selected", "threshold", "thresholds",
+                                                   "threshold_rules", "notes") if k in post}
+    metrics["postprocess"]["notes"] = [*post["notes"], *eval_notes]
     if split == "val":
-        metrics["postprocess"]["notes"] = [*post["notes"], "evaluated on the split the temperature and "
-                                           "thresholds were fitted on: optimistic"]
+        metrics["postprocess"]["notes"].append("evaluated on the split the temperature and thresholds were "
+                                               "fitted on: optimistic")
 
     out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
-    df = predictions_frame(table.ids, labels, probs, names, task, thr, pos, post.get("threshold"))
+    df = predictions_frame(table.ids, labels, probs, names, task, thr, pos, post.get("thresholds", post.get("threshold")))
     atomic_write_text(out / "predictions.csv", df.to_csv(index=False))
     marks = None
     if task == "binary" and "operating_points" in post:

@@ -87,9 +87,22 @@ def resolve_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.
     return modules[name], name, _vit_reshape(net) if vit else None
 
 
-def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> str:
+def image_branch(model: nn.Module, extras: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A fused (image + metadata/text) model as an image-only one with the extras fixed; others unchanged."""
+    from ..multimodal import FixedExtras, is_fused
+
+    if not is_fused(model):
+        return model
+    if extras is None:
+        raise ConfigError("Grad-CAM of a fused model needs one row of its metadata/text inputs (extras)")
+    return FixedExtras(model, {k: torch.as_tensor(v)[:1] for k, v in extras.items()})
+
+
+def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+               extras: dict[str, torch.Tensor] | None = None) -> str:
     """The layer :func:`compute_cam` uses for ``x``: ``layer``, else the automatic one, moved to the last
     module whose feature map is at least 2x2 when it is smaller at this input size (e.g. 28 px images)."""
+    model = image_branch(model, extras)
     name = resolve_target_layer(model, layer)[1]
     if layer is not None:
         return name
@@ -115,9 +128,11 @@ def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> s
 
 
 def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", target_class: int | None = None,
-                layer: str | None = None) -> np.ndarray:
+                layer: str | None = None, extras: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """CAMs (B, H, W) in [0, 1] for ``x`` (B, C, H, W) in [0, 1]; ``target_class`` None = the argmax; layer as
-    :func:`pick_layer`. Runs in eval mode; the mode, ``.grad`` and ``requires_grad`` are left as they were."""
+    :func:`pick_layer`. Runs in eval mode; the mode, ``.grad`` and ``requires_grad`` are left as they were.
+    Fused models: ``extras`` (one row of metadata/text inputs) are held fixed, the CAM is on the image branch."""
+    model = image_branch(model, extras)
     cls = check_method(method)
     if x.ndim != 4:
         raise ConfigError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
@@ -198,7 +213,7 @@ def _decision_threshold(run: Run) -> float:
 
 def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
                   target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
-                  checkpoint: str = "best") -> dict[str, Any]:
+                  checkpoint: str = "best", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict one image (calibrated, at the run's operating point, as :class:`~medcls.inference.Predictor`)
     and save its CAM figure.
 
@@ -213,12 +228,14 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
     predictor = Predictor.from_run(run, checkpoint=checkpoint)
     model = predictor.model
     x = predictor.preprocess(arr).unsqueeze(0)
-    p = predictor.probabilities(x)[0]
+    extras, _ = predictor.encode_inputs(1, [metadata] if metadata else None)  # fused models: held fixed
+    extras = {k: torch.as_tensor(v) for k, v in extras.items()} or None
+    p = predictor.probabilities(x, extras)[0]
     names = list(run.spec.class_names)
     pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(predictor.decide(p))
     target = pred if target is None else target
-    layer = pick_layer(model, x, layer)
-    cam = compute_cam(model, x, method=method, target_class=target, layer=layer)[0]
+    layer = pick_layer(model, x, layer, extras)
+    cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
     title = f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer}"
     path = save_explanation(out_path, x[0].permute(1, 2, 0).numpy(), cam, title)
     return {"predicted": names[pred], "probability": float(p[pred]), "path": str(path),
@@ -283,8 +300,9 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
                 raise DataError(f"case {cid!r} of predictions.csv is not in the {split} split any more "
                                   f"(data changed since evaluation?); re-run `medcls evaluate`")
             x = pre(table.load(index[cid])).unsqueeze(0)
-            layer = pick_layer(model, x, layer)  # chosen (and warned about) once
-            cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer)[0]
+            extras = run.inputs.encode_table(table.subset([index[cid]]), f"{split} split") if run.inputs else None
+            layer = pick_layer(model, x, layer, extras)  # chosen (and warned about) once
+            cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer, extras=extras)[0]
             path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
             prob = float(r[f"prob_{pred}"])
             save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam,

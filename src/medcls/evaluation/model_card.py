@@ -7,6 +7,7 @@ defaults for a research model and should be edited before any sharing.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from .report import fmt_threshold, operating_points, read_json
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
                 "triage or treat patients.")
-HEADLINE = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
-            "kappa", "macro_f1", "quadratic_weighted_kappa")
+HEADLINE = ("auc", "micro_auc", "ap", "macro_ap", "accuracy", "subset_accuracy", "balanced_accuracy", "sensitivity",
+            "specificity", "ppv", "npv", "f1", "kappa", "macro_f1", "quadratic_weighted_kappa")
 
 
 def _f(v: Any, d: int = 3) -> str:
@@ -46,6 +47,47 @@ def _caveats(run: Run) -> list[str]:
     if src == "medmnist:pneumoniamnist":
         out.append("Pneumonia data are paediatric chest X-rays from one hospital; performance on adults, other "
                    "sites, devices or acquisition protocols is unknown.")
+    return out
+
+
+def _fd(v: Any) -> str:
+    """As :func:`_f`, with an undefined (nan) value shown as a dash."""
+    return "—" if isinstance(v, float) and math.isnan(v) else _f(v)
+
+
+def _cid(d: Any) -> str:
+    return f" ({_f(d['low'])}–{_f(d['high'])})" if isinstance(d, dict) and not math.isnan(d.get("low", math.nan)) else ""
+
+
+def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -> list[str]:
+    """Multilabel: per-label performance at the thresholds in use, and where each threshold came from."""
+    dec = metrics.get("decision") or {}
+    per, rules = dec.get("per_label") or {}, dec.get("rules") or {}
+    chosen = (post.get("operating_points") or {}).get("per_label") or {}
+    applied = (metrics.get("operating_points") or {}).get("per_label") or {}
+    rows = []
+    for name, c in (metrics.get("per_class") or {}).items():
+        d, rule = per.get(name) or {}, rules.get(name, "?")
+        here = (applied.get(name) or {}).get(rule) or {}
+        at = {k: _fd(here[k]["value"]) + _cid(here[k]) if isinstance(here.get(k), dict) else _fd(d.get(k))
+              for k in ("sensitivity", "specificity")}
+        rows.append([name, _f(c.get("prevalence")), _fd(c.get("auc")) + _cid(c.get("auc_delong")), _fd(c.get("ap")),
+                     f"{fmt_threshold(d['threshold'])} ({rule})" if d else "—", at["sensitivity"], at["specificity"]])
+    out = [f"## Per-label performance ({split} split)", "",
+           *_md_table(["label", "prevalence", "AUC (95% CI)", "AP", "threshold (rule)", "sensitivity",
+                       "specificity"], rows), "",
+           "AUC CIs by DeLong; sensitivity/specificity at each label's threshold"
+           + (" with stratified bootstrap 95% CIs." if applied else "."), "",
+           "## Operating points in use (one per label)", "",
+           f"- Rule **{dec.get('operating_point', '?')}** applied to each label on its own; a case's findings are the "
+           "labels with calibrated p ≥ that label's threshold; no label above its threshold = \"no finding\"."]
+    for name, entry in chosen.items():
+        prov = entry.get("fallback") or (f"chosen on {entry.get('chosen_on', 'val')} (n = {entry.get('n', '?')}, "
+                                         f"{entry.get('n_positive', '?')} positive)")
+        t = (per.get(name) or {}).get("threshold")
+        out.append(f"- `{name}`: threshold {fmt_threshold(t) if t is not None else '—'} — {prov}")
+    out += [f"- At these thresholds on {split}: subset accuracy {_f(dec.get('subset_accuracy'))}, macro F1 "
+            f"{_f(dec.get('macro_f1'))}; {dec.get('n_no_finding', '?')} of {dec.get('n', '?')} cases with no finding.", ""]
     return out
 
 
@@ -113,6 +155,9 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
     L += [f"## Performance ({split} split, n = {metrics.get('n', '?')})", "",
           *_md_table(["metric", "value", "95% CI"], rows), "",
           (f"Threshold-dependent metrics use threshold {fmt_threshold(metrics.get('threshold', 0.5))}"
+           + (" for every label (auc = macro mean over labels where defined, micro_auc pools all case-label "
+              "pairs; accuracy = mean per-label accuracy); decisions use one threshold per label (below)"
+              if spec.task == "multilabel" else "")
            if spec.task != "multiclass" else "Class predictions are the arg-max class")
           + (f"; 95% CIs by {ci.get('method')} ({ci.get('n_resamples')} resamples)." if ci else "; no CIs."), ""]
 
@@ -121,7 +166,8 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
     if "error" in cal:
         L += [f"- Not available: {cal['error']}", ""]
     else:
-        L += [f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}",
+        L += [f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}"
+              + (" (one T shared by all labels: sigmoid(logit / T))" if spec.task == "multilabel" else ""),
               f"- ECE before {_f((cal.get('before') or {}).get('ece'), 4)} → after "
               f"{_f((cal.get('after') or {}).get('ece'), 4)}; Brier before {_f((cal.get('before') or {}).get('brier'), 4)}"
               f" → after {_f((cal.get('after') or {}).get('brier'), 4)} (on {split})", ""]
@@ -142,6 +188,9 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
                      f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
         L += [f"- Other rules ({', '.join(k for k in operating_points(metrics) if k != sel)}) are listed in "
               "report.html.", ""]
+
+    if spec.task == "multilabel":
+        L += _label_sections(metrics, post, split)
 
     lim = ["Single-source data: no external validation on another site or population has been done.",
            "Test-set performance estimates carry the uncertainty shown by the CIs and may be optimistic if "

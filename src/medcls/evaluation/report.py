@@ -191,9 +191,26 @@ def _metrics(metrics: dict[str, Any], split: str) -> str:
     if per_class:
         cols = ["auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1", "support"]
         cols = [c for c in cols if any(c in v for v in per_class.values())]
-        out += "<h3>Per class</h3>" + _table(["class", *cols], [[escape(c), *(_fmt(v.get(k)) for k in cols)]
-                                                                 for c, v in per_class.items()])
+        if metrics.get("task") == "multilabel":
+            out += _per_label(metrics, per_class, cols)
+        else:
+            out += "<h3>Per class</h3>" + _table(["class", *cols], [[escape(c), *(_fmt(v.get(k)) for k in cols)]
+                                                                     for c, v in per_class.items()])
     return out
+
+
+def _per_label(metrics: dict[str, Any], per_class: dict[str, Any], cols: list[str]) -> str:
+    """Multilabel: one row per label, AUC with its DeLong CI, labels with one class flagged."""
+    skipped = metrics.get("skipped_labels") or {}
+    rows = [[escape(c) + (' <small>(one class here)</small>' if c in skipped else ""),
+             *(_fmt(v.get(k)) + (f'<br><small class="ci">{_ci(v.get("auc_delong"))}</small>'
+                                 if k == "auc" and "auc_delong" in v else "") for k in cols)]
+            for c, v in per_class.items()]
+    out = (f"<h3>Per label</h3><p>AUC with DeLong 95% CI; AP; sensitivity … F1 at threshold "
+           f"{fmt_threshold(metrics.get('threshold', 0.5))} for every label (the per-label operating points are "
+           "below). <code>auc</code> above is the macro mean over labels where it is defined; "
+           "<code>micro_auc</code> pools every (case, label) pair.</p>" + _table(["label", *cols], rows))
+    return out + "".join(f'<div class="banner"><b>{escape(c)}:</b> {escape(str(r))}</div>' for c, r in skipped.items())
 
 
 def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
@@ -201,11 +218,12 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
     notes = pp.get("notes") or []
     out = "".join(f'<div class="banner"><b>Note:</b> {escape(str(n))}</div>' for n in notes)
     ops = operating_points(metrics)
+    if run.spec.task == "multilabel":
+        return out + _label_operating_points(run, metrics) + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") \
+            + _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
     if run.spec.task != "binary":
-        rule = ("prediction = arg-max class" if run.spec.task == "multiclass" else
-                f"each label predicted when p >= {fmt_threshold(metrics.get('threshold', 0.5))}")
-        return out + f"<p>Operating points apply to binary tasks; this run is {escape(run.spec.task)} " \
-            f"({escape(rule)}).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
+        return out + "<p>Operating points apply to binary and multilabel tasks; this run is multiclass " \
+            "(prediction = arg-max class).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
             _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
     post = read_json(run.path / "postprocess.json").get("operating_points") or {}
     where = post.get("chosen_on", "val")
@@ -234,6 +252,52 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
         _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>"
 
 
+def _label_operating_points(run: Run, metrics: dict[str, Any]) -> str:
+    """Multilabel: the threshold in use for each label, where it came from, and its metrics on this split."""
+    post = read_json(run.path / "postprocess.json")
+    chosen = (post.get("operating_points") or {}).get("per_label") or {}
+    dec = metrics.get("decision") or {}
+    applied = (metrics.get("operating_points") or {}).get("per_label") or {}
+    rows = []
+    for name, d in (dec.get("per_label") or {}).items():
+        rule = (dec.get("rules") or {}).get(name, "?")
+        entry = chosen.get(name) or {}
+        val = (entry.get(rule) or {}).get("val") or {}
+        prov = escape(str(entry["fallback"])) if "fallback" in entry else (
+            f"chosen on val (n = {_fmt(entry.get('n'))}, {_fmt(entry.get('n_positive'))} positive)"
+            + (f"<br><small>val sens {_fmt(val.get('sensitivity'))}, spec {_fmt(val.get('specificity'))}</small>"
+               if val else ""))
+        here = (applied.get(name) or {}).get(rule) or {}
+        cells = [_val_ci(here[k]) if isinstance(here.get(k), dict) else _fmt(d.get(k))
+                 for k in ("sensitivity", "specificity", "ppv", "npv")]
+        rows.append([escape(name), escape(rule), f'<span title="{d["threshold"]!r}">{fmt_threshold(d["threshold"])}</span>',
+                     prov, *cells, _fmt(d.get("f1"))])
+    if not rows:
+        return "<p>No per-label operating points were recorded.</p>"
+    split = escape(str(metrics.get("split", "")))
+    return (f"<p>One threshold per label, rule <b>{escape(str(dec.get('operating_point', '?')))}</b>, chosen on the "
+            f"validation split and applied unchanged to {split}; a case's findings are the labels with p &ge; their "
+            f"threshold (none: &ldquo;no finding&rdquo;). Values are on {split}"
+            + (" with 95% CIs (stratified bootstrap per label)" if applied else "") + ".</p>"
+            + '<div class="wide">' + _table(["label", "rule", "threshold", "provenance", "sensitivity", "specificity",
+                                              "PPV", "NPV", "F1"], rows) + "</div>"
+            + f"<p>At these thresholds: subset accuracy {_fmt(dec.get('subset_accuracy'))}, Hamming accuracy "
+              f"{_fmt(dec.get('hamming_accuracy'))}, macro F1 {_fmt(dec.get('macro_f1'))}; "
+              f"{_fmt(dec.get('n_no_finding'))} of {_fmt(dec.get('n'))} cases with no finding.</p>")
+
+
+def _label_counts(metrics: dict[str, Any]) -> str:
+    """Multilabel: per-label counts at the thresholds in use (instead of a confusion matrix)."""
+    per = (metrics.get("decision") or {}).get("per_label") or {}
+    if not per:
+        return "<p>Confusion matrices are not shown for multilabel tasks (see per-label metrics).</p>"
+    rows = [[escape(c), fmt_threshold(d["threshold"]), *(_fmt(d.get(k)) for k in ("tp", "fp", "fn", "tn"))]
+            for c, d in per.items()]
+    return ("<p>Each label is its own yes/no decision at its own threshold: true/false positives and negatives "
+            "per label (a multilabel task has no single confusion matrix).</p>"
+            + _table(["label", "threshold", "TP", "FP", "FN", "TN"], rows))
+
+
 def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
     from .plots import plot_confusion
 
@@ -259,7 +323,7 @@ def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> 
     elif "confusion_matrix" in metrics:
         mats = {"arg-max class": np.asarray(metrics["confusion_matrix"])}
     else:
-        return "<p>Confusion matrices are not shown for multilabel tasks (see per-label metrics).</p>"
+        return _label_counts(metrics)
     out = "<p>Rows are the true class; the row-normalised matrix shows per-class recall.</p><div class=\"cms\">"
     for i, (title, cm) in enumerate(mats.items()):
         a = plot_confusion(tmp / f"cm{i}.png", cm, names)
@@ -277,7 +341,9 @@ def _calibration(out_dir: Path, metrics: dict[str, Any]) -> str:
     rows = [[k.upper() if k != "brier" else "Brier", _fmt((cal.get("before") or {}).get(k), 4),
              _fmt((cal.get("after") or {}).get(k), 4)] for k in keys]
     t = cal.get("temperature", (metrics.get("postprocess") or {}).get("temperature"))
-    return (f"<p>Temperature T = <b>{_fmt(t, 4)}</b> (fitted on val; probabilities = softmax(logits / T)). "
+    how = ("sigmoid(logits / T) for every label, one T shared by all labels" if metrics.get("task") == "multilabel"
+           else "softmax(logits / T)")
+    return (f"<p>Temperature T = <b>{_fmt(t, 4)}</b> (fitted on val; probabilities = {how}). "
             f"Lower is better for every score; {_fmt(cal.get('n_bins'))} bins.</p>"
             + '<div class="figs"><div>' + _table(["score", "before (T = 1)", "after (T)"], rows) + "</div>"
             + _fig(out_dir / "reliability.png", "Reliability diagram") + "</div>")
@@ -310,7 +376,8 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("training", "Training", _training(run, out_dir, metrics, Path(tmp))),
             ("metrics", "Metrics", _metrics(metrics, split)),
             ("operating-points", "Operating points", _operating_points(run, out_dir, metrics)),
-            ("confusion", "Confusion matrices", _confusions(run, out_dir, metrics, Path(tmp))),
+            ("confusion", "Per-label counts" if run.spec.task == "multilabel" else "Confusion matrices",
+             _confusions(run, out_dir, metrics, Path(tmp))),
             ("calibration", "Calibration", _calibration(out_dir, metrics)),
             ("errors", "Errors (Grad-CAM)", _errors(out_dir)),
         ]

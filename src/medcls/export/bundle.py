@@ -6,7 +6,9 @@
                          preprocessing, temperature, operating points, data summary,
                          parity and INT8 checks, sha256 of every file
     model.safetensors    Classifier weights (normalisation included)
-    model.onnx           fp32, dynamic batch (input ``image`` in [0, 1], output ``logits``)
+    model.onnx           fp32, dynamic batch (input ``image`` in [0, 1], output ``logits``; fused models
+                         also take their named metadata/text inputs, listed in bundle.json ``inputs``)
+    text_encoder/        fused models with text: tokenizer files and the encoder's config.json
     model.int8.onnx      optional static INT8 (QDQ), calibrated on training images
     model.ts             optional TorchScript
 
@@ -57,6 +59,13 @@ def _tensors(run: Run, table, n: int) -> torch.Tensor:
     return torch.stack([pre(table.load(int(i))) for i in idx]), idx
 
 
+def _extras(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    """The metadata/text inputs of rows ``idx`` of ``table`` for a fused run (``{}`` for image-only)."""
+    if run.inputs is None:
+        return {}
+    return run.inputs.encode_table(table.subset(idx), "val split")
+
+
 def _auc(spec: DatasetSpec, labels: np.ndarray, probs: np.ndarray) -> float:
     m = compute_metrics(spec.task, labels, probs, class_names=list(spec.class_names),
                         positive_index=spec.positive_index)
@@ -84,6 +93,10 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
     notes = list(post.get("notes", []))
     if not post:
         notes.append("no postprocess.json: uncalibrated (T = 1) and threshold 0.5; run `medcls evaluate` first")
+    fused = run.inputs is not None
+    if fused and (quantize or torchscript):
+        raise ModelError("fused (image + metadata/text) models export to safetensors and ONNX; INT8 and TorchScript "
+                         "are for image-only models")
     data = load_data(run.config.data) if (onnx or torchscript) else None
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.exists() else None))
     try:
@@ -91,16 +104,20 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         checks: dict[str, Any] = {}
+        if fused and (run.path / "text_encoder").is_dir():  # tokenizer files + encoder config
+            shutil.copytree(run.path / "text_encoder", tmp / "text_encoder")
         if onnx or torchscript:
-            x_val, _ = _tensors(run, data.val, n_parity)
+            x_val, idx_val = _tensors(run, data.val, n_parity)
+            ex_val = _extras(run, data.val, idx_val)
             with torch.no_grad():
-                p_torch = probabilities(model(x_val).numpy(), spec.task)
+                p_torch = probabilities(model(x_val, **ex_val).numpy(), spec.task)
         if onnx:
-            export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size)
-            p_onnx = probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_val.numpy()), spec.task)
+            export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, extras=ex_val or None)
+            p_onnx = probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_val.numpy(),
+                                              extras={k: v.numpy() for k, v in ex_val.items()}), spec.task)
             diff = float(np.abs(p_onnx - p_torch).max())
             checks["onnx_parity"] = {"max_abs_prob_diff": diff, "tolerance": parity_tol, "n_images": len(x_val),
-                                     "images": "val split"}
+                                     "images": "val split" + (" with their metadata/text" if fused else "")}
             if diff > parity_tol:
                 raise ModelError(f"ONNX and torch disagree: max |p_onnx - p_torch| = {diff:.2e} > {parity_tol:g}")
         if quantize:
@@ -138,11 +155,20 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
                            "normalisation": "inside the model (mean/std buffers)", "input_range": [0.0, 1.0]},
             "temperature": float(post.get("temperature", 1.0)),
             "operating_point": {"selected": post.get("selected", "default"), "threshold": float(post.get("threshold", 0.5)),
-                                "chosen_on": post.get("fitted_on", "none")},
+                                "chosen_on": post.get("fitted_on", "none"),
+                                **({"thresholds": post["thresholds"]} if "thresholds" in post else {})},
             "operating_points": post.get("operating_points"), "training_data": run.data_summary.get("splits"),
             "checks": checks, "notes": notes,
         }
-        info["files"] = {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in sorted(tmp.iterdir())}
+        if fused:
+            from ..multimodal import fusion_options
+
+            info["architecture"]["fusion"] = fusion_options(run.config, run.inputs)
+            info["inputs"] = {**run.data_summary["inputs"], **run.inputs.describe(),
+                              "onnx_inputs": ["image", *run.inputs.names]}
+        files = sorted(f for f in tmp.rglob("*") if f.is_file())
+        info["files"] = {f.relative_to(tmp).as_posix(): {"sha256": _sha256(f), "bytes": f.stat().st_size}
+                         for f in files}
         atomic_write_json(tmp / "bundle.json", info)
         if out.exists():
             out.rmdir()
@@ -176,12 +202,21 @@ def load_bundle(path: str | Path, *, backend: str = "torch", device: torch.devic
     op = info.get("operating_point", {})
     common = dict(spec=spec, preprocess=pre, temperature=info.get("temperature", 1.0),
                   threshold=op.get("threshold", 0.5), operating_point=op.get("selected", "default"),
-                  info={**info, "backend": backend, "path": str(p)})
+                  thresholds=op.get("thresholds"), info={**info, "backend": backend, "path": str(p)})
+    if info.get("inputs"):  # fused model: metadata/text encoding (and tokenizer) from the bundle
+        from ..multimodal import InputEncoder
+
+        common["inputs"] = InputEncoder.from_dict(info["inputs"], p)
     if backend == "torch":
         from safetensors.torch import load_file
 
         arch = info["architecture"]
         model = create_model(arch["name"], arch["num_classes"], in_chans=arch["in_chans"], stem=arch.get("stem", "default"))
+        if arch.get("fusion"):
+            from ..multimodal import TEXT_DIR, build_fused
+
+            model = build_fused(model, arch["num_classes"], arch["fusion"], text_source=p / TEXT_DIR,
+                                pretrained_text=False)
         model.load_state_dict(load_file(str(p / fname)))
         device = device or torch.device("cpu")
         return Predictor(model=model.to(device).eval(), device=device, **common)

@@ -16,17 +16,29 @@ log = logging.getLogger("medcls")
 INPUT, OUTPUT = "image", "logits"
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, *, in_chans: int, size: int, opset: int = 18) -> Path:
-    """Write ``model`` (eval mode, fp32) to ``path``: input ``image`` (N, C, S, S) in [0, 1] -> ``logits``."""
+def export_onnx(model: torch.nn.Module, path: str | Path, *, in_chans: int, size: int, opset: int = 18,
+                extras: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` (eval mode, fp32) to ``path``: input ``image`` (N, C, S, S) in [0, 1] -> ``logits``.
+
+    Fused models take ``extras`` (example tensors of their named extra inputs: ``numeric``, ``categorical``,
+    ``input_ids``, ``present`` ...), which become further named ONNX inputs with a dynamic batch axis.
+    """
     path = Path(path)
     model = model.eval().float().to("cpu").to(memory_format=torch.contiguous_format)
     x = torch.rand(2, in_chans, size, size)
+    names = list(extras or {})
+    args: tuple = (x,)
+    if names:
+        from ..multimodal import Positional
+
+        model = Positional(model, names).eval()
+        args = (x, *(extras[k][:2].expand(2, *extras[k].shape[1:]).contiguous() for k in names))
     tmp = path.with_suffix(".onnx.tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
+            torch.onnx.export(model, args, str(tmp), input_names=[INPUT, *names], output_names=[OUTPUT],
+                              dynamic_axes={n: {0: "batch"} for n in (INPUT, *names, OUTPUT)}, opset_version=opset,
                               dynamo=False)
     except Exception as e:  # exporter errors are many and version-specific
         tmp.unlink(missing_ok=True)
@@ -45,7 +57,15 @@ def ort_session(path: str | Path, *, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [session.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i : i + batch_size], np.float32)})[0]
-           for i in range(0, len(x), batch_size)]
+def ort_logits(session, x: np.ndarray, batch_size: int = 64, extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Logits of ``x`` (and, for fused models, the named ``extras`` the graph declares) in batches."""
+    wanted = {i.name for i in session.get_inputs()}
+    extras = {k: v for k, v in (extras or {}).items() if k in wanted}
+
+    def feed(i: int) -> dict[str, np.ndarray]:
+        d = {INPUT: np.ascontiguousarray(x[i : i + batch_size], np.float32)}
+        d.update({k: np.ascontiguousarray(v[i : i + batch_size]) for k, v in extras.items()})
+        return {k: v for k, v in d.items() if k in wanted}
+
+    out = [session.run([OUTPUT], feed(i))[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -16,17 +16,36 @@ threshold (fewer positive calls). Rules:
 Choosing on validation and reporting on test (:func:`apply_thresholds`, with
 stratified bootstrap CIs from :mod:`.bootstrap`) avoids the optimism of tuning
 a threshold on the cases it is reported on.
+
+Multi-label tasks (one sigmoid per label) get one threshold per label:
+:func:`choose_label_thresholds` runs the rules above on each label's column
+(a label with a single class on validation falls back to 0.5, with a note),
+:func:`select_label_thresholds` picks one rule for every label,
+:func:`apply_label_thresholds` and :func:`multilabel_decision_metrics` score
+them on another split. A case's findings are the labels whose probability is
+>= that label's threshold (:func:`label_decisions`); none means "no finding".
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, did_you_mean
 from .bootstrap import _binary_scorer, _check_options, _interval, _run
-from .classification import _binary_inputs, binary_metrics
+from .classification import (
+    UndefinedMetricWarning,
+    _array,
+    _binary_inputs,
+    _labels,
+    _names,
+    _same_length,
+    _scores,
+    binary_metrics,
+)
 
 _VAL_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _CI_METRICS = ("sensitivity", "specificity", "ppv", "npv")
@@ -123,3 +142,143 @@ def apply_thresholds(y_true: Any, p_pos: Any, thresholds: dict[str, Any], *, n_r
     return {**out, "n": len(y), "prevalence": float(y.mean()), "n_resamples": int(n_resamples),
             "alpha": float(alpha), "seed": seed, "method": "stratified percentile bootstrap",
             "chosen_on": thresholds.get("chosen_on", "unknown")}
+
+
+# ------------------------------------------------------------------ multi-label
+RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
+_DECISION_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn")
+
+
+def _multilabel_inputs(y_true: Any, probs: Any, class_names: Sequence[str]
+                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    p = _scores("probs", _array("probs", probs, 2))
+    names = _names(class_names, p.shape[1])
+    y = _labels("y_true", _array("y_true", y_true, 2, len(names)), 2).astype(bool)
+    _same_length("y_true", y, "probs", p)
+    return y, p, names
+
+
+def choose_label_thresholds(y_true: Any, probs: Any, *, class_names: Sequence[str],
+                            target_sensitivity: float = 0.95, target_specificity: float = 0.95) -> dict[str, Any]:
+    """Operating points of a multi-label task, chosen for each label on its own column.
+
+    ``y_true`` is (N, L) multi-hot, ``probs`` (N, L) per-label probabilities of the
+    validation split. Returns ``{"per_label": {label: <choose_thresholds result>},
+    "skipped": {label: reason}, "chosen_on", "n", "targets"}``. A label with a
+    single class on validation (no positives, or no negatives) cannot have a
+    threshold chosen: its entry holds only the ``default`` rule (0.5, marked as a
+    fallback) and the label is listed in ``skipped``; nothing raises.
+    """
+    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    t_sens = _check_target("target_sensitivity", target_sensitivity)
+    t_spec = _check_target("target_specificity", target_specificity)
+    per_label: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for k, name in enumerate(names):
+        n_pos = int(y[:, k].sum())
+        if 0 < n_pos < len(y):
+            per_label[name] = choose_thresholds(y[:, k], p[:, k], target_sensitivity=t_sens,
+                                                target_specificity=t_spec)
+            continue
+        skipped[name] = (f"{n_pos} positive(s) and {len(y) - n_pos} negative(s) on val: no threshold can be "
+                         "chosen, 0.5 is used")
+        per_label[name] = {"default": {"threshold": 0.5, "rule": "fixed threshold 0.5 (fallback)", "val": {}},
+                           "chosen_on": "val", "n": len(y), "n_positive": n_pos, "prevalence": n_pos / len(y),
+                           "fallback": skipped[name]}
+    return {"per_label": per_label, "skipped": skipped, "chosen_on": "val", "n": len(y),
+            "targets": {"sensitivity": t_sens, "specificity": t_spec}}
+
+
+def select_label_thresholds(chosen: dict[str, Any], rule: str) -> tuple[dict[str, float], dict[str, str], list[str]]:
+    """The threshold of ``rule`` for each label of :func:`choose_label_thresholds` output.
+
+    Returns ``(thresholds, rules, notes)``: ``{label: threshold}``, ``{label: rule
+    used}`` (``default`` where ``rule`` could not be chosen) and one note per fallback.
+    """
+    if rule not in RULES:
+        raise ConfigError(f"unknown operating point {rule!r}; expected one of {list(RULES)}."
+                          + did_you_mean(rule, RULES))
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("per_label"), dict):
+        raise ConfigError("expected the result of choose_label_thresholds (a dict with 'per_label'), "
+                          f"got {type(chosen).__name__}")
+    thresholds, rules, notes = {}, {}, []
+    for name, entry in chosen["per_label"].items():
+        used = rule if rule in entry else "default"
+        if used != rule:
+            notes.append(f"label {name!r}: operating point {rule!r} unavailable ({entry.get('fallback', 'not chosen')})"
+                         "; using 'default' (0.5)")
+        thresholds[name], rules[name] = float(entry[used]["threshold"]), used
+    return thresholds, rules, notes
+
+
+def threshold_vector(thresholds: Any, class_names: Sequence[str]) -> np.ndarray:
+    """Per-label thresholds (L,) in ``class_names`` order from ``{label: t}`` or a sequence of L numbers."""
+    names = [str(c) for c in class_names]
+    if isinstance(thresholds, dict):
+        missing = [c for c in names if c not in thresholds]
+        if missing:
+            raise ConfigError(f"thresholds has no entry for label(s) {missing}; labels are {names}")
+        values = [thresholds[c] for c in names]
+    else:
+        values = list(np.atleast_1d(np.asarray(thresholds, dtype=object)))
+        if len(values) != len(names):
+            raise ConfigError(f"got {len(values)} thresholds for {len(names)} labels {names}")
+    for c, t in zip(names, values, strict=True):
+        if isinstance(t, bool) or not isinstance(t, int | float | np.number) or not np.isfinite(t):
+            raise ConfigError(f"threshold of label {c!r} must be a finite number, got {t!r}")
+    return np.asarray(values, dtype=np.float64)
+
+
+def label_decisions(probs: Any, thresholds: Any, *, class_names: Sequence[str]) -> np.ndarray:
+    """Boolean (N, L): label ``k`` is called present when ``probs[:, k] >= thresholds[k]``."""
+    p = _scores("probs", _array("probs", probs, 2))
+    _names(class_names, p.shape[1])
+    return p >= threshold_vector(thresholds, class_names)
+
+
+def multilabel_decision_metrics(y_true: Any, probs: Any, thresholds: Any, *,
+                                class_names: Sequence[str]) -> dict[str, Any]:
+    """Thresholded metrics of a multi-label task where each label has its own threshold.
+
+    Per label: sensitivity, specificity, PPV, NPV, F1 and counts at that label's
+    threshold; overall: ``hamming_accuracy`` (mean per-label accuracy),
+    ``subset_accuracy`` (every label right), ``macro_f1`` (over labels where F1 is
+    defined) and ``n_no_finding`` (cases with no label called present).
+    """
+    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    t = threshold_vector(thresholds, names)
+    pred = p >= t
+    per_label = {}
+    for k, name in enumerate(names):
+        with warnings.catch_warnings():  # AUC of a single-class label: not reported here
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            m = binary_metrics(y[:, k], p[:, k], threshold=float(t[k]))
+        per_label[name] = {"threshold": float(t[k]), **{key: m[key] for key in _DECISION_METRICS}}
+    f1 = np.array([v["f1"] for v in per_label.values()])
+    return {"per_label": per_label, "hamming_accuracy": float((pred == y).mean()),
+            "subset_accuracy": float((pred == y).all(1).mean()),
+            "macro_f1": float(np.nanmean(f1)) if (~np.isnan(f1)).any() else float("nan"),
+            "n": len(y), "n_no_finding": int((~pred.any(1)).sum())}
+
+
+def apply_label_thresholds(y_true: Any, probs: Any, chosen: dict[str, Any], *, class_names: Sequence[str],
+                           n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+    """Each label's validation-chosen thresholds evaluated on another split (:func:`apply_thresholds` per label).
+
+    ``chosen`` is :func:`choose_label_thresholds` output. Returns ``{"per_label":
+    {label: <apply_thresholds result>}, "chosen_on", "n", "n_resamples", "alpha",
+    "seed", "method"}``; each label is resampled within its own classes.
+    """
+    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    per = chosen.get("per_label") if isinstance(chosen, dict) else None
+    if not isinstance(per, dict) or set(per) != set(names):
+        got = sorted(per) if isinstance(per, dict) else type(chosen).__name__
+        raise ConfigError(f"expected choose_label_thresholds output for labels {names}, got {got}")
+    with warnings.catch_warnings():  # AUC of a single-class label: not reported here
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        out = {name: apply_thresholds(y[:, k], p[:, k], {**per[name], "chosen_on": chosen.get("chosen_on", "unknown")},
+                                      n_resamples=n_resamples, seed=seed, alpha=alpha)
+               for k, name in enumerate(names)}
+    return {"per_label": out, "chosen_on": chosen.get("chosen_on", "unknown"), "n": len(y),
+            "n_resamples": int(n_resamples), "alpha": float(alpha), "seed": seed,
+            "method": "stratified percentile bootstrap, per label"}

@@ -1,6 +1,6 @@
 """FastAPI app factory: ``create_app(settings, predictor=None)``; the model loads in the lifespan hook.
 
-Routes: ``POST /v1/predict``, ``POST /v1/predict/batch``, ``POST /v1/explain``,
+Routes: ``POST /v1/predict`` (fused models: also a ``metadata`` JSON form field), ``POST /v1/predict/batch``, ``POST /v1/explain``,
 ``GET /v1/model``, ``GET /health``, ``GET /ready``, ``GET /metrics``, ``GET /``
 (web page), ``/docs``. Bad input always gets a 4xx JSON error; image bytes and
 DICOM tags never reach the logs.
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -147,26 +147,55 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
             raise HTTPException(413, f"image has more than {settings.max_pixels} pixels")
         return img
 
-    def result(pred: Predictor, p: np.ndarray, t0: float) -> dict[str, Any]:
+    def parse_metadata(pred: Predictor, raw: str | None) -> dict[str, Any] | None:
+        """The ``metadata`` form field: a JSON object of the model's expected keys (and its text column)."""
+        if raw is None or not raw.strip():
+            return None
+        import json
+
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise HTTPException(422, f"metadata must be a JSON object such as {{\"age\": 42}}: {e}") from None
+        if not isinstance(meta, dict):
+            raise HTTPException(422, f"metadata must be a JSON object, got {type(meta).__name__}")
+        return meta
+
+    def result(pred: Predictor, p: np.ndarray, t0: float, used: list[str] | None = None) -> dict[str, Any]:
         names = list(pred.spec.class_names)
-        out = {"probabilities": dict(zip(names, map(float, p), strict=True)), "predicted": pred.decide(p),
-               "calibrated": pred.temperature != 1.0, "temperature": pred.temperature,
+        out = {"task": pred.spec.task, "probabilities": dict(zip(names, map(float, p), strict=True)),
+               "predicted": pred.decide(p), "calibrated": pred.temperature != 1.0, "temperature": pred.temperature,
                "model": {"name": pred.info.get("architecture", {}).get("name"), "medcls_version": __version__,
                          "backend": pred.backend}}
-        if pred.spec.task != "multiclass":
+        if pred.spec.task == "binary":
             out["decision"] = {"threshold": pred.threshold, "operating_point": pred.operating_point}
+        elif pred.spec.task == "multilabel":  # findings: labels with p >= their own threshold; [] = no finding
+            out["findings"] = out["predicted"]
+            out["decision"] = {"operating_point": pred.operating_point, "thresholds": dict(pred.thresholds),
+                               "findings": out["findings"], "no_finding": not out["findings"]}
+        if pred.inputs is not None:  # fused model: which inputs this prediction used
+            out["inputs_used"] = used or ["image"]
         out["latency_ms"] = (time.perf_counter() - t0) * 1000
         return out
 
-    async def predict_one(pred: Predictor, file: UploadFile) -> dict[str, Any]:
+    async def predict_one(pred: Predictor, file: UploadFile, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
+        extras, used = None, None
+        if metadata is not None:  # checked before the image is decoded: unknown keys -> 422 listing them
+            try:
+                extras, used = pred.encode_inputs(1, [metadata])
+            except DataError as e:
+                raise HTTPException(422, str(e)) from None
         img = await read_image(file)
         try:
             x = pred.preprocess(img)
         except DataError as e:
             raise HTTPException(422, str(e)) from None
-        p = await state.batcher.submit(x)
-        return result(pred, p, t0)
+        if extras:
+            p = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0]
+        else:
+            p = await state.batcher.submit(x)
+        return result(pred, p, t0, used[0] if used else None)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -184,12 +213,17 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
         return {"medcls_version": __version__, "backend": pred.backend, "task": pred.spec.task,
                 "class_names": list(pred.spec.class_names), "temperature": pred.temperature,
                 "threshold": pred.threshold, "operating_point": pred.operating_point,
-                "preprocess": pred.preprocess_cfg.to_dict(), "bundle": info}
+                **({"thresholds": dict(pred.thresholds)} if pred.thresholds is not None else {}),
+                "preprocess": pred.preprocess_cfg.to_dict(),
+                **({"inputs": pred.expected_inputs} if pred.inputs is not None else {}), "bundle": info}
 
     @app.post("/v1/predict", dependencies=[Depends(check_key)])
     async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG, 16-bit PNG, TIFF, BMP or DICOM")],
-                      pred: Annotated[Predictor, Depends(ready_predictor)]) -> dict[str, Any]:
-        return await predict_one(pred, file)
+                      pred: Annotated[Predictor, Depends(ready_predictor)],
+                      metadata: Annotated[str | None, Form(description="Fused models: JSON object of clinical "
+                                                           "metadata and text, keys as GET /v1/model lists")] = None
+                      ) -> dict[str, Any]:
+        return await predict_one(pred, file, parse_metadata(pred, metadata))
 
     @app.post("/v1/predict/batch", dependencies=[Depends(check_key)])
     async def predict_batch(files: Annotated[list[UploadFile], File()],

@@ -1,0 +1,86 @@
+"""Shared pieces of ``cv`` and ``tune``: the held-out test guard, the pooled dev set, metric flattening."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..data.sources import LoadedData
+from ..data.splits import ConcatTable
+from ..data.table import ImageTable
+from ..errors import DataError, RunError
+
+
+class HeldOutTable(ImageTable):
+    """Stands in for the test split: empty, and any attempt to read an image raises.
+
+    ``cv`` and ``tune`` train with this in ``LoadedData.test`` so that no test
+    image can be decoded, predicted or scored, whatever code runs downstream.
+    """
+
+    def __init__(self, like: ImageTable | None = None, reason: str = "the test split is held out") -> None:
+        shape = (0, like.labels.shape[1]) if like is not None and np.asarray(like.labels).ndim == 2 else (0,)
+        self.labels = np.zeros(shape, dtype=np.float32 if len(shape) == 2 else np.int64)
+        self.ids = []
+        self.groups = None
+        self.reason = reason
+
+    def load(self, i: int) -> np.ndarray:
+        raise RunError(f"{self.reason}: refusing to read test image {i}")
+
+    def subset(self, idx) -> ImageTable:
+        raise RunError(f"{self.reason}: refusing to subset the test split")
+
+
+def without_test(data: LoadedData, reason: str) -> LoadedData:
+    """``data`` with its test split replaced by a :class:`HeldOutTable` (labels and images dropped)."""
+    return LoadedData(data.spec, data.train, data.val, HeldOutTable(data.train, reason), [*data.notes, reason])
+
+
+def dev_set(data: LoadedData) -> ConcatTable:
+    """The development set: train + val pooled (``part_of`` 0 = train, 1 = val); the test split is not touched."""
+    dev = ConcatTable([data.train, data.val])
+    if len(set(dev.ids)) != len(dev.ids):
+        dup = sorted({i for i in dev.ids if dev.ids.count(i) > 1})[:3]
+        raise DataError(f"sample ids repeat across train and val ({', '.join(map(repr, dup))}); "
+                        "out-of-fold predictions need one id per sample")
+    return dev
+
+
+def as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
+    from ..api import _as_config
+
+    return _as_config(config, overrides)
+
+
+_SKIP = {"n", "tp", "fp", "tn", "fn", "threshold", "prevalence", "support", "checkpoint_epoch", "n_bins"}
+_NESTED = ("per_class", "per_label", "calibration", "tta")
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics of an evaluation, nested ones as ``per_class.<name>.<metric>`` / ``calibration.<metric>``."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, d: dict[str, Any], depth: int) -> None:
+        for k, v in d.items():
+            if k in _SKIP or k == "ci" or isinstance(v, bool):
+                continue
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[prefix + k] = float(v)
+            elif isinstance(v, dict) and depth < 2:
+                walk(f"{prefix}{k}.", v, depth + 1)
+
+    walk("", {k: v for k, v in metrics.items() if not isinstance(v, dict) or k in _NESTED}, 0)
+    return out
+
+
+def mean_sd(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1) over the finite values; ``n`` counts them."""
+    a = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    return {"mean": float(a.mean()) if len(a) else float("nan"),
+            "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan"), "n": len(a)}
