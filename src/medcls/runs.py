@@ -28,7 +28,7 @@ from .config import Config, build_config
 from .data.spec import DatasetSpec
 from .errors import RunError
 from .transforms import Preprocess, PreprocessConfig
-from .utils import atomic_write_json
+from .utils import atomic_write_json, new_unique_dir
 
 
 def new_run_dir(output_dir: str | Path, name: str, run_dir: str | Path | None = None) -> Path:
@@ -39,17 +39,7 @@ def new_run_dir(output_dir: str | Path, name: str, run_dir: str | Path | None = 
             raise RunError(f"run directory {p} already exists; choose another --run-dir or use --resume {p}")
         p.mkdir(parents=True)
         return p
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        p = root / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-    raise RunError(f"could not create a new run directory under {root}")
+    return new_unique_dir(output_dir, name, "run directory")
 
 
 def _git_sha() -> str | None:

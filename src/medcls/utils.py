@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,20 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def new_unique_dir(root: str | Path, name: str, what: str = "directory") -> Path:
+    """Create ``root/<name>-<YYYYmmdd-HHMMSS>[-k]`` and return it; an existing directory is never reused."""
+    from .errors import RunError
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        p = root / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a new {what} under {root}")

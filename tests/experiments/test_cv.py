@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medcls.data.sources import LoadedData, load_data
-from medcls.data.table import ImageTable
+from medcls.data.sources import load_data
 from medcls.errors import ConfigError, RunError
 from medcls.experiments import cv
 from medcls.experiments._common import HeldOutTable
@@ -19,43 +18,15 @@ from medcls.experiments.cv import check_folds, make_folds
 from medcls.runs import load_run
 
 
-class Tripwire(ImageTable):
-    """A test split that fails the test run if anything reads it (labels, images or a subset)."""
-
-    def __init__(self) -> None:
-        self.ids, self.groups = [], None
-
-    @property
-    def labels(self):
-        raise AssertionError("the test split's labels were read")
-
-    def __len__(self) -> int:
-        raise AssertionError("the test split's length was read")
-
-    def load(self, i):
-        raise AssertionError("a test image was read")
-
-    def subset(self, idx):
-        raise AssertionError("the test split was subset")
-
-
-def _no_test_loader(real):
-    def load(data_cfg):
-        d = real(data_cfg)
-        return LoadedData(d.spec, d.train, d.val, Tripwire(), d.notes)
-
-    return load
-
-
 @pytest.fixture(scope="module")
-def cv3(tmp_path_factory, make_cfg):
+def cv3(tmp_path_factory, make_cfg, without_test):
     """3-fold CV of a 1-epoch ResNet-18 on 48 + 48 real PneumoniaMNIST images; test is a tripwire."""
     cv_mod = importlib.import_module("medcls.experiments.cv")  # the package attribute `cv` is the function
 
     cfg = make_cfg(tmp_path_factory.mktemp("cv"), name="cvt", limit=48, train={"epochs": 1},
                    eval={"n_bootstrap": 0, "batch_size": 64})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cv_mod, "load_data", _no_test_loader(load_data))
+        mp.setattr(cv_mod, "load_data", without_test(load_data))
         result = cv(cfg, folds=3)
     return cfg, result
 

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from medcls.config import build_config, load_config
-from medcls.data.sources import LoadedData, load_data
-from medcls.data.table import ImageTable
+from medcls.data.sources import load_data
 from medcls.errors import ConfigError, RunError
 from medcls.experiments import tune
 from medcls.experiments.space import load_space, parse_budget, parse_space
@@ -129,36 +128,14 @@ def test_prune_callback_with_a_real_median_pruner():
 
 
 # ------------------------------------------------------------------ the study
-class Tripwire(ImageTable):
-    def __init__(self) -> None:
-        self.ids, self.groups = [], None
-
-    @property
-    def labels(self):
-        raise AssertionError("the test split's labels were read")
-
-    def __len__(self) -> int:
-        raise AssertionError("the test split's length was read")
-
-    def load(self, i):
-        raise AssertionError("a test image was read")
-
-    def subset(self, idx):
-        raise AssertionError("the test split was subset")
-
-
 @pytest.fixture
-def no_test(monkeypatch):
+def no_test(monkeypatch, without_test):
     """Trials get a test split that fails on any read, and evaluation of any run is forbidden."""
-
-    def load(data_cfg):
-        d = load_data(data_cfg)
-        return LoadedData(d.spec, d.train, d.val, Tripwire(), d.notes)
 
     def forbidden(*a, **k):
         raise AssertionError("tune evaluated a run")
 
-    monkeypatch.setattr(tune_mod, "load_data", load)
+    monkeypatch.setattr(tune_mod, "load_data", without_test(load_data))
     monkeypatch.setattr("medcls.api.evaluate", forbidden)
     monkeypatch.setattr("medcls.evaluation.evaluator.evaluate_run", forbidden)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import RunError
-from ..utils import atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text, new_unique_dir
 from .sources import SPLITS, SourceData
 from .table import ImageTable
 
@@ -213,17 +213,7 @@ def summarise(src: SourceData, tables: dict[str, ImageTable], sc: Scanned, near:
 
 def new_report_dir(root: str | Path, name: str) -> Path:
     """Create ``root/<name>-<YYYYmmdd-HHMMSS>[-k]``; an existing directory is never reused."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        p = root / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-    raise RunError(f"could not create a new report directory under {root}")
+    return new_unique_dir(root, name, "report directory")
 
 
 def check_new(output: str | Path | None) -> None:
