@@ -199,11 +199,8 @@ def dicom_source(arg: str, *, labels: str | None = None, path_col: str = "path",
         ok, pids, ch = _inspect(paths, window=win, verify=verify, want_ids=want_ids, salt=salt, strict=strict,
                                 where=f"{root} ({s})")
         channels = channels if channels is not None else ch
-        if not ok.all():
-            notes.append(f"{s}: skipped {int((~ok).sum())} unusable DICOM file(s)")
-        keep = np.flatnonzero(ok)
-        if len(keep) == 0:
-            raise DataError(f"{root} ({s}): none of the {len(paths)} DICOM file(s) could be read")
+        keep = folder.readable_rows(ok, notes, s, str(root), skipped="unusable DICOM file(s)",
+                                    none_read=f"{len(paths)} DICOM file(s)")
         if want_ids:
             n_with_id += sum(pids[i] is not None for i in keep)
             n_files += len(keep)

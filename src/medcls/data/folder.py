@@ -102,6 +102,17 @@ def check_images(paths: Sequence[Path], *, verify: bool, strict: bool, where: st
     return ok, guess
 
 
+def readable_rows(ok: np.ndarray, notes: list[str], split: str, where: str, *, skipped: str,
+                  none_read: str) -> np.ndarray:
+    """Indices of the readable files of one split; notes how many were skipped, refuses an empty split."""
+    if not ok.all():
+        notes.append(f"{split}: skipped {int((~ok).sum())} {skipped}")
+    keep = np.flatnonzero(ok)
+    if len(keep) == 0:
+        raise DataError(f"{where} ({split}): none of the {none_read} could be read")
+    return keep
+
+
 def _find_splits(root: Path) -> dict[str, Path]:
     """Map our split names to folders; an empty dict means the flat layout."""
     dirs = _visible_dirs(root)
@@ -196,11 +207,7 @@ def folder_source(arg: str, *, verify: bool = True, strict: bool = False, patien
         ids = [p.relative_to(root).as_posix() for p in paths]
         ok, g = check_images(paths, verify=verify, strict=strict, where=f"{root} ({s})")
         guess = guess if guess is not None else g
-        if not ok.all():
-            notes.append(f"{s}: skipped {int((~ok).sum())} unreadable image(s)")
-        keep = np.flatnonzero(ok)
-        if len(keep) == 0:
-            raise DataError(f"{root} ({s}): none of the {len(paths)} image(s) could be read")
+        keep = readable_rows(ok, notes, s, str(root), skipped="unreadable image(s)", none_read=f"{len(paths)} image(s)")
         groups, matched = patient_groups(ids, patient_regex)
         if matched == 0:
             if patient_regex is not None:

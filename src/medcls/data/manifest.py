@@ -287,11 +287,8 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
         paths = [found[i] for i in rows]
         ok, g_ch = folder.check_images(paths, verify=verify, strict=strict, where=f"{path.name} ({s})")
         guess = guess if guess is not None else g_ch
-        if not ok.all():
-            notes.append(f"{s}: skipped {int((~ok).sum())} unreadable image(s)")
-        rows = rows[ok]
-        if len(rows) == 0:
-            raise DataError(f"{path.name} ({s}): none of the listed images could be read")
+        rows = rows[folder.readable_rows(ok, notes, s, path.name, skipped="unreadable image(s)",
+                                         none_read="listed images")]
         splits[s] = FileTable([found[i] for i in rows], labels[rows], [str(raw[i]) for i in rows],
                               None if groups is None else groups[rows], meta=df.iloc[rows])
     spec = DatasetSpec(name=path.stem, task=task, class_names=tuple(names),
