@@ -102,6 +102,10 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
         torch.cuda.set_device(device)
     try:
         data = load_data(cfg.data) if data is None else data
+        if resume is None:
+            from .defaults import resolve_auto
+
+            cfg, chosen = resolve_auto(cfg, data)
         pre = prev.preprocess_cfg if resume is not None else resolve_preprocess(cfg, data)
         inputs = None
         if cfg.model.fusion != "none":  # metadata/text: fitted on the training split only
@@ -118,6 +122,8 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
             path = Path(broadcast_object(str(path) if path else None, dist))
         summary = {"splits": data.summary(), "notes": data.notes, "stem": stem, "source": cfg.data.source}
+        if resume is None and chosen:
+            summary["auto"] = chosen
         if inputs is not None:
             summary["inputs"] = inputs.to_dict()
         if dist.is_main:

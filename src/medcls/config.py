@@ -7,7 +7,7 @@ key, what was expected, what came, and a did-you-mean.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,7 +36,8 @@ class DataConfig(_Section):
 
 
 class TransformConfig(_Section):
-    preset: Literal["xray", "histology", "generic"] = "xray"
+    preset: Literal["auto", "xray", "histology", "generic"] = Field(
+        "auto", description="Augmentation/TTA preset. auto: by modality (see medcls.defaults), e.g. no flips for x-ray and CT.")
     image_size: int | None = Field(None, ge=8, le=4096, description="Square input size; default: the dataset's native size when <= 64, else the model's.")
     clahe: bool = Field(False, description="Contrast-limited adaptive histogram equalisation (x-ray).")
     clahe_clip: float = Field(2.0, gt=0)
@@ -77,7 +78,8 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = Field(
+        "auto", description="Epochs; auto: about 48k training images' worth, clamped to 3-100 (see medcls.defaults).")
     batch_size: int = Field(128, ge=1, le=65_536)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0, le=10)
@@ -91,7 +93,8 @@ class TrainConfig(_Section):
     loss: Literal["auto", "ce", "focal", "bce"] = "auto"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
-    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    class_weights: Literal["auto", "none", "balanced"] | list[float] = Field(
+        "auto", description="Loss class weights; auto: balanced for binary tasks, none for multiclass and multilabel.")
     sampler: Literal["random", "balanced"] = "random"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_accum_steps: int = Field(1, ge=1)

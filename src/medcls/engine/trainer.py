@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data.sources import LoadedData
+from ..defaults import resolve_auto
 from ..errors import ConfigError
 from ..metrics import compute_metrics
 from ..models import Classifier, param_groups, set_backbone_trainable
@@ -89,6 +90,7 @@ class Trainer:
     def __init__(self, cfg: Config, data: LoadedData, model: Classifier, preprocess: Preprocess, run_dir: Path, *,
                  device: torch.device, dist: DistInfo | None = None, callbacks: Sequence[Callback] = (),
                  inputs=None) -> None:
+        cfg = resolve_auto(cfg, data)[0]  # no-op when api.train already resolved it
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.dist = dist or DistInfo()
         self.device = device

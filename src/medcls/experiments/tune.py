@@ -30,6 +30,7 @@ import yaml
 
 from ..config import Config, save_config
 from ..data.sources import load_data
+from ..defaults import resolve_auto
 from ..engine.trainer import monitor_mode
 from ..errors import ConfigError, MedclsError, RunError, did_you_mean
 from ..utils import atomic_write_json, atomic_write_text
@@ -66,16 +67,23 @@ class PruneCallback:
             raise optuna.TrialPruned(f"budget used up after epoch {epoch + 1}")
 
 
+PRUNERS = ("median", "hyperband", "none")
+
+
+def check_pruner(name: str) -> None:
+    if name not in PRUNERS:
+        raise ConfigError(f"--pruner must be median, hyperband or none, got {name!r}.{did_you_mean(name, list(PRUNERS))}")
+
+
 def build_pruner(name: str, epochs: int):
     import optuna
 
+    check_pruner(name)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner must be median, hyperband or none, got {name!r}.{did_you_mean(name, ['median', 'hyperband', 'none'])}")
+    return optuna.pruners.NopPruner()
 
 
 # ------------------------------------------------------------------ study bookkeeping
@@ -234,7 +242,7 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     name = name or f"{cfg.name}-tune"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"--name must use letters, digits, '_', '.', '-' only, got {name!r}")
-    pruner_obj = build_pruner(pruner, cfg.train.epochs)
+    check_pruner(pruner)  # fail before any data is read
     monitor = cfg.train.monitor
     direction = "maximize" if monitor_mode(monitor) == "max" else "minimize"
     tune_dir = Path(study_dir or cfg.output_dir) / name
@@ -244,8 +252,9 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     with _lock(tune_dir):
         _check_same_study(tune_dir, cfg, params)
         data = without_test(load_data(cfg.data), NO_TEST)
+        epochs = resolve_auto(cfg, data)[0].train.epochs  # what each trial will train (train resolves the same)
         study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                                    pruner=pruner_obj)
+                                    pruner=build_pruner(pruner, epochs))
         _record_study(tune_dir, cfg, params)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             log.warning("trial %d was left running by an earlier process: marked failed", t.number)

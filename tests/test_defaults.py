@@ -1,0 +1,71 @@
+"""Dataset-aware ``auto`` defaults: epochs by dataset size, class weights by task, augmentation by modality."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from medcls.config import build_config
+from medcls.defaults import EPOCH_IMAGE_BUDGET, MAX_EPOCHS, MIN_EPOCHS, auto_epochs, auto_preset, resolve_auto
+
+
+def fake_data(n_train: int, task: str = "binary", name: str = "pneumoniamnist", channels: int = 1):
+    return SimpleNamespace(spec=SimpleNamespace(name=name, task=task, channels=channels), train=[0] * n_train)
+
+
+@pytest.mark.parametrize(("n", "epochs"), [(4708, 10), (546, 88), (89_996, MIN_EPOCHS), (10, MAX_EPOCHS),
+                                           (0, MIN_EPOCHS)])
+def test_auto_epochs_scale_inversely_with_dataset_size(n, epochs):
+    assert auto_epochs(n) == epochs
+    if MIN_EPOCHS < epochs < MAX_EPOCHS:  # about the same number of images seen
+        assert abs(epochs * n - EPOCH_IMAGE_BUDGET) <= n / 2
+
+
+@pytest.mark.parametrize(("dataset", "channels", "preset"), [
+    ("pathmnist", 3, "histology"), ("bloodmnist_64", 3, "histology"), ("dermamnist", 3, "generic"),
+    ("pneumoniamnist", 1, "xray"), ("organamnist", 1, "xray"),  # kidney-left/right: no flips
+    ("my-folder", 1, "xray"), ("my-folder", 3, "generic"),
+])
+def test_auto_preset_is_label_safe_per_modality(dataset, channels, preset):
+    assert auto_preset(dataset, channels) == preset
+
+
+@pytest.mark.parametrize(("task", "weights"), [("binary", "balanced"), ("multiclass", "none"),
+                                               ("multilabel", "none")])
+def test_resolve_auto_fills_every_auto_and_reports_it(task, weights):
+    cfg, chosen = resolve_auto(build_config({}, []), fake_data(546, task, "breastmnist", 1))
+    assert (cfg.train.epochs, cfg.train.class_weights, cfg.transforms.preset) == (88, weights, "generic")
+    assert chosen == {"train.epochs": 88, "train.class_weights": weights, "transforms.preset": "generic"}
+
+
+def test_resolve_auto_keeps_explicit_values():
+    cfg = build_config({}, ["train.epochs=4", "train.class_weights=none", "transforms.preset=histology"])
+    out, chosen = resolve_auto(cfg, fake_data(100))
+    assert chosen == {} and out is cfg
+
+
+def test_bad_epochs_value_names_both_accepted_forms():
+    with pytest.raises(Exception, match="auto") as e:
+        build_config({}, ["train.epochs=lots"])
+    assert "integer" in str(e.value)
+
+
+def test_trained_run_stores_the_resolved_values(make_cfg, tmp_path, monkeypatch):
+    """config.yaml holds concrete values (resume, TTA and export read it); data.json says they were chosen."""
+    import json
+
+    import medcls.defaults
+    from medcls import train
+
+    monkeypatch.setattr(medcls.defaults, "EPOCH_IMAGE_BUDGET", 96 * 4)  # 4 epochs of the 96-image train split
+    cfg = make_cfg(tmp_path, limit=96)
+    cfg["train"]["epochs"] = "auto"
+    run = train(cfg)
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    summary = json.loads((run.path / "data.json").read_text())
+    assert summary["splits"]["train"]["n"] == 96
+    assert saved["train"]["epochs"] == 4 == run.metrics()["train"]["epochs_run"]
+    assert saved["train"]["class_weights"] == "balanced" and saved["transforms"]["preset"] == "xray"
+    assert summary["auto"] == {"train.epochs": 4, "train.class_weights": "balanced", "transforms.preset": "xray"}
