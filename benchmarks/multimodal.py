@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ import torch
 from _common import cpu_name
 
 from medcls.multimodal.ablate import ablate, to_markdown
-from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset
+from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset, write_btxrd_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +48,9 @@ def btxrd(out: Path, *, folder: str | None, n: int, epochs: int, model: str, see
 
     fixture = folder is None
     if fixture:
-        spec = importlib.util.spec_from_file_location("_btxrd", ROOT / "tests" / "data" / "test_btxrd.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
         with np.load(ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz") as z:
             images = z["train_images"]
-        xlsx, _ = mod.make_btxrd(out / "BTXRD", images, n=n)
+        xlsx, _ = write_btxrd_like(out / "BTXRD", images, n=n)
         folder = str(xlsx.parent)
     cfg = {"name": "btxrd", "seed": seed, "output_dir": str(out / "runs"),
            "data": {"source": f"btxrd:{folder}", "min_val_size": 16},

@@ -3,52 +3,21 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from medcls.config import DataConfig
 from medcls.data.btxrd import btxrd_source
 from medcls.data.sources import load_data
 from medcls.errors import ConfigError, DataError
-
-SITES = ["hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone", "ankle-joint",
-         "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint"]
-SUBTYPES = ["osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor", "osteofibroma",
-            "synovial osteochondroma", "other bt", "osteosarcoma", "other mt"]
-
-
-def make_btxrd(root: Path, images: np.ndarray, n: int = 60, *, edit=None) -> tuple[Path, np.ndarray]:
-    """BTXRD/dataset.xlsx (Sheet1, the real columns in order) + BTXRD/images/IMG00000k.jpeg (a few .jpg)."""
-    kind = np.array([(0, 0, 1, 1, 2)[i % 5] for i in range(n)])  # 0 normal, 1 benign, 2 malignant
-    rows = []
-    for i in range(n):
-        image_id = f"IMG{i + 1:06d}"
-        path = root / "images" / f"{image_id}{'.jpg' if i % 9 == 4 else '.jpeg'}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).save(path)
-        row = {"image_id": image_id, "center": 1 + (i % 4 == 3) + (i % 8 == 7), "age": 10 + i % 60,
-               "gender": "MF"[i % 2]}
-        row.update({s: int(j == i % len(SITES)) for j, s in enumerate(SITES)})
-        row.update({"tumor": int(kind[i] > 0), "benign": int(kind[i] == 1), "malignant": int(kind[i] == 2)})
-        row.update({s: int((kind[i], j) in ((1, 0), (2, 7))) for j, s in enumerate(SUBTYPES)})
-        row.update({"upper limb": int(i % len(SITES) < 4), "lower limb": int(i % len(SITES) >= 4), "pelvis": 0})
-        row.update({"frontal": int(i % 3 != 1), "lateral": int(i % 3 == 1), "oblique": 0})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if edit is not None:
-        df = edit(df)
-    path = root / "dataset.xlsx"
-    df.to_excel(path, sheet_name="Sheet1", index=False)
-    return path, kind
+from medcls.multimodal.synthetic import write_btxrd_like
 
 
 @pytest.fixture
 def btxrd(tmp_path, pneumonia_arrays):
-    path, kind = make_btxrd(tmp_path / "BTXRD", pneumonia_arrays["train_images"])
+    path, kind = write_btxrd_like(tmp_path / "BTXRD", pneumonia_arrays["train_images"])
     return path.parent, kind
 
 
@@ -98,7 +67,7 @@ def test_center_split_is_external_validation(btxrd):
 
 
 def test_missing_label_column(tmp_path, pneumonia_arrays):
-    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10,
+    path, _ = write_btxrd_like(tmp_path / "B", pneumonia_arrays["train_images"], n=10,
                          edit=lambda df: df.drop(columns=["malignant"]))
     with pytest.raises(DataError, match=r"B/dataset\.xlsx: missing BTXRD column\(s\) 'malignant'"):
         btxrd_source(str(path.parent))
@@ -109,7 +78,7 @@ def test_row_with_two_classes_names_file_and_row(tmp_path, pneumonia_arrays):
         df.loc[3, ["tumor", "benign", "malignant"]] = 1  # spreadsheet row 5
         return df
 
-    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=both)
+    path, _ = write_btxrd_like(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=both)
     with pytest.raises(DataError, match=r"dataset\.xlsx: row\(s\) 5 set both benign and malignant"):
         btxrd_source(str(path))  # the xlsx path itself is accepted too
 
@@ -119,7 +88,7 @@ def test_tumor_flag_must_agree(tmp_path, pneumonia_arrays):
         df.loc[0, "tumor"] = 1  # row 2 is normal (neither benign nor malignant)
         return df
 
-    path, _ = make_btxrd(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=odd)
+    path, _ = write_btxrd_like(tmp_path / "B", pneumonia_arrays["train_images"], n=10, edit=odd)
     with pytest.raises(DataError, match=r"dataset\.xlsx: row\(s\) 2 disagree"):
         btxrd_source(str(path.parent))
 

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
 from medcls.cli import main
+from medcls.multimodal.synthetic import write_btxrd_like
 
 pytestmark = pytest.mark.slow
 
 
-def _make_btxrd():
-    path = Path(__file__).resolve().parents[1] / "data" / "test_btxrd.py"
-    spec = importlib.util.spec_from_file_location("_btxrd_fixture", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_btxrd
-
-
 def test_ablate_cli_on_btxrd_fixture(tmp_path, pneumonia_arrays, capsys):
-    xlsx, _ = _make_btxrd()(tmp_path / "BTXRD", pneumonia_arrays["train_images"], n=90)
+    xlsx, _ = write_btxrd_like(tmp_path / "BTXRD", pneumonia_arrays["train_images"], n=90)
     cfg = {"name": "btx", "output_dir": str(tmp_path / "runs"),
            "data": {"source": f"btxrd:{xlsx.parent}", "min_val_size": 8, "test_fraction": 0.3},
            "transforms": {"image_size": 28, "strength": 0.0},

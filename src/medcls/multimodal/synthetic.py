@@ -10,6 +10,9 @@ is ``positive`` exactly when ``f == m``. Neither input alone suffices:
 
 ``age`` (numeric, a few blanks) and ``sex`` (categorical) are noise; ``report`` is a short text
 that mentions the view. Written as a CSV manifest (``split`` column: train/val/test) + PNG files.
+
+``write_btxrd_like`` writes a folder in the real BTXRD layout (``dataset.xlsx`` + ``images/``) from
+any uint8 images, for the ``btxrd:`` source's tests and the multimodal benchmark.
 """
 
 from __future__ import annotations
@@ -72,3 +75,44 @@ def joint_config(manifest: str | Path, output_dir: str | Path, *, fusion: str = 
     if text_encoder:
         cfg["inputs"].update({"text": "report", "text_encoder": str(text_encoder), "text_max_length": 16})
     return cfg
+
+
+BTXRD_SITES = ["hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone", "ankle-joint",
+               "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint"]
+BTXRD_SUBTYPES = ["osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor", "osteofibroma",
+                  "synovial osteochondroma", "other bt", "osteosarcoma", "other mt"]
+
+
+def write_btxrd_like(root: str | Path, images: np.ndarray, n: int = 60, *, edit=None) -> tuple[Path, np.ndarray]:
+    """A BTXRD-layout folder: ``root/dataset.xlsx`` (Sheet1, the real columns in order) + ``root/images/IMG00000k.jpeg``.
+
+    ``images`` (uint8, at least ``n``) stand in for the radiographs; every 9th file is ``.jpg`` as in the
+    real release. Labels cycle normal, normal, benign, benign, malignant; three centres; ``age`` and the
+    site/view one-hot columns follow the row index (so the metadata alone predicts the label here).
+    ``edit(df)`` may change the table before it is written. Returns the xlsx path and the class per row
+    (0 normal, 1 benign, 2 malignant).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    kind = np.array([(0, 0, 1, 1, 2)[i % 5] for i in range(n)])  # 0 normal, 1 benign, 2 malignant
+    rows = []
+    for i in range(n):
+        image_id = f"IMG{i + 1:06d}"
+        path = root / "images" / f"{image_id}{'.jpg' if i % 9 == 4 else '.jpeg'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(path)
+        row = {"image_id": image_id, "center": 1 + (i % 4 == 3) + (i % 8 == 7), "age": 10 + i % 60,
+               "gender": "MF"[i % 2]}
+        row.update({s: int(j == i % len(BTXRD_SITES)) for j, s in enumerate(BTXRD_SITES)})
+        row.update({"tumor": int(kind[i] > 0), "benign": int(kind[i] == 1), "malignant": int(kind[i] == 2)})
+        row.update({s: int((kind[i], j) in ((1, 0), (2, 7))) for j, s in enumerate(BTXRD_SUBTYPES)})
+        row.update({"upper limb": int(i % len(BTXRD_SITES) < 4), "lower limb": int(i % len(BTXRD_SITES) >= 4), "pelvis": 0})
+        row.update({"frontal": int(i % 3 != 1), "lateral": int(i % 3 == 1), "oblique": 0})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if edit is not None:
+        df = edit(df)
+    path = root / "dataset.xlsx"
+    df.to_excel(path, sheet_name="Sheet1", index=False)
+    return path, kind
