@@ -120,3 +120,20 @@ def test_data_split_by_center_and_patient_errors(btxrd, tmp_path, capsys):
     assert "'person(\\d+)_' matches none of the 60 file names (e.g. 'IMG000001', 'IMG000002', 'IMG000003')" in err
     assert "--by none" in err
     assert main(["data", "split", f"btxrd:{root}", "--by", "none", "-o", str(tmp_path / "n.csv")]) == 0
+
+
+def test_manifest_is_read_once(btxrd, monkeypatch):
+    """btxrd checks labels and metadata on the same table csv_source turns into samples: one read of the xlsx."""
+    import medcls.data.manifest as manifest
+
+    calls = []
+    real = manifest.read_manifest
+    monkeypatch.setattr(manifest, "read_manifest", lambda *a, **k: calls.append(a) or real(*a, **k))
+    btxrd_source(str(btxrd[0]))
+    assert len(calls) == 1
+
+
+def test_table_is_not_a_config_option(btxrd):
+    with pytest.raises(ConfigError, match="not an option") as e:
+        load_data(DataConfig(source=f"csv:{btxrd[0] / 'dataset.xlsx'}", options={"table": "x.csv"}))
+    assert "table" not in str(e.value).split("Options:")[1]

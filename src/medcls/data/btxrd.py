@@ -119,7 +119,7 @@ def btxrd_source(arg: str, *, split: str = "random", test_centers: list[int] | N
     try:
         src = manifest.csv_source(str(xlsx), path_col="image_id", label_cols=["benign", "malignant"],
                                   none_label="normal", classes=list(CLASSES), image_root=str(images), sheet=sheet,
-                                  verify=verify, strict=strict)
+                                  verify=verify, strict=strict, table=df)
     except DataError as e:
         msg = str(e)
         raise DataError(msg if xlsx.name in msg else f"{xlsx}: {msg}") from None

@@ -199,11 +199,13 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
                label_cols: list[str] | None = None, group_col: str | None = None, split_col: str | None = None,
                image_root: str | None = None, sheet: str | int = 0, classes: list[str] | None = None,
                multilabel: bool = False, none_label: str | None = "normal", image_ext: str | None = None,
-               verify: bool = True, strict: bool = False, channels: int | None = None) -> SourceData:
+               verify: bool = True, strict: bool = False, channels: int | None = None,
+               table: pd.DataFrame | None = None) -> SourceData:
     """Images listed in a CSV/TSV/Excel table with a label column or one-hot label columns.
 
     ``classes`` fixes the class order (other labels are errors); ``image_ext`` is
-    appended to ids without an extension (default: try .jpeg, .jpg, .png).
+    appended to ids without an extension (default: try .jpeg, .jpg, .png). ``table``
+    (Python callers only) is the manifest already read with :func:`read_manifest`.
     """
     folder.check_channels(channels)
     path = Path(arg).expanduser()
@@ -214,7 +216,9 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
                           "(one-hot columns)")
     if multilabel and label_cols is None:
         raise ConfigError("csv source: options.multilabel=true needs options.label_cols (one 0/1 column per label)")
-    df = read_manifest(path, sheet)
+    if table is not None and not isinstance(table, pd.DataFrame):
+        raise ConfigError(f"csv source: table must be a pandas DataFrame read by read_manifest, got {type(table).__name__}")
+    df = read_manifest(path, sheet) if table is None else table
     wanted = {"path_col": path_col}
     if label_cols is not None:
         wanted.update({f"label_cols[{i}]": c for i, c in enumerate(label_cols)})

@@ -62,7 +62,7 @@ def parse_source(source: str) -> tuple[str, str]:
 def _call_source(kind: str, arg: str, data_dir: str | None, options: dict, strict: bool = False) -> SourceData:
     fn = SOURCES.get(kind)
     params = inspect.signature(fn).parameters
-    valid = [p for p in params if p not in ("arg", "data_dir")]
+    valid = [p for p in params if p not in ("arg", "data_dir", "table")]  # table: Python callers only
     for key in options:
         if key not in valid:
             raise ConfigError(
