@@ -71,6 +71,24 @@ def _print_table(title: str, rows: dict[str, dict[str, float | str]]) -> None:
 
 
 SUMMARY = ("auc", "accuracy", "sensitivity", "specificity")
+METADATA_HELP = "Fused models: JSON object of metadata (and text), e.g. '{\"age\": 40, \"view\": \"frontal\"}'."
+
+
+def _metadata_option(raw: str | None) -> dict | None:
+    """The --metadata option: a JSON object, or None when not given."""
+    if raw is None:
+        return None
+    import json
+
+    from .errors import DataError
+
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--metadata must be a JSON object such as '{{\"age\": 40}}': {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"--metadata must be a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 @app.command()
@@ -152,13 +170,14 @@ def explain(
     target_class: Annotated[str | None, typer.Option(help="Class to explain (default: the predicted class).")] = None,
     layer: Annotated[str | None, typer.Option(help="Target layer, e.g. net.layer3 (default: chosen per architecture).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    metadata: Annotated[str | None, typer.Option(help=METADATA_HELP)] = None,
 ) -> None:
     """Save a class activation map (Grad-CAM & co) for one image and print the prediction."""
     from .evaluation.gradcam import explain_image
     from .runs import load_run
 
     r = explain_image(load_run(run_dir), image, method=method, target_class=target_class, layer=layer,
-                      out_path=output, checkpoint=checkpoint)
+                      out_path=output, checkpoint=checkpoint, metadata=_metadata_option(metadata))
     typer.echo(f"predicted {r['predicted']} (p = {r['probability']:.4f}); {method} for {r['target']} "
                f"written to {r['path']}")
 
@@ -198,26 +217,14 @@ def predict(
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
-    metadata: Annotated[str | None, typer.Option(help="Fused models: JSON object of metadata (and text) for "
-                                                 "every image, e.g. '{\"age\": 40, \"view\": \"frontal\"}'.")] = None,
+    metadata: Annotated[str | None, typer.Option(help=METADATA_HELP + " Used for every image.")] = None,
 ) -> None:
     """Print calibrated class probabilities and the decision at the operating point for each image."""
     from . import api
     from .evaluation.clinical import findings_text
 
-    meta = None
-    if metadata is not None:
-        import json
-
-        from .errors import DataError
-
-        try:
-            obj = json.loads(metadata)
-        except json.JSONDecodeError as e:
-            raise DataError(f"--metadata must be a JSON object such as '{{\"age\": 40}}': {e}") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"--metadata must be a JSON object, got {type(obj).__name__}")
-        meta = [obj] * len(images)
+    obj = _metadata_option(metadata)
+    meta = None if obj is None else [obj] * len(images)
     results = api.predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, device=device, backend=backend,
                           metadata=meta)
     for r in results:  # multilabel: the labels at or above their thresholds, ";"-joined, or "no finding"

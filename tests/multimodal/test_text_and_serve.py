@@ -177,3 +177,36 @@ def test_cli_predict_with_metadata(text_run, capsys):
     assert "test_0001.png" in capsys.readouterr().out
     assert main(["predict", str(run.path), img, "--metadata", '{"viewz": "frontal"}']) == 2
     assert "unknown metadata key(s) ['viewz']" in capsys.readouterr().err
+
+
+def test_rest_batch_takes_metadata_per_file(client, text_run):
+    c, pred = client
+    _, _, manifest = text_run
+    meta = {"age": 61, "sex": "F", "view": "lateral", "report": "lateral view of the knee"}
+    files = [("files", ("a.png", _png(manifest), "image/png")), ("files", ("b.png", _png(manifest), "image/png"))]
+    r = c.post("/v1/predict/batch", files=files, data={"metadata": json.dumps([meta, None])})
+    assert r.status_code == 200, r.text
+    a, b = r.json()["results"]
+    assert a["inputs_used"] == ["image", "metadata:age,sex,view", "text"] and b["inputs_used"] == ["image"]
+    assert a["probabilities"] == pytest.approx(pred.predict([_png(manifest)], metadata=[meta])[0]["probabilities"],
+                                               abs=1e-5)
+    for bad, expect in ((json.dumps([meta]), "array of 2"), (json.dumps(meta), "got dict"),
+                        (json.dumps([meta, 3]), "metadata[1]"), ("[{", "JSON array")):
+        r = c.post("/v1/predict/batch", files=files, data={"metadata": bad})
+        assert r.status_code == 422 and expect in r.json()["error"]["message"], (bad, r.text)
+    r = c.post("/v1/predict/batch", files=files, data={"metadata": json.dumps([{"agee": 1}, None])})
+    assert r.status_code == 200  # a bad file's metadata fails that file only
+    first, second = r.json()["results"]
+    assert first["error"]["status"] == 422 and "'agee'" in first["error"]["message"] and "probabilities" in second
+
+
+def test_cli_explain_with_metadata(text_run, tmp_path, capsys):
+    from medcls.cli import main
+
+    run, _, manifest = text_run
+    img = str(manifest.parent / "images" / "test_0001.png")
+    out = tmp_path / "cam.png"
+    assert main(["explain", str(run.path), img, "-o", str(out), "--metadata", '{"age": 30, "view": "frontal"}']) in (0, None)
+    assert out.is_file() and "predicted" in capsys.readouterr().out
+    assert main(["explain", str(run.path), img, "-o", str(out), "--metadata", "[1]"]) == 2
+    assert "--metadata must be a JSON object" in capsys.readouterr().err

@@ -147,19 +147,36 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
             raise HTTPException(413, f"image has more than {settings.max_pixels} pixels")
         return img
 
+    def _json_field(raw: str, example: str) -> Any:
+        import json
+
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise HTTPException(422, f"metadata must be {example}: {e}") from None
+
     def parse_metadata(pred: Predictor, raw: str | None) -> dict[str, Any] | None:
         """The ``metadata`` form field: a JSON object of the model's expected keys (and its text column)."""
         if raw is None or not raw.strip():
             return None
-        import json
-
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise HTTPException(422, f"metadata must be a JSON object such as {{\"age\": 42}}: {e}") from None
+        meta = _json_field(raw, 'a JSON object such as {"age": 42}')
         if not isinstance(meta, dict):
             raise HTTPException(422, f"metadata must be a JSON object, got {type(meta).__name__}")
         return meta
+
+    def batch_metadata(raw: str | None, n: int) -> list[dict[str, Any] | None]:
+        """The batch ``metadata`` field: a JSON array of ``n`` objects or nulls (null = no metadata for that file)."""
+        if raw is None or not raw.strip():
+            return [None] * n
+        metas = _json_field(raw, 'a JSON array with one object (or null) per file, such as [{"age": 42}, null]')
+        if not isinstance(metas, list) or len(metas) != n:
+            got = f"an array of {len(metas)}" if isinstance(metas, list) else type(metas).__name__
+            raise HTTPException(422, f"metadata must be a JSON array of {n} object(s) or null(s), one per file in "
+                                f"order; got {got}")
+        for i, m in enumerate(metas):
+            if m is not None and not isinstance(m, dict):
+                raise HTTPException(422, f"metadata[{i}] must be a JSON object or null, got {type(m).__name__}")
+        return metas
 
     def result(pred: Predictor, p: np.ndarray, t0: float, used: list[str] | None = None) -> dict[str, Any]:
         names = list(pred.spec.class_names)
@@ -227,17 +244,21 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
 
     @app.post("/v1/predict/batch", dependencies=[Depends(check_key)])
     async def predict_batch(files: Annotated[list[UploadFile], File()],
-                            pred: Annotated[Predictor, Depends(ready_predictor)]) -> dict[str, Any]:
+                            pred: Annotated[Predictor, Depends(ready_predictor)],
+                            metadata: Annotated[str | None, Form(description="Fused models: JSON array with one "
+                                                                 "object (or null) per file, in file order")] = None
+                            ) -> dict[str, Any]:
         if len(files) > settings.max_files:
             raise HTTPException(413, f"{len(files)} files; at most {settings.max_files} per request")
+        metas = batch_metadata(metadata, len(files))
 
-        async def one(f: UploadFile) -> dict[str, Any]:
+        async def one(f: UploadFile, meta: dict[str, Any] | None) -> dict[str, Any]:
             try:
-                return {"file": f.filename, **(await predict_one(pred, f))}
+                return {"file": f.filename, **(await predict_one(pred, f, meta))}
             except HTTPException as e:
                 return {"file": f.filename, "error": {"status": e.status_code, "message": str(e.detail)}}
 
-        return {"results": list(await asyncio.gather(*(one(f) for f in files)))}
+        return {"results": list(await asyncio.gather(*(one(f, m) for f, m in zip(files, metas, strict=True))))}
 
     @app.post("/v1/explain", dependencies=[Depends(check_key)])
     async def explain(file: Annotated[UploadFile, File()], pred: Annotated[Predictor, Depends(ready_predictor)],
