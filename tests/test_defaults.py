@@ -69,3 +69,37 @@ def test_trained_run_stores_the_resolved_values(make_cfg, tmp_path, monkeypatch)
     assert saved["train"]["epochs"] == 4 == run.metrics()["train"]["epochs_run"]
     assert saved["train"]["class_weights"] == "balanced" and saved["transforms"]["preset"] == "xray"
     assert summary["auto"] == {"train.epochs": 4, "train.class_weights": "balanced", "transforms.preset": "xray"}
+
+
+def test_defaults_train_an_rgb_multiclass_medmnist_file(tmp_path, monkeypatch):
+    """No recipe: an RGB multiclass MedMNIST file (BloodMNIST layout) trains with histology augmentation,
+    unweighted loss and the epochs its size calls for; its 8-view TTA and the bundle use the resolved preset."""
+    import json
+
+    import numpy as np
+
+    import medcls.defaults
+    from medcls import evaluate, train
+    from medcls.export import export_bundle
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s, n in (("train", 64), ("val", 24), ("test", 24)):
+        y = np.arange(n) % 8
+        x = rng.integers(0, 60, (n, 28, 28, 3), dtype=np.uint8)
+        x[np.arange(n), :, :, y % 3] += (20 * y[:, None, None]).astype(np.uint8)  # a colour cue per class
+        arrays[f"{s}_images"], arrays[f"{s}_labels"] = x, y.reshape(n, 1).astype(np.uint8)
+    npz = tmp_path / "bloodmnist.npz"
+    np.savez(npz, **arrays)
+    monkeypatch.setattr(medcls.defaults, "EPOCH_IMAGE_BUDGET", 64 * 3)
+    run = train({"output_dir": str(tmp_path / "runs"), "data": {"source": "medmnist:bloodmnist",
+                 "options": {"path": str(npz)}, "min_val_size": 8},
+                 "model": {"name": "resnet10t"}, "train": {"batch_size": 32, "progress": False},
+                 "eval": {"tta": True, "n_bootstrap": 0}})
+    cfg = run.config
+    assert (cfg.train.epochs, cfg.train.class_weights, cfg.transforms.preset) == (3, "none", "histology")
+    m = evaluate(run, "test")
+    assert m["tta"]["views"] == "histology" and 0 <= m["tta"]["accuracy"] <= 1
+    info = export_bundle(run, tmp_path / "bundle", onnx=False)
+    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert bundle["preprocess"]["modality_preset"] == info["preprocess"]["modality_preset"] == "histology"
