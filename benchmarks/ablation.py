@@ -45,6 +45,7 @@ VARIANTS: list[tuple[str, list[str], str]] = [
     ("cutmix", ["train.cutmix=1.0"], "+ CutMix (alpha 1.0)"),
     ("hflip", ["transforms.hflip=true"], "+ horizontal flips"),
     ("half", ["train.epochs=5"], "5 epochs (the half-ens members)"),
+    ("long", ["train.epochs=30"], "30 epochs (3x the budget)"),
 ]
 DERIVED = {"tta": "baseline + flip TTA (eval only)", "ensemble": "mean of the baseline seeds (3x cost)",
            "half-ens": "2 x 5-epoch runs averaged (same cost)"}
