@@ -116,7 +116,9 @@ class Run:
             model = build_fused(model, self.spec.num_classes, fusion_options(self.config, self.inputs),
                                 text_source=self.path / TEXT_DIR, pretrained_text=False)
         tensors, meta = load_checkpoint(self.checkpoint_path(which), device="cpu")
-        state = split_prefix(tensors, "model/")
+        # `last` of an EMA run holds the raw weights (to resume) and the averaged ones, which are what
+        # training validated and what `best` stores: serve those, so best and last mean the same thing.
+        state = split_prefix(tensors, "ema/") or split_prefix(tensors, "model/")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

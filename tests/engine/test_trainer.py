@@ -65,6 +65,21 @@ def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
     assert [r["train_loss"] for r in hist_full] == [r["train_loss"] for r in hist_res]
 
 
+def test_last_checkpoint_of_an_ema_run_serves_the_averaged_weights(tiny_cfg, tmp_path):
+    cfg = {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 2, "ema": True, "ema_decay": 0.5}}
+    run = load_run(train(cfg, run_dir=tmp_path / "ema").path)
+    raw, _ = _weights(run, "last", "model/")
+    avg, _ = _weights(run, "last", "ema/")
+    model, _ = run.build_model("last")
+    state = model.state_dict()
+    key = next(k for k in avg if avg[k].is_floating_point() and not torch.equal(avg[k], raw["model/" + k[4:]]))
+    assert torch.equal(state[key[4:]], avg[key])  # the EMA weights, not the raw ones
+    assert not torch.equal(state[key[4:]], raw["model/" + key[4:]])
+    best, _ = run.build_model("best")  # best stores the EMA weights too: the same kind of model
+    if run.metrics()["train"]["best_epoch"] == 2:
+        assert all(torch.equal(best.state_dict()[k], state[k]) for k in state)
+
+
 def test_resume_rejects_non_train_overrides_and_missing_runs(tiny_cfg, tmp_path):
     with pytest.raises(RunError, match="not found"):
         train(resume=tmp_path / "nope")
