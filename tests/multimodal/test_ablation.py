@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset
 
@@ -89,3 +91,23 @@ def test_gradcam_on_the_image_branch(joint, tmp_path):
     img = manifest.parent / "images" / "test_0000.png"
     out = explain_image(run, img, out_path=tmp_path / "cam.png", metadata={"view": "frontal", "age": 40})
     assert (tmp_path / "cam.png").is_file() and out["layer"].startswith("net.")
+
+
+def test_gradcam_leaves_a_fused_model_in_eval_mode(joint):
+    """The image-branch wrapper must not switch the model to training (BatchNorm would then update its
+    running statistics, and fail on a batch of one)."""
+    from medcls.evaluation.gradcam import compute_cam
+    from medcls.inference import Predictor
+    from medcls.runs import load_run
+
+    manifest, result = joint
+    run = load_run(result.runs["gated"])
+    model, _ = run.build_model()
+    pred = Predictor(spec=run.spec, preprocess=run.preprocess_cfg, model=model, inputs=run.inputs)
+    extras, _ = pred.encode_inputs(1, [{"view": "frontal", "age": 40}])
+    x = pred.preprocess(np.asarray(Image.open(manifest.parent / "images" / "test_0000.png"))).unsqueeze(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(2):
+        compute_cam(model, x, extras={k: torch.as_tensor(v) for k, v in extras.items()})
+        assert not any(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -200,6 +200,26 @@ def test_rest_batch_takes_metadata_per_file(client, text_run):
     assert first["error"]["status"] == 422 and "'agee'" in first["error"]["message"] and "probabilities" in second
 
 
+def test_rest_explain_takes_the_same_metadata_as_predict(client, text_run):
+    c, pred = client
+    _, _, manifest = text_run
+    meta = {"age": 61, "sex": "F", "view": "lateral", "report": "lateral view of the knee"}
+    files = {"file": ("a.png", _png(manifest), "image/png")}
+    r = c.post("/v1/explain", files=files, data={"metadata": json.dumps(meta)})
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", r.text
+    expected = pred.predict([_png(manifest)], metadata=[meta])[0]["probabilities"]
+    assert float(r.headers["X-Probability"]) == pytest.approx(max(expected.values()), abs=1e-4)
+    assert r.headers["X-Predicted-Class"] == max(expected, key=expected.get)
+    plain = pred.predict([_png(manifest)])[0]["probabilities"]  # without metadata: "missing" embeddings
+    assert max(plain.values()) != pytest.approx(max(expected.values()), abs=1e-4)
+    r = c.post("/v1/explain", files=files)
+    assert float(r.headers["X-Probability"]) == pytest.approx(max(plain.values()), abs=1e-4)
+    for bad, expect in ((json.dumps({"agee": 1}), "'agee'"), ("[1]", "JSON object"), ("{", "JSON object")):
+        r = c.post("/v1/explain", files=files, data={"metadata": bad})
+        assert r.status_code == 422 and expect in r.json()["error"]["message"], (bad, r.text)
+    assert 'form2.append("metadata"' in c.get("/").text  # the web page explains what it predicted
+
+
 def test_cli_explain_with_metadata(text_run, tmp_path, capsys):
     from medcls.cli import main
 

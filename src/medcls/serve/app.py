@@ -262,13 +262,20 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
 
     @app.post("/v1/explain", dependencies=[Depends(check_key)])
     async def explain(file: Annotated[UploadFile, File()], pred: Annotated[Predictor, Depends(ready_predictor)],
-                      method: str = "gradcam") -> Response:
+                      method: str = "gradcam",
+                      metadata: Annotated[str | None, Form(description="Fused models: the JSON object sent to "
+                                                           "/v1/predict, so the map explains that prediction")] = None
+                      ) -> Response:
         from .explain import explain_png
 
+        meta = parse_metadata(pred, metadata)
         img = await read_image(file)
         if state.explainer is None:
             state.explainer = pred if pred.model is not None else Predictor.load(settings.bundle, backend="torch")
-        png, cls, prob = await asyncio.to_thread(explain_png, state.explainer, img, method)
+        try:
+            png, cls, prob = await asyncio.to_thread(explain_png, state.explainer, img, method, meta)
+        except DataError as e:
+            raise HTTPException(422, str(e)) from None
         return Response(png, media_type="image/png",
                         headers={"X-Predicted-Class": cls, "X-Probability": f"{prob:.6f}", "X-Method": method})
 

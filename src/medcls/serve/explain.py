@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,11 +13,16 @@ from ..evaluation.gradcam import MIN_DISPLAY, check_method, compute_cam, overlay
 from ..inference import Predictor
 
 
-def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam") -> tuple[bytes, str, float]:
-    """(PNG bytes of the overlay, predicted class, its calibrated probability)."""
+def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam",
+                metadata: dict[str, Any] | None = None) -> tuple[bytes, str, float]:
+    """(PNG bytes of the overlay, predicted class, its calibrated probability).
+
+    Fused models: ``metadata`` (and text) as for prediction, so the map explains the same
+    prediction; without it the learned "missing" embeddings stand in. Bad keys raise DataError.
+    """
     check_method(method)
+    extras, _ = pred.encode_inputs(1, [metadata] if metadata else None)
     x = pred.preprocess(img).unsqueeze(0)
-    extras, _ = pred.encode_inputs(1)  # fused models: metadata/text unknown (learned "missing" embeddings)
     extras = {k: torch.as_tensor(v) for k, v in extras.items()} or None
     p = pred.probabilities(x, extras)[0]
     k = int(p.argmax())
