@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from medcls.config import build_config
-from medcls.defaults import EPOCH_IMAGE_BUDGET, MAX_EPOCHS, MIN_EPOCHS, auto_epochs, auto_preset, resolve_auto
+from medcls.defaults import EPOCH_IMAGE_BUDGET, MAX_EPOCHS, MIN_EPOCHS, auto_ema, auto_epochs, auto_preset, resolve_auto
 
 
 def fake_data(n_train: int, task: str = "binary", name: str = "pneumoniamnist", channels: int = 1):
@@ -32,16 +32,31 @@ def test_auto_preset_is_label_safe_per_modality(dataset, channels, preset):
     assert auto_preset(dataset, channels) == preset
 
 
+@pytest.mark.parametrize(("epochs", "n", "batch", "accum", "decay", "on"), [
+    (10, 4708, 128, 1, 0.99, True),    # PneumoniaMNIST: 370 steps leave 2% of the initial weights
+    (3, 4708, 128, 1, 0.99, False),    # 111 steps: a third of the average would still be the initialisation
+    (10, 4708, 128, 4, 0.99, False),   # gradient accumulation: a quarter of the optimizer steps
+    (88, 546, 128, 1, 0.99, True),     # BreastMNIST at its auto epochs: 440 steps
+    (100, 100, 128, 1, 0.99, False),   # 100 images: 100 steps
+    (10, 4708, 128, 1, 0.999, False),  # a slower average needs ~3,000 steps
+])
+def test_auto_ema_needs_enough_steps_to_forget_the_initial_weights(epochs, n, batch, accum, decay, on):
+    assert auto_ema(epochs, n, batch, accum, decay) is on
+
+
 @pytest.mark.parametrize(("task", "weights"), [("binary", "balanced"), ("multiclass", "none"),
                                                ("multilabel", "none")])
 def test_resolve_auto_fills_every_auto_and_reports_it(task, weights):
     cfg, chosen = resolve_auto(build_config({}, []), fake_data(546, task, "breastmnist", 1))
     assert (cfg.train.epochs, cfg.train.class_weights, cfg.transforms.preset) == (88, weights, "generic")
-    assert chosen == {"train.epochs": 88, "train.class_weights": weights, "transforms.preset": "generic"}
+    assert chosen == {"train.epochs": 88, "train.ema": True, "train.class_weights": weights,
+                      "transforms.preset": "generic"}
+    assert cfg.train.ema is True
 
 
 def test_resolve_auto_keeps_explicit_values():
-    cfg = build_config({}, ["train.epochs=4", "train.class_weights=none", "transforms.preset=histology"])
+    cfg = build_config({}, ["train.epochs=4", "train.class_weights=none", "transforms.preset=histology",
+                            "train.ema=false"])
     out, chosen = resolve_auto(cfg, fake_data(100))
     assert chosen == {} and out is cfg
 
@@ -62,13 +77,16 @@ def test_trained_run_stores_the_resolved_values(make_cfg, tmp_path, monkeypatch)
     monkeypatch.setattr(medcls.defaults, "EPOCH_IMAGE_BUDGET", 96 * 4)  # 4 epochs of the 96-image train split
     cfg = make_cfg(tmp_path, limit=96)
     cfg["train"]["epochs"] = "auto"
+    cfg["train"].pop("ema", None)
     run = train(cfg)
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     summary = json.loads((run.path / "data.json").read_text())
     assert summary["splits"]["train"]["n"] == 96
     assert saved["train"]["epochs"] == 4 == run.metrics()["train"]["epochs_run"]
     assert saved["train"]["class_weights"] == "balanced" and saved["transforms"]["preset"] == "xray"
-    assert summary["auto"] == {"train.epochs": 4, "train.class_weights": "balanced", "transforms.preset": "xray"}
+    assert summary["auto"] == {"train.epochs": 4, "train.ema": False, "train.class_weights": "balanced",
+                               "transforms.preset": "xray"}
+    assert saved["train"]["ema"] is False
 
 
 def test_defaults_train_an_rgb_multiclass_medmnist_file(tmp_path, monkeypatch):
@@ -80,6 +98,7 @@ def test_defaults_train_an_rgb_multiclass_medmnist_file(tmp_path, monkeypatch):
 
     import medcls.defaults
     from medcls import evaluate, train
+    from medcls.engine.checkpoint import load_checkpoint
     from medcls.export import export_bundle
 
     rng = np.random.default_rng(0)
@@ -92,12 +111,14 @@ def test_defaults_train_an_rgb_multiclass_medmnist_file(tmp_path, monkeypatch):
     npz = tmp_path / "bloodmnist.npz"
     np.savez(npz, **arrays)
     monkeypatch.setattr(medcls.defaults, "EPOCH_IMAGE_BUDGET", 64 * 3)
+    monkeypatch.setattr(medcls.defaults, "EMA_MAX_INIT_WEIGHT", 0.99)  # 6 steps are "enough" here
     run = train({"output_dir": str(tmp_path / "runs"), "data": {"source": "medmnist:bloodmnist",
                  "options": {"path": str(npz)}, "min_val_size": 8},
                  "model": {"name": "resnet10t"}, "train": {"batch_size": 32, "progress": False},
                  "eval": {"tta": True, "n_bootstrap": 0}})
     cfg = run.config
     assert (cfg.train.epochs, cfg.train.class_weights, cfg.transforms.preset) == (3, "none", "histology")
+    assert cfg.train.ema is True and any(k.startswith("ema/") for k in load_checkpoint(run.checkpoint_path("last"))[0])
     m = evaluate(run, "test")
     assert m["tta"]["views"] == "histology" and 0 <= m["tta"]["accuracy"] <= 1
     info = export_bundle(run, tmp_path / "bundle", onnx=False)

@@ -107,8 +107,10 @@ class TrainConfig(_Section):
     mix_prob: float = Field(1.0, ge=0, le=1, description="Chance that a batch is mixed when mixup/cutmix is on.")
     text_lr_scale: float = Field(0.1, ge=0, le=10, description="Text encoder LR = lr x this when inputs.freeze_text is false.")
     modality_dropout: float = Field(0.1, ge=0, lt=1, description="Chance per sample and modality (metadata, text) of being replaced by its learned 'missing' embedding during training.")
-    ema: bool = False
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema: bool | Literal["auto"] = Field(
+        "auto", description="Evaluate and checkpoint an exponential moving average of the weights; auto: on when "
+        "the run has enough optimizer steps for ema_decay to forget the initial weights (see medcls.defaults).")
+    ema_decay: float = Field(0.99, gt=0, lt=1)
     channels_last: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1)
