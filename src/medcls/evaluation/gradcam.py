@@ -95,9 +95,7 @@ def image_branch(model: nn.Module, extras: dict[str, torch.Tensor] | None = None
         return model
     if extras is None:
         raise ConfigError("Grad-CAM of a fused model needs one row of its metadata/text inputs (extras)")
-    wrapper = FixedExtras(model, {k: torch.as_tensor(v)[:1] for k, v in extras.items()})
-    wrapper.training = model.training  # a new Module says "training": callers restore this mode afterwards
-    return wrapper
+    return FixedExtras(model, {k: torch.as_tensor(v)[:1] for k, v in extras.items()})
 
 
 def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,

@@ -201,6 +201,7 @@ class FixedExtras(nn.Module):
         self.net = model.image.net
         self.fused = model
         self.extras = extras
+        self.training = model.training  # a new Module says "training"; callers save and restore this mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ex = {k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in self.extras.items()}
