@@ -1,7 +1,7 @@
 """Ablation of the default PneumoniaMNIST recipe: each change's effect on test AUC / ACC over several seeds.
 
 Every variant is the default recipe (``--config``) plus a few ``--set``-style
-overrides, trained once per seed and evaluated once on the test split. Two
+overrides, trained once per seed and evaluated once on the test split. Three
 rows need no extra training: ``tta`` re-evaluates the baseline runs with
 test-time augmentation, ``last`` evaluates the baseline runs' last checkpoint instead
 of the best-validation-AUC one, and ``ensemble`` averages the baseline seeds'
@@ -48,7 +48,9 @@ VARIANTS: list[tuple[str, list[str], str]] = [
     ("half", ["train.epochs=5"], "5 epochs (the half-ens members)"),
     ("long", ["train.epochs=30"], "30 epochs (3x the budget)"),
 ]
-DERIVED = {"tta": "baseline + flip TTA (eval only)", "last": "baseline, last epoch instead of best val AUC (eval only)", "ensemble": "mean of the baseline seeds (3x cost)",
+DERIVED = {"tta": "baseline + flip TTA (eval only)",
+           "last": "baseline, last epoch instead of best val AUC (eval only)",
+           "ensemble": "mean of the baseline seeds (3x cost)",
            "half-ens": "2 x 5-epoch runs averaged (same cost)"}
 METRICS = ("auc", "accuracy", "sensitivity", "specificity")
 

@@ -61,7 +61,7 @@ def auto_epochs(n_train: int) -> int:
     return max(MIN_EPOCHS, min(MAX_EPOCHS, round(EPOCH_IMAGE_BUDGET / n_train)))
 
 
-def auto_ema(epochs: int, n_train: int, batch_size: int, grad_accum_steps: int = 1, ema_decay: float = 0.99) -> bool:
+def auto_ema(epochs: int, n_train: int, batch_size: int, grad_accum_steps: int, ema_decay: float) -> bool:
     """EMA on when the run's optimizer steps leave at most ``EMA_MAX_INIT_WEIGHT`` of the initial weights
     in the average (decay 0.99: 298 steps or more)."""
     steps = epochs * max(1, math.ceil(n_train / batch_size / grad_accum_steps))
