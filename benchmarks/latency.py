@@ -28,7 +28,7 @@ from _common import cpu_name
 
 from medcls.engine.predict import probabilities
 from medcls.export.onnx import INPUT, OUTPUT
-from medcls.inference import Predictor
+from medcls.inference.predictor import Predictor
 from medcls.runs import Run, load_run
 
 BACKENDS = ("torch", "onnx", "int8")

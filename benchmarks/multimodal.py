@@ -1,6 +1,6 @@
 """Multimodal ablation (issue 5): image only vs metadata only vs concat / cross-attention / gated fusion.
 
-Two benchmarks, each one ``medcls.multimodal.ablate`` (same splits and seed for every variant):
+Two benchmarks, each one ``medcls.experiments.ablate`` (same splits and seed for every variant):
 
 1. ``synthetic``: the joint-dependence benchmark of ``medcls.multimodal.synthetic`` (label = planted image
    feature XNOR a metadata flag; image-only ceiling AUC = q, metadata-only 0.5, joint 1.0);
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from _common import cpu_name
 
-from medcls.multimodal.ablate import ablate, to_markdown
+from medcls.experiments.ablate import ablate, to_markdown
 from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset, write_btxrd_like
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
+from .artefact import CHECKPOINTS, TEXT_DIR, ModelSpec, Postprocess, resolve_stem
 from .config import Config, build_config, load_config
 from .data.sources import LoadedData, load_data
 from .engine.distributed import broadcast_object, cleanup, init_distributed
 from .engine.trainer import Callback, Trainer, resolve_device
-from .errors import ConfigError, ModelError, RunError
-from .models import create_model
+from .errors import ConfigError, RunError
 from .models.factory import default_input_size
-from .runs import Run, environment, load_run, new_run_dir, write_run_files
+from .runs import Run, environment, load_run, new_run_dir, standalone_config, write_run_files
 from .transforms import Preprocess, PreprocessConfig
 from .utils import atomic_write_json
 
@@ -35,33 +35,20 @@ def resolve_preprocess(cfg: Config, data: LoadedData) -> PreprocessConfig:
                             stain=t.stain, stain_params=stain)
 
 
-def build_model(cfg: Config, data: LoadedData, pre: PreprocessConfig, *, inputs=None, text_source=None,
-                pretrained_text: bool = True):
-    """The image model, or (``inputs``: a fitted InputEncoder) the image model fused with metadata/text."""
-    model, stem = _build_image_model(cfg, data, pre)
+def model_spec_for(cfg: Config, data: LoadedData, inputs=None) -> ModelSpec:
+    """The :class:`ModelSpec` a config trains on ``data`` (autos resolved; ``inputs``: a fitted InputEncoder)."""
+    pre = resolve_preprocess(cfg, data)
+    fusion = None
     if inputs is not None:
-        from .multimodal import build_fused, fusion_options
+        from .multimodal import fusion_options
 
-        model = build_fused(model, data.spec.num_classes, fusion_options(cfg, inputs),
-                            text_source=text_source or cfg.inputs.text_encoder, pretrained_text=pretrained_text,
-                            modality_dropout=cfg.train.modality_dropout)
-    return model, stem
-
-
-def _build_image_model(cfg: Config, data: LoadedData, pre: PreprocessConfig):
-    m = cfg.model
-    kwargs = dict(in_chans=pre.in_chans, pretrained=m.pretrained, weights=m.weights, drop_rate=m.drop_rate)
-    if m.stem != "auto":
-        return create_model(m.name, data.spec.num_classes, stem=m.stem, **kwargs), m.stem
-    if pre.size <= 64:
-        try:
-            return create_model(m.name, data.spec.num_classes, stem="small", **kwargs), "small"
-        except ModelError:  # not a ResNet: keep its own stem
-            pass
-    return create_model(m.name, data.spec.num_classes, **kwargs), "default"
+        fusion = fusion_options(cfg, inputs)
+    return ModelSpec(architecture=cfg.model.name, dataset=data.spec, preprocess=pre,
+                     stem=resolve_stem(cfg.model.name, pre.size, cfg.model.stem), drop_rate=cfg.model.drop_rate,
+                     preset=cfg.transforms.preset, fusion=fusion, inputs=inputs.to_dict() if inputs else None)
 
 
-def _as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
+def as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
     if isinstance(config, Config):
         return build_config(config.to_dict(), list(overrides or [])) if overrides else config
     if isinstance(config, dict):
@@ -69,11 +56,77 @@ def _as_config(config: Config | str | Path | dict | None, overrides: Sequence[st
     return load_config(config, list(overrides or []))
 
 
+def _resume_config(resume: str | Path, config, overrides: Sequence[str] | None) -> tuple[Run, Config]:
+    prev = load_run(resume)
+    bad = [o for o in (overrides or []) if not o.startswith("train.")]
+    if bad or config is not None:
+        raise ConfigError(f"--resume continues {resume} with its saved config; only train.* overrides are allowed, "
+                          f"got {bad or config}")
+    if not prev.checkpoint_path("last").is_file():
+        raise RunError(f"{resume} has no last checkpoint to resume from")
+    return prev, build_config(prev.config.to_dict(), list(overrides or []))
+
+
+def _setup_device(cfg: Config):
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    return device, dist
+
+
+def _prepare(cfg: Config, data: LoadedData, prev: Run | None) -> tuple[Config, ModelSpec, dict[str, Any], Any]:
+    """Resolve autos (new runs), fit the metadata/text encoding on train, and write down the ModelSpec."""
+    chosen: dict[str, Any] = {}
+    if prev is None:
+        from .defaults import resolve_auto
+
+        cfg, chosen = resolve_auto(cfg, data)
+        cfg = standalone_config(cfg)
+        inputs = None
+        if cfg.model.fusion != "none":  # metadata/text: fitted on the training split only
+            from .multimodal import InputEncoder
+
+            inputs = InputEncoder.fit(cfg.inputs, data.train)
+        spec = model_spec_for(cfg, data, inputs)
+    else:
+        spec, inputs = prev.model_spec, prev.inputs
+    summary = {"splits": data.summary(), "notes": data.notes, "source": cfg.data.source}
+    if chosen:
+        summary["auto"] = chosen
+    return cfg, spec, summary, inputs
+
+
+def _build(cfg: Config, spec: ModelSpec, prev: Run | None):
+    torch.manual_seed(cfg.seed)
+    if prev is not None:  # resume: the weights come from the last checkpoint
+        return spec.build(text_source=str(prev.artefact.text_dir) if spec.uses_text else None,
+                          modality_dropout=cfg.train.modality_dropout)
+    return spec.build(pretrained=cfg.model.pretrained, weights=cfg.model.weights, text_source=cfg.inputs.text_encoder,
+                      pretrained_text=True, modality_dropout=cfg.train.modality_dropout)
+
+
+def _start_run(path: Path, cfg: Config, spec: ModelSpec, summary: dict, model, inputs, device, dist,
+               resumed: bool) -> None:
+    write_run_files(path, cfg, spec, summary)
+    if spec.uses_text and not resumed:  # tokenizer files + the encoder's config; its weights are in the checkpoints
+        from .multimodal.text import save_text_files
+
+        save_text_files(inputs.tokenizer, model.text_model.config, path / TEXT_DIR)
+    atomic_write_json(path / ("env.resume.json" if resumed else "env.json"), environment(str(device), dist.world_size))
+    log.info("run directory: %s", path)
+    for s, v in summary["splits"].items():
+        log.info("%-5s %5d images  %s", s, v["n"], v["per_class"])
+
+
 def train(config: Config | str | Path | dict | None = None, *, overrides: Sequence[str] | None = None,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
           callbacks: Sequence[Callback] = (), evaluate_split: str | None = None,
           data: LoadedData | None = None) -> Run:
-    """Train a model and return its :class:`~medcls.runs.Run`.
+    """Train a model and return its :class:`~medcls.runs.Run` (best and last checkpoints calibrated on val).
 
     ``config`` is a :class:`Config`, a YAML path, a dict or None (defaults);
     ``overrides`` are ``a.b=value`` strings. ``resume`` continues an existing
@@ -82,64 +135,22 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     checkpoint on that split afterwards. ``data`` trains on these splits instead of
     loading ``cfg.data`` (cross-validation folds, tuning without the test split).
     """
-    if resume is not None:
-        prev = load_run(resume)
-        bad = [o for o in (overrides or []) if not o.startswith("train.")]
-        if bad or config is not None:
-            raise ConfigError(f"--resume continues {resume} with its saved config; only train.* overrides are allowed, got {bad or config}")
-        cfg = build_config(prev.config.to_dict(), list(overrides or []))
-        last = prev.checkpoint_path("last")
-        if not last.is_file():
-            raise RunError(f"{resume} has no last checkpoint to resume from")
-    else:
-        cfg = _as_config(config, overrides)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
+    prev, cfg = _resume_config(resume, config, overrides) if resume is not None else (None, as_config(config, overrides))
+    device, dist = _setup_device(cfg)
     try:
         data = load_data(cfg.data) if data is None else data
-        if resume is None:
-            from .defaults import resolve_auto
-
-            cfg, chosen = resolve_auto(cfg, data)
-        pre = prev.preprocess_cfg if resume is not None else resolve_preprocess(cfg, data)
-        inputs = None
-        if cfg.model.fusion != "none":  # metadata/text: fitted on the training split only
-            from .multimodal import InputEncoder
-
-            inputs = prev.inputs if resume is not None else InputEncoder.fit(cfg.inputs, data.train)
-        torch.manual_seed(cfg.seed)
-        model, stem = build_model(cfg, data, pre, inputs=inputs,
-                                  text_source=(prev.path / "text_encoder") if resume is not None else None,
-                                  pretrained_text=resume is None)
-        if resume is not None:
-            path = Path(resume)
+        cfg, spec, summary, inputs = _prepare(cfg, data, prev)
+        model = _build(cfg, spec, prev)
+        if prev is not None:
+            path = prev.path
         else:
             path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
             path = Path(broadcast_object(str(path) if path else None, dist))
-        summary = {"splits": data.summary(), "notes": data.notes, "stem": stem, "source": cfg.data.source}
-        if resume is None and chosen:
-            summary["auto"] = chosen
-        if inputs is not None:
-            summary["inputs"] = inputs.to_dict()
         if dist.is_main:
-            write_run_files(path, cfg, data.spec, pre, summary)
-            if inputs is not None and inputs.text and resume is None:
-                from .multimodal.text import save_text_files
-
-                save_text_files(inputs.tokenizer, model.text_model.config, path / "text_encoder")
-            atomic_write_json(path / ("env.json" if resume is None else "env.resume.json"),
-                              environment(str(device), dist.world_size))
-            log.info("run directory: %s", path)
-            for s, v in summary["splits"].items():
-                log.info("%-5s %5d images  %s", s, v["n"], v["per_class"])
-        trainer = Trainer(cfg, data, model, Preprocess(pre), path, device=device, dist=dist, callbacks=callbacks,
-                          inputs=inputs)
-        if resume is not None:
+            _start_run(path, cfg, spec, summary, model, inputs, device, dist, resumed=prev is not None)
+        trainer = Trainer(cfg, data, model, Preprocess(spec.preprocess), path, device=device, dist=dist,
+                          callbacks=callbacks, inputs=inputs)
+        if prev is not None:
             trainer.resume(path / "checkpoints" / "last.safetensors")
         try:
             trainer.fit()
@@ -149,9 +160,26 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     finally:
         cleanup(dist)
     run = load_run(path)
-    if evaluate_split and dist.is_main:
-        evaluate(run, split=evaluate_split, data=data)
+    if dist.is_main:
+        for which in CHECKPOINTS:
+            calibrate(run, which, data=data, device=device)
+        if evaluate_split:
+            evaluate(run, split=evaluate_split, data=data)
     return run
+
+
+def calibrate(run: Run | str | Path, checkpoint: str = "best", *, device: str | torch.device = "auto",
+              data: LoadedData | None = None) -> Postprocess:
+    """Fit ``checkpoint``'s temperature and operating points on the val split; stored in ``postprocess.json``.
+
+    Training does this for ``best`` and ``last``; call it again after changing ``eval.operating_point``
+    (``--set`` on the run's config.yaml) or to re-fit a checkpoint.
+    """
+    from .evaluation.calibrate import calibrate_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return calibrate_run(run, checkpoint, data=data, device=dev)
 
 
 def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "best", device: str = "auto",
@@ -164,26 +192,22 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
 
     run = run if isinstance(run, Run) else load_run(run)
     if tta is not None and tta != run.config.eval.tta:
-        cfg = run.config.model_copy(update={"eval": run.config.eval.model_copy(update={"tta": tta})})
-        run = Run(run.path, cfg, run.spec, run.preprocess_cfg, run.data_summary)
+        run = run.with_config(run.config.model_copy(update={"eval": run.config.eval.model_copy(update={"tta": tta})}))
     return evaluate_run(run, split, checkpoint=checkpoint, device=resolve_device(device), data=data, out_dir=out_dir)
 
 
 def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto",
             backend: str = "torch", metadata: Sequence[dict[str, Any] | None] | None = None,
-            text: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+            text: Sequence[str | None] | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
     """Calibrated class probabilities and decisions for image files, bytes or arrays.
 
-    ``source`` is a run (directory) or an exported bundle; preprocessing comes from it.
-    Fused models also take ``metadata`` and ``text`` (one entry per image; None = unknown).
+    ``source`` is a run (directory) or an exported bundle; preprocessing and post-processing come
+    from it. Fused models also take ``metadata`` and ``text`` (one entry per image; None = unknown).
+    ``on_error="skip"``: an unreadable image gives ``{"file", "error": {"message"}}`` and the rest
+    are predicted (default ``"raise"``).
     """
     from .inference import Predictor
 
-    dev = resolve_device(device)
-    if isinstance(source, Run):
-        pred = Predictor.from_run(source, checkpoint=checkpoint, device=dev)
-    else:
-        pred = Predictor.load(source, backend=backend, checkpoint=checkpoint, device=dev)
-    if metadata is None and text is None:
-        return pred.predict(images)
-    return pred.predict(images, metadata=metadata, text=text)
+    path = source.path if isinstance(source, Run) else source
+    pred = Predictor.load(path, backend=backend, checkpoint=checkpoint, device=resolve_device(device))
+    return pred.predict(images, metadata=metadata, text=text, on_error=on_error)

@@ -2,33 +2,37 @@
 
 Layout of ``runs/<name>-<YYYYmmdd-HHMMSS>/``::
 
-    config.yaml        resolved configuration
+    config.yaml        resolved configuration (autos resolved, paths absolute: the folder stands alone)
+    model.json         ModelSpec: architecture, classes, channels, stem, fusion, preprocessing, inputs
+    data.json          split summary, data notes, the autos chosen
     env.json           versions, device, git sha, command line
-    data.json          DatasetSpec, preprocessing and split summary
     history.csv        one row per epoch
     checkpoints/       best.safetensors, last.safetensors (+ .json sidecars)
-    metrics.json       best validation metrics (and the test evaluation when run)
-    eval-<split>/      metrics.json, predictions.csv, roc.png, pr.png, confusion.png
+    postprocess.json   temperature and operating points per checkpoint, fitted on val (`medcls calibrate`)
+    metrics.json       best validation metrics (and the evaluations when run)
+    eval-<split>/      metrics.json, predictions.csv, report.html, model_card.md, plots
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .artefact import MODEL_FILE, Artefact, ModelSpec, Postprocess, open_artefact
 from .config import Config, build_config
 from .data.spec import DatasetSpec
 from .errors import RunError
 from .transforms import Preprocess, PreprocessConfig
-from .utils import atomic_write_json, new_unique_dir
+from .utils import atomic_write_json, atomic_write_text, new_unique_dir
 
 
 def new_run_dir(output_dir: str | Path, name: str, run_dir: str | Path | None = None) -> Path:
@@ -40,6 +44,34 @@ def new_run_dir(output_dir: str | Path, name: str, run_dir: str | Path | None = 
         p.mkdir(parents=True)
         return p
     return new_unique_dir(output_dir, name, "run directory")
+
+
+def _absolute(value: str | None) -> str | None:
+    """``value`` made absolute when it names an existing relative path (else unchanged)."""
+    if not value or not isinstance(value, str):
+        return value
+    p = Path(value).expanduser()
+    return str(p.resolve()) if not p.is_absolute() and p.exists() else value
+
+
+def standalone_config(cfg: Config) -> Config:
+    """``cfg`` with every relative file path it names made absolute, so the run directory can be
+    evaluated and resumed from anywhere (copied elsewhere included, while the data stays where it is)."""
+    d = cfg.data
+    kind, sep, arg = d.source.partition(":")
+    data_dir = _absolute(d.data_dir)
+    if data_dir is None:  # where the lookup would find datasets today: $MEDCLS_DATA_DIR, then ./data
+        found = [p for p in (os.environ.get("MEDCLS_DATA_DIR"), "data") if p and Path(p).expanduser().is_dir()]
+        data_dir = str(Path(found[0]).expanduser().resolve()) if found else None
+    data = d.model_copy(update={
+        "source": f"{kind}:{_absolute(arg)}" if sep and kind != "medmnist" else d.source,
+        "splits_file": _absolute(d.splits_file), "data_dir": data_dir,
+        "options": {k: _absolute(v) if isinstance(v, str) else v for k, v in d.options.items()}})
+    return cfg.model_copy(update={
+        "data": data,
+        "transforms": cfg.transforms.model_copy(update={"stain_reference": _absolute(cfg.transforms.stain_reference)}),
+        "model": cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}),
+        "inputs": cfg.inputs.model_copy(update={"text_encoder": _absolute(cfg.inputs.text_encoder)})})
 
 
 def _git_sha() -> str | None:
@@ -69,79 +101,79 @@ def environment(device: str, world_size: int = 1) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """A finished or running training run, loaded from its directory."""
+    """A finished or running training run, loaded from its directory.
+
+    ``artefact`` (:class:`~medcls.artefact.Artefact`) is how the trained model is read;
+    ``config`` and ``data_summary`` are what it was trained with and on.
+    """
 
     path: Path
     config: Config
-    spec: DatasetSpec
-    preprocess_cfg: PreprocessConfig
     data_summary: dict[str, Any]
+    artefact: Artefact
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.artefact.spec
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.artefact.spec.dataset
+
+    @property
+    def preprocess_cfg(self) -> PreprocessConfig:
+        return self.artefact.spec.preprocess
 
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.preprocess_cfg)
 
+    @property
+    def inputs(self):
+        """The fitted :class:`~medcls.multimodal.InputEncoder` of a fused run (metadata/text), else None."""
+        return self.artefact.inputs
+
     def checkpoint_path(self, which: str = "best") -> Path:
-        if which not in ("best", "last"):
-            raise RunError(f"checkpoint must be 'best' or 'last', got {which!r}")
-        return self.path / "checkpoints" / f"{which}.safetensors"
+        return self.artefact.weights_path(which)
 
     def metrics(self) -> dict[str, Any]:
         p = self.path / "metrics.json"
         return json.loads(p.read_text()) if p.is_file() else {}
 
-    @property
-    def inputs(self):
-        """The fitted :class:`~medcls.multimodal.InputEncoder` of a fused run (metadata/text), else None."""
-        if self.config.model.fusion == "none" or not self.data_summary.get("inputs"):
-            return None
-        if "_inputs" not in self.__dict__:
-            from .multimodal import InputEncoder
-
-            self.__dict__["_inputs"] = InputEncoder.from_dict(self.data_summary["inputs"], self.path)
-        return self.__dict__["_inputs"]
-
     def build_model(self, which: str = "best", device: str = "cpu"):
-        """The trained model (eval mode) with weights from the ``which`` checkpoint."""
-        from .engine.checkpoint import load_checkpoint, split_prefix
-        from .models import create_model
+        """The trained model (eval mode) with weights from the ``which`` checkpoint, and its metadata."""
+        return self.artefact.build_model(which, device)
 
-        m = self.config.model
-        model = create_model(m.name, self.spec.num_classes,
-                             in_chans=self.preprocess_cfg.in_chans, pretrained=False,
-                             stem=self.data_summary.get("stem", "default"))
-        if self.inputs is not None:
-            from .multimodal import TEXT_DIR, build_fused, fusion_options
+    def postprocess(self, which: str = "best") -> Postprocess | None:
+        """The calibration fitted for the ``which`` checkpoint (None: never fitted, or stale)."""
+        return self.artefact.postprocess(which)
 
-            model = build_fused(model, self.spec.num_classes, fusion_options(self.config, self.inputs),
-                                text_source=self.path / TEXT_DIR, pretrained_text=False)
-        tensors, meta = load_checkpoint(self.checkpoint_path(which), device="cpu")
-        # `last` of an EMA run holds the raw weights (to resume) and the averaged ones, which are what
-        # training validated and what `best` stores: serve those, so best and last mean the same thing.
-        state = split_prefix(tensors, "ema/") or split_prefix(tensors, "model/")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise RunError(f"{self.checkpoint_path(which)} does not match model {m.name}: {e}") from None
-        return model.to(device).eval(), meta
+    def with_config(self, cfg: Config) -> Run:
+        return replace(self, config=cfg)
 
 
-def write_run_files(path: Path, cfg: Config, spec: DatasetSpec, pre: PreprocessConfig, summary: dict[str, Any]) -> None:
-    from .utils import atomic_write_text
-
+def write_run_files(path: Path, cfg: Config, model_spec: ModelSpec, summary: dict[str, Any]) -> None:
+    """``config.yaml`` (resolved), ``model.json`` (the ModelSpec) and ``data.json`` (splits, notes, autos)."""
     atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic_write_json(path / "data.json", {"spec": spec.to_dict(), "preprocess": pre.to_dict(), **summary})
+    atomic_write_json(path / MODEL_FILE, model_spec.to_dict())
+    atomic_write_json(path / "data.json", summary)
 
 
 def load_run(path: str | Path) -> Run:
     """Load a run directory written by ``medcls train``."""
     p = Path(path)
     if not p.is_dir():
-        raise RunError(f"run directory not found: {p}")
-    for f in ("config.yaml", "data.json"):
+        raise RunError(f"run directory not found: {p}" if not p.exists() else
+                       f"{p} is a file; expected a run directory written by `medcls train`")
+    for f in ("config.yaml", "data.json", MODEL_FILE):
         if not (p / f).is_file():
             raise RunError(f"{p} is not a medcls run directory (missing {f})")
-    cfg = build_config(yaml.safe_load((p / "config.yaml").read_text()))
-    d = json.loads((p / "data.json").read_text())
-    summary = {k: v for k, v in d.items() if k not in ("spec", "preprocess")}
-    return Run(p, cfg, DatasetSpec.from_dict(d["spec"]), PreprocessConfig.from_dict(d["preprocess"]), summary)
+    try:
+        cfg = build_config(yaml.safe_load((p / "config.yaml").read_text()))
+        summary = json.loads((p / "data.json").read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise RunError(f"{p}: config.yaml or data.json is unreadable: {e}") from None
+    art = open_artefact(p)
+    if art.kind != "run":
+        raise RunError(f"{p} is a bundle, not a run directory")
+    return Run(p, cfg, summary, art)

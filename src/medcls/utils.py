@@ -59,6 +59,14 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def new_unique_dir(root: str | Path, name: str, what: str = "directory") -> Path:
     """Create ``root/<name>-<YYYYmmdd-HHMMSS>[-k]`` and return it; an existing directory is never reused."""
     from .errors import RunError

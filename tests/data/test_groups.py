@@ -108,7 +108,7 @@ def _check_disjoint(df: pd.DataFrame) -> None:
 
 
 def test_cli_split_writes_groups_counts_and_refuses_overwrite(kaggle, tmp_path, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     out = tmp_path / "splits.csv"
     args = ["data", "split", f"folder:{kaggle}", "--by", "patient", "--val", "0.15", "--test", "0.2", "--stratify",

@@ -34,7 +34,7 @@ def test_metrics_have_cis_operating_points_and_calibration(tiny_run):
     ops = m["operating_points"]
     assert {"default", "youden", "max_f1", "target_sensitivity", "target_specificity"} <= set(ops)
     assert ops["chosen_on"] == "val"
-    post = json.loads((tiny_run.path / "postprocess.json").read_text())
+    post = json.loads((tiny_run.path / "postprocess.json").read_text())["best"]
     assert post["fitted_on"] == "val" and post["selected"] == "youden"
     assert post["threshold"] == ops["youden"]["threshold"]
     cal = m["calibration"]
@@ -67,7 +67,7 @@ def test_predict_uses_calibration_and_operating_point(tiny_run, pneumonia_arrays
     got = np.array([r["probabilities"]["pneumonia"] for r in res])
     assert np.allclose(got, df["prob_pneumonia"][:4], atol=1e-5)
     assert [r["predicted"] for r in res] == list(df["decision"][:4])
-    assert res[0]["operating_point"] == "youden"
+    assert res[0]["decision"]["operating_point"] == "youden"
 
 
 def test_tta_reported_beside_plain(tiny_run):
@@ -75,14 +75,18 @@ def test_tta_reported_beside_plain(tiny_run):
     assert "tta" in m and 0 <= m["tta"]["auc"] <= 1 and "ci" in m["tta"]
 
 
-def test_one_class_val_falls_back_with_note(tiny_run):
+def test_one_class_val_falls_back_with_note(tiny_run, tmp_path):
+    import shutil
+
+    from medcls import calibrate
+
+    run = shutil.copytree(tiny_run.path, tmp_path / "copy")
     data = load_data(tiny_run.config.data)
-    keep = np.flatnonzero(data.val.labels == 1)
-    data.val = data.val.subset(keep)
-    m = evaluate(tiny_run, "test", data=data, out_dir=tiny_run.path / "eval-oneclass")
-    notes = " ".join(m["postprocess"]["notes"])
-    assert "falling back to 0.5" in notes
-    assert m["postprocess"]["threshold"] == 0.5
+    data.val = data.val.subset(np.flatnonzero(data.val.labels == 1))
+    post = calibrate(run, data=data)
+    assert "falling back to 0.5" in " ".join(post.notes) and post.threshold == 0.5
+    m = evaluate(run, "test")
+    assert m["postprocess"]["threshold"] == 0.5 and "falling back to 0.5" in " ".join(m["postprocess"]["notes"])
 
 
 def test_bad_requests(tiny_run, tmp_path):

@@ -13,7 +13,7 @@ import timm
 import torch
 from PIL import Image
 
-from medcls.cli import main
+from medcls.cli.main import main
 from medcls.errors import ConfigError
 from medcls.evaluation.gradcam import (
     METHODS,

@@ -249,7 +249,7 @@ def test_decide_lists_labels_at_their_own_threshold(ml_run):
 
 def test_cli_predict_prints_findings(ml_run, chest, tmp_path, capsys):
     from medcls import Predictor
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     _, _, bundle, _ = ml_run
     images = chest[1]["test_images"][:4]

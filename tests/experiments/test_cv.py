@@ -117,7 +117,7 @@ def test_bad_folds_are_clear_errors():
 
 
 def test_cli_rejects_bad_folds(tmp_path, make_cfg, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(make_cfg(tmp_path / "runs", limit=16)))
@@ -139,7 +139,7 @@ def test_held_out_table_refuses_reads():
 
 def test_cli_inner_val_and_evaluate_test(tmp_path, make_cfg, capsys):
     """--inner-val: each run validates on a slice of its training folds; the held-out fold is scored as test."""
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(make_cfg(tmp_path / "runs", name="iv", limit=24, train={"epochs": 1},

@@ -150,7 +150,7 @@ def _cfg_file(tmp_path, make_cfg, **train):
 
 
 def test_tune_runs_resumes_and_never_reads_test(tmp_path, make_cfg, no_test, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     cfg, cfg_path, space = _cfg_file(tmp_path, make_cfg)
     study_dir = tmp_path / "studies"
@@ -190,7 +190,7 @@ def test_tune_runs_resumes_and_never_reads_test(tmp_path, make_cfg, no_test, cap
 
 
 def test_tune_cli_errors(tmp_path, make_cfg, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     _, cfg_path, space = _cfg_file(tmp_path, make_cfg)
     assert main(["tune", "--config", str(cfg_path), "--budget", "soon"]) == 2

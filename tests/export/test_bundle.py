@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medcls import Predictor
-from medcls.cli import main
+from medcls.cli.main import main
 from medcls.errors import ModelError, RunError
 from medcls.export import export_bundle
 

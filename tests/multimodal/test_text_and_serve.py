@@ -87,7 +87,7 @@ def test_long_text_is_truncated_and_counted(text_run):
 @pytest.fixture(scope="module")
 def client(text_run, tmp_path_factory):
     from medcls.export import export_bundle
-    from medcls.inference import Predictor
+    from medcls.inference.predictor import Predictor
     from medcls.serve import ServeSettings, create_app
 
     run, _, _ = text_run
@@ -149,7 +149,7 @@ def test_offline_uncached_text_encoder_is_one_clear_error(monkeypatch):
 def test_image_only_predictor_refuses_metadata(tmp_path):
     from medcls.data.spec import DatasetSpec
     from medcls.errors import DataError
-    from medcls.inference import Predictor
+    from medcls.inference.predictor import Predictor
     from medcls.models import create_model
     from medcls.transforms import PreprocessConfig
 
@@ -169,7 +169,7 @@ def test_web_page_has_the_metadata_field(client):
 
 
 def test_cli_predict_with_metadata(text_run, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     run, _, manifest = text_run
     img = str(manifest.parent / "images" / "test_0001.png")
@@ -221,7 +221,7 @@ def test_rest_explain_takes_the_same_metadata_as_predict(client, text_run):
 
 
 def test_cli_explain_with_metadata(text_run, tmp_path, capsys):
-    from medcls.cli import main
+    from medcls.cli.main import main
 
     run, _, manifest = text_run
     img = str(manifest.parent / "images" / "test_0001.png")

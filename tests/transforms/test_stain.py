@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from medcls.cli import main
+from medcls.cli.main import main
 from medcls.errors import ConfigError, DataError
 from medcls.transforms import Preprocess, PreprocessConfig, StainNormalizer, fit_stain
 from medcls.transforms.stain import _macenko_estimate, load_stain_reference, resolve_stain, tissue_mask

@@ -281,7 +281,7 @@ def split_source(source: str, *, options: dict | None = None, by: str = "patient
     ``keep_test`` keeps the source's own test split and re-splits the rest into train/val.
     """
     from .groups import describe_groups, source_groups
-    from .sources import _call_source, parse_source
+    from .sources import call_source, parse_source
 
     if by not in ("patient", "none", "center"):
         raise DataError(f"--by must be patient, none or center, got {by!r}")
@@ -293,7 +293,7 @@ def split_source(source: str, *, options: dict | None = None, by: str = "patient
         elif kind == "dicom" and patient_col.replace("_", "").lower() != "patientid":
             raise DataError(f"--patient-col {patient_col!r}: a dicom source without options.labels has only "
                             "PatientID (used as a keyed hash)")
-    src = _call_source(kind, arg, data_dir, options)
+    src = call_source(kind, arg, data_dir, options)
     notes = list(src.notes or [])
     official_test = src.splits.get("test")
     if keep_test and (official_test is None or len(official_test) == 0):

@@ -101,7 +101,7 @@ class FileTable(ImageTable):
         self._set_meta(meta)
 
     def load(self, i: int) -> np.ndarray:
-        from .io import read_image
+        from .images import read_image
 
         return read_image(self.paths[i])
 

@@ -1,8 +1,9 @@
 """Evaluate a run on a split: metrics with CIs, operating points, calibration, predictions, plots.
 
-Temperature and operating points are fitted on the validation split (never on
-the split being evaluated, unless that split *is* val, which is then flagged)
-and stored in ``RUN_DIR/postprocess.json`` for ``predict``.
+Evaluation reads the temperature and operating points stored for the evaluated
+checkpoint (``RUN_DIR/postprocess.json``, written by the calibration step on the
+validation split, :mod:`.calibrate`); it never refits or overwrites them. A checkpoint
+that was never calibrated is calibrated first, by that step.
 
 Multilabel runs: ``metrics.json`` holds per-label AUC/AP (with DeLong CIs),
 sensitivity/specificity/PPV/NPV/F1 at ``eval.threshold``, macro and micro AUC
@@ -27,9 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..artefact import Postprocess, findings_text
 from ..data.sources import LoadedData, load_data
-from ..engine.loader import Batches
-from ..engine.predict import predict_logits
 from ..metrics import (
     UndefinedMetricWarning,
     apply_thresholds,
@@ -41,7 +41,7 @@ from ..metrics import (
 from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
-from .clinical import findings_text, fit_postprocess, save_postprocess, scale_probs
+from .calibrate import calibrate_run, split_logits
 
 log = logging.getLogger("medcls")
 
@@ -106,106 +106,113 @@ def _multilabel_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.nd
     return [f"label {c!r}: {r}" for c, r in skipped.items()]
 
 
-def _logits(run: Run, model: torch.nn.Module, table, device: torch.device, *, tta: bool = False,
-            where: str = "data") -> np.ndarray:
-    from ..transforms.tta import tta_views
+def _postprocess(run: Run, checkpoint: str, data: LoadedData, device: torch.device, model) -> Postprocess:
+    """The calibration stored for ``checkpoint``; fitted first (the calibration step) when there is none."""
+    post = run.postprocess(checkpoint)
+    if post is None:
+        log.info("%s has no calibration for its %s checkpoint: fitting it on val first", run.path, checkpoint)
+        val_logits = split_logits(run, model, data.val, device, where="val split")
+        post = calibrate_run(run, checkpoint, data=data, device=device, val_logits=val_logits)
+    return post
 
-    batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
-                      num_workers=run.config.data.num_workers, inputs=run.inputs, where=where)
-    views = tta_views(run.config.transforms.preset) if tta else None
-    return predict_logits(model, batches, device, views=views)
 
-
-def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
-                 data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
-    from .plots import plot_confusion, plot_history, plot_pr, plot_reliability, plot_roc
-
-    device = device or torch.device("cpu")
-    cfg, spec, ev = run.config, run.spec, run.config.eval
-    data = data or load_data(cfg.data)
-    table = data.split(split)
-    if not run.checkpoint_path(checkpoint).is_file():
-        from ..errors import RunError
-
-        raise RunError(f"{run.path} has no {checkpoint} checkpoint (was training interrupted before epoch 1 ended?)")
-    names, task, pos = list(spec.class_names), spec.task, spec.positive_index
-
-    model, _ = run.build_model(checkpoint, device=str(device))
-    val_logits = _logits(run, model, data.val, device, where="val split")
-    post = fit_postprocess(task, val_logits, np.asarray(data.val.labels), positive_index=pos,
-                           operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
-                           target_specificity=ev.target_specificity, calibrate=ev.calibrate, class_names=names)
-    post["checkpoint"] = checkpoint
-    save_postprocess(run.path, post)
-    logits = val_logits if split == "val" else _logits(run, model, table, device, where=f"{split} split")
-    T = post["temperature"]
-    probs = scale_probs(logits, task, T)
-    labels = np.asarray(table.labels)
-    thr = ev.threshold
+def _scores(task: str, labels: np.ndarray, probs: np.ndarray, names: list[str], pos, ev, seed: int) -> dict:
+    """Headline metrics at ``eval.threshold`` with bootstrap CIs."""
     with warnings.catch_warnings():  # multilabel: labels with one class are recorded in skipped_labels instead
         if task == "multilabel":
             warnings.simplefilter("ignore", UndefinedMetricWarning)
-        metrics = compute_metrics(task, labels, probs, class_names=names, positive_index=pos, threshold=thr)
+        m = compute_metrics(task, labels, probs, class_names=names, positive_index=pos, threshold=ev.threshold)
         if ev.n_bootstrap:
-            metrics["ci"] = bootstrap_ci(task, labels, probs, class_names=names, positive_index=pos, threshold=thr,
-                                         n_resamples=ev.n_bootstrap, seed=cfg.seed)
-    ckpt_meta = json.loads(run.checkpoint_path(checkpoint).with_suffix(".json").read_text())
-    metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": ckpt_meta.get("epoch"),
-               "n": len(labels), **metrics}
-    eval_notes = _multilabel_extras(metrics, labels, probs, post, names, split, ev.n_bootstrap, cfg.seed) \
-        if task == "multilabel" else []
-    if task == "binary":
-        y = labels == pos
-        if y.any() and (~y).any():
-            metrics["auc_delong"] = delong_auc_ci(y, probs[:, pos])
-        if ev.n_bootstrap and "operating_points" in post:
-            metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post["operating_points"],
-                                                           n_resamples=ev.n_bootstrap, seed=cfg.seed)
-    if ev.tta:
-        tta_probs = scale_probs(_logits(run, model, table, device, tta=True, where=f"{split} split"), task, T)
-        with warnings.catch_warnings():
-            if task == "multilabel":
-                warnings.simplefilter("ignore", UndefinedMetricWarning)
-            tta = compute_metrics(task, labels, tta_probs, class_names=names, positive_index=pos, threshold=thr)
-            if ev.n_bootstrap:
-                tta["ci"] = bootstrap_ci(task, labels, tta_probs, class_names=names, positive_index=pos,
-                                         threshold=thr, n_resamples=ev.n_bootstrap, seed=cfg.seed)
-        metrics["tta"] = {"views": run.config.transforms.preset, **{k: tta[k] for k in (*HEADLINE, "ci") if k in tta}}
-    try:
-        metrics["calibration"] = calibration_report(labels, logits, task=task, temperature=T)
-    except Exception as e:
-        metrics["calibration"] = {"error": str(e)}
-    metrics["postprocess"] = {k: post[k] for k in ("temperature", "calibrated", "selected", "threshold", "thresholds",
-                                                   "threshold_rules", "notes") if k in post}
-    metrics["postprocess"]["notes"] = [*post["notes"], *eval_notes]
-    if split == "val":
-        metrics["postprocess"]["notes"].append("evaluated on the split the temperature and thresholds were "
-                                               "fitted on: optimistic")
+            m["ci"] = bootstrap_ci(task, labels, probs, class_names=names, positive_index=pos,
+                                   threshold=ev.threshold, n_resamples=ev.n_bootstrap, seed=seed)
+    return m
 
-    out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
+
+def _binary_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: Postprocess, pos: int,
+                   n_bootstrap: int, seed: int) -> None:
+    y = labels == pos
+    if y.any() and (~y).any():
+        metrics["auc_delong"] = delong_auc_ci(y, probs[:, pos])
+    if n_bootstrap and post.operating_points:
+        metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post.operating_points,
+                                                       n_resamples=n_bootstrap, seed=seed)
+
+
+def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -> dict[str, Any]:
+    d = post.to_dict()
+    out = {k: d[k] for k in ("temperature", "calibrated", "fitted_on", "selected", "threshold", "thresholds",
+                             "threshold_rules", "checkpoint") if d.get(k) is not None}
+    out["notes"] = [*post.notes, *eval_notes]
+    if split == "val":
+        out["notes"].append("evaluated on the split the temperature and thresholds were fitted on: optimistic")
+    return out
+
+
+def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits, metrics, post: Postprocess) -> None:
+    from .plots import plot_confusion, plot_history, plot_pr, plot_reliability, plot_roc
+
+    spec, ev = run.spec, run.config.eval
+    names, task, pos = list(spec.class_names), spec.task, spec.positive_index
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
-    df = predictions_frame(table.ids, labels, probs, names, task, thr, pos, post.get("thresholds", post.get("threshold")))
+    decision = post.thresholds if task == "multilabel" else post.threshold
+    df = predictions_frame(table.ids, labels, probs, names, task, ev.threshold, pos, decision)
     atomic_write_text(out / "predictions.csv", df.to_csv(index=False))
     marks = None
-    if task == "binary" and "operating_points" in post:
-        marks = {k: v["threshold"] for k, v in post["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
+    if task == "binary" and post.operating_points:
+        marks = {k: v["threshold"] for k, v in post.operating_points.items() if isinstance(v, dict) and "threshold" in v}
     plot_roc(out / "roc.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
     plot_pr(out / "pr.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
     if "confusion_matrix" in metrics:
         plot_confusion(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names)
     if "error" not in metrics["calibration"]:
-        plot_reliability(out / "reliability.png", labels, scale_probs(logits, task, 1.0), probs, task=task)
+        plot_reliability(out / "reliability.png", labels, Postprocess().probabilities(logits, task), probs, task=task)
     hist = run.path / "history.csv"
     if hist.is_file():
         plot_history(out / "history.png", pd.read_csv(hist).to_dict("records"))
+
+
+def _record_summary(run: Run, split: str, metrics: dict[str, Any], checkpoint: str) -> None:
+    summary_path = run.path / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.setdefault("eval", {})[split] = {**headline(metrics), "n": metrics["n"], "checkpoint": checkpoint}
+    atomic_write_json(summary_path, summary)
+
+
+def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
+                 data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on ``split`` with the calibration stored for that checkpoint; writes reports."""
+    device = device or torch.device("cpu")
+    cfg, spec, ev = run.config, run.spec, run.config.eval
+    data = data or load_data(cfg.data)
+    table = data.split(split)
+    names, task, pos = list(spec.class_names), spec.task, spec.positive_index
+    model, meta = run.build_model(checkpoint, device=str(device))
+    post = _postprocess(run, checkpoint, data, device, model)
+    logits = split_logits(run, model, table, device, where=f"{split} split")
+    probs, labels = post.probabilities(logits, task), np.asarray(table.labels)
+    metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": meta.get("epoch"), "n": len(labels),
+               **_scores(task, labels, probs, names, pos, ev, cfg.seed)}
+    eval_notes = []
+    if task == "multilabel":
+        eval_notes = _multilabel_extras(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, cfg.seed)
+    elif task == "binary":
+        _binary_extras(metrics, labels, probs, post, pos, ev.n_bootstrap, cfg.seed)
+    if ev.tta:
+        tta_probs = post.probabilities(split_logits(run, model, table, device, tta=True, where=f"{split} split"), task)
+        tta = _scores(task, labels, tta_probs, names, pos, ev, cfg.seed)
+        metrics["tta"] = {"views": run.model_spec.preset, **{k: tta[k] for k in (*HEADLINE, "ci") if k in tta}}
+    try:
+        metrics["calibration"] = calibration_report(labels, logits, task=task, temperature=post.temperature)
+    except Exception as e:
+        metrics["calibration"] = {"error": str(e)}
+    metrics["postprocess"] = _postprocess_summary(post, split, eval_notes)
+    out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
+    _write_outputs(run, split, out, table, labels, probs, logits, metrics, post)
     from .model_card import write_model_card
     from .report import write_report
 
     report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
-    summary_path = run.path / "metrics.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.setdefault("eval", {})[split] = {**headline(metrics), "n": len(labels), "checkpoint": checkpoint}
-    atomic_write_json(summary_path, summary)
+    _record_summary(run, split, metrics, checkpoint)
     log.info("evaluation on %s written to %s (report %s, model card %s)", split, out, report, card)
     return metrics

@@ -204,35 +204,37 @@ def _class_index(run: Run, target: int | str | None) -> int | None:
     raise ConfigError(f"unknown class {target!r}.{did_you_mean(target, names)} Classes: {', '.join(names)}")
 
 
-def _decision_threshold(run: Run) -> float:
-    """The operating point ``predict`` uses (postprocess.json), else eval.threshold."""
-    from .clinical import load_postprocess
-
-    return float((load_postprocess(run.path) or {}).get("threshold", run.config.eval.threshold))
+def _decision_threshold(run: Run, checkpoint: str) -> float:
+    """The operating point ``predict`` uses for ``checkpoint`` (its calibration), else eval.threshold."""
+    post = run.postprocess(checkpoint)
+    return float(post.threshold if post is not None else run.config.eval.threshold)
 
 
 def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
                   target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
                   checkpoint: str = "best", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Predict one image (calibrated, at the run's operating point, as :class:`~medcls.inference.Predictor`)
-    and save its CAM figure.
+    """Predict one image (calibrated, at the checkpoint's operating point, as ``Predictor`` does) and save its
+    CAM figure.
 
     The CAM explains ``target_class`` (index or name), by default the predicted class.
     """
-    from ..data.io import read_image
-    from ..inference import Predictor
+    from ..data.images import read_image
 
     check_method(method)
     target = _class_index(run, target_class)
     arr = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
-    predictor = Predictor.from_run(run, checkpoint=checkpoint)
-    model = predictor.model
-    x = predictor.preprocess(arr).unsqueeze(0)
-    extras, _ = predictor.encode_inputs(1, [metadata] if metadata else None)  # fused models: held fixed
-    extras = {k: torch.as_tensor(v) for k, v in extras.items()} or None
-    p = predictor.probabilities(x, extras)[0]
+    model, preprocess, post = run.artefact.load(checkpoint)
+    x = preprocess(arr).unsqueeze(0)
+    extras = None
+    if run.inputs is not None:  # fused models: the metadata held fixed (None: the learned "missing" inputs)
+        enc, _ = run.inputs.encode_requests(1, [metadata] if metadata else None, None)
+        extras = {k: torch.as_tensor(v) for k, v in enc.items()}
+    elif metadata:
+        raise DataError("this model uses the image only: it takes no metadata")
+    with torch.no_grad():
+        p = post.probabilities(model(x, **(extras or {})).float().numpy(), run.spec.task)[0]
     names = list(run.spec.class_names)
-    pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(predictor.decide(p))
+    pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(post.decide(p, run.spec))
     target = pred if target is None else target
     layer = pick_layer(model, x, layer, extras)
     cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
@@ -281,7 +283,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     if not (out / "predictions.csv").is_file():
         evaluate_run(run, split, checkpoint=checkpoint)
     df = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str})
-    threshold = _decision_threshold(run)
+    threshold = _decision_threshold(run, checkpoint)
     groups = _select_errors(df, run, k, threshold)
     root = out / "gradcam"
     shutil.rmtree(root, ignore_errors=True)

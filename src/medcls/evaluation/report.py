@@ -225,7 +225,8 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
         return out + "<p>Operating points apply to binary and multilabel tasks; this run is multiclass " \
             "(prediction = arg-max class).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
             _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
-    post = read_json(run.path / "postprocess.json").get("operating_points") or {}
+    post_all = stored_postprocess(run, metrics)
+    post = post_all.get("operating_points") or {}
     where = post.get("chosen_on", "val")
     selected = pp.get("selected")
     rows, classes = [], []
@@ -241,7 +242,7 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
         classes.append("selected" if name == selected else "")
     if rows:
         out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}) were fitted on the "
-                f"validation split (n = {_fmt(read_json(run.path / 'postprocess.json').get('n_val'))}) and "
+                f"validation split (n = {_fmt(post_all.get('n_val'))}) and "
                 f"applied unchanged to {escape(str(metrics.get('split', '')))}; values below are on "
                 f"{escape(str(metrics.get('split', '')))} with 95% CIs.</p>"
                 + '<div class="wide">' + _table(["rule", "threshold", "definition", "provenance", "sensitivity",
@@ -252,9 +253,15 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
         _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>"
 
 
+def stored_postprocess(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The calibration stored for the evaluated checkpoint (``{}`` when there is none)."""
+    post = run.postprocess(metrics.get("checkpoint", "best"))
+    return post.to_dict() if post is not None else {}
+
+
 def _label_operating_points(run: Run, metrics: dict[str, Any]) -> str:
     """Multilabel: the threshold in use for each label, where it came from, and its metrics on this split."""
-    post = read_json(run.path / "postprocess.json")
+    post = stored_postprocess(run, metrics)
     chosen = (post.get("operating_points") or {}).get("per_label") or {}
     dec = metrics.get("decision") or {}
     applied = (metrics.get("operating_points") or {}).get("per_label") or {}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..api import as_config  # noqa: F401  (re-exported for cv and tune)
 from ..data.sources import LoadedData
 from ..data.splits import ConcatTable
 from ..data.table import ImageTable
@@ -50,12 +49,6 @@ def dev_set(data: LoadedData) -> ConcatTable:
         raise DataError(f"sample ids repeat across train and val ({', '.join(map(repr, dup))}); "
                         "out-of-fold predictions need one id per sample")
     return dev
-
-
-def as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
-    from ..api import _as_config
-
-    return _as_config(config, overrides)
 
 
 _SKIP = {"n", "tp", "fp", "tn", "fn", "threshold", "prevalence", "support", "checkpoint_epoch", "n_bins"}

@@ -1,5 +1,8 @@
-"""Export a run as a self-describing bundle: safetensors weights, ONNX (fp32, optional INT8), bundle.json."""
+"""Export a run as a self-describing bundle: safetensors weights, ONNX (fp32, optional INT8), bundle.json.
 
-from .bundle import export_bundle, load_bundle
+Bundles are read back by :func:`medcls.artefact.open_artefact` (and ``Predictor.load``), like runs.
+"""
 
-__all__ = ["export_bundle", "load_bundle"]
+from .bundle import export_bundle
+
+__all__ = ["export_bundle"]

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .. import __version__
 from ..errors import DataError, MedclsError
-from ..inference import Predictor
+from ..inference.predictor import Predictor
 from .batching import MicroBatcher
 from .settings import ServeSettings
 
@@ -117,7 +117,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     async def read_image(file: UploadFile) -> np.ndarray:
         from PIL import Image
 
-        from ..data.io import decode_image
+        from ..data.images import decode_image
 
         data = await file.read(settings.max_upload_bytes + 1)
         name = "upload"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..evaluation.gradcam import MIN_DISPLAY, check_method, compute_cam, overlay
-from ..inference import Predictor
+from ..inference.predictor import Predictor
 
 
 def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam",

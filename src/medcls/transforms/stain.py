@@ -273,7 +273,7 @@ def reference_document(img: np.ndarray, method: str, *, name: str, data: bytes |
 
 def load_stain_reference(path: str | Path, method: str, *, key: str = "transforms.stain_reference") -> dict[str, Any]:
     """``stain_params`` for ``method`` from a reference image (fitted now) or a stain-reference JSON."""
-    from ..data.io import read_image
+    from ..data.images import read_image
 
     p = Path(path).expanduser()
     if not p.is_file():

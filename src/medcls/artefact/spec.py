@@ -1,0 +1,125 @@
+"""``ModelSpec``: everything that rebuilds a trained model and feeds it, written once at training time.
+
+A run directory stores it as ``model.json``; a bundle carries the same document in
+``bundle.json["model"]``. :meth:`ModelSpec.build` is the one place a medcls model is
+assembled: for training (with pretrained or local weights), and for every loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from ..data.spec import DatasetSpec
+from ..errors import ModelError, RunError
+from ..transforms import PreprocessConfig
+
+FORMAT_VERSION = 1
+STEMS = ("default", "small", "tiny")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture, classes, channels, stem, fusion, preprocessing and extra inputs of one model.
+
+    ``fusion`` (fused image + metadata/text models) holds the fusion head's options and
+    ``inputs`` the fitted metadata/text encoding (:class:`~medcls.multimodal.InputEncoder`
+    as a dict); both are None for image-only models. ``preset`` is the modality preset
+    (augmentation at training, test-time-augmentation views at evaluation).
+    """
+
+    architecture: str
+    dataset: DatasetSpec
+    preprocess: PreprocessConfig
+    stem: str = "default"
+    drop_rate: float = 0.0
+    preset: str = "generic"
+    fusion: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    format_version: int = field(default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ModelError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        if (self.fusion is None) != (self.inputs is None):
+            raise ModelError("a fused model needs both its fusion options and its inputs (or neither)")
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.preprocess.in_chans
+
+    @property
+    def fused(self) -> bool:
+        return self.fusion is not None
+
+    @property
+    def uses_text(self) -> bool:
+        return bool(self.fusion and self.fusion.get("text"))
+
+    def build(self, *, pretrained: bool = False, weights: str | None = None, text_source: str | None = None,
+              pretrained_text: bool = False, modality_dropout: float = 0.0) -> nn.Module:
+        """The model with fresh (or ``pretrained`` / local ``weights``) parameters; the caller loads trained ones.
+
+        Fused models with text also need ``text_source``: a Hugging Face name or the folder with the
+        encoder's files (its weights when ``pretrained_text``, else only its architecture).
+        """
+        from ..models import create_model
+
+        model = create_model(self.architecture, self.num_classes, in_chans=self.in_chans, pretrained=pretrained,
+                             weights=weights, stem=self.stem, drop_rate=self.drop_rate)
+        if self.fusion is None:
+            return model
+        from ..multimodal import build_fused
+
+        return build_fused(model, self.num_classes, self.fusion, text_source=text_source,
+                           pretrained_text=pretrained_text, modality_dropout=modality_dropout)
+
+    def with_(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "architecture": self.architecture, "stem": self.stem,
+                "drop_rate": self.drop_rate, "preset": self.preset, "num_classes": self.num_classes,
+                "in_chans": self.in_chans, "dataset": self.dataset.to_dict(), "preprocess": self.preprocess.to_dict(),
+                "fusion": self.fusion, "inputs": self.inputs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "model spec") -> ModelSpec:
+        if not isinstance(d, dict):
+            raise RunError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RunError(f"{where}: format_version {version!r} is not supported by this medcls "
+                           f"(expected {FORMAT_VERSION}); retrain or re-export with this version")
+        try:
+            spec = cls(architecture=str(d["architecture"]), dataset=DatasetSpec.from_dict(d["dataset"]),
+                       preprocess=PreprocessConfig.from_dict(d["preprocess"]), stem=d.get("stem", "default"),
+                       drop_rate=float(d.get("drop_rate", 0.0)), preset=d.get("preset", "generic"),
+                       fusion=d.get("fusion"), inputs=d.get("inputs"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{where} is incomplete or malformed: {type(e).__name__}: {e}") from None
+        for key, have in (("num_classes", spec.num_classes), ("in_chans", spec.in_chans)):
+            if key in d and d[key] != have:
+                raise RunError(f"{where}: {key} is {d[key]} but the dataset/preprocessing say {have}")
+        return spec
+
+
+def resolve_stem(architecture: str, size: int, requested: str) -> str:
+    """``model.stem``: as requested, or (``auto``) ``small`` for ResNet-style models on inputs <= 64 px."""
+    if requested != "auto":
+        return requested
+    if size > 64:
+        return "default"
+    from ..models import create_model
+
+    try:  # only ResNet-style models (conv1 + maxpool) take the small stem
+        create_model(architecture, 2, stem="small")
+        return "small"
+    except ModelError:
+        return "default"

@@ -1,0 +1,88 @@
+"""Commands that run many trainings: ``medcls cv``, ``medcls tune`` and ``medcls ablate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Config = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (defaults when omitted).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: --set train.epochs=5 (repeatable).")]
+DataDir = Annotated[str | None, typer.Option(help="Where datasets are looked up (then $MEDCLS_DATA_DIR, then ./data).")]
+CVSeed = Annotated[int | None, typer.Option(help="Seed of the fold assignment and of training (sets `seed`).")]
+TuneSeed = Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial's training (sets `seed`).")]
+
+
+def _overrides(sets: list[str] | None, data_dir: str | None) -> list[str]:
+    return list(sets or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
+
+
+def cv(
+    config: Config = None,
+    sets: Sets = None,
+    folds: Annotated[int, typer.Option(help="Number of folds (>= 2, <= samples or groups of the smallest class).")] = 5,
+    seed: CVSeed = None,
+    inner_val: Annotated[float | None, typer.Option(help="Carve this fraction of the training folds as the inner "
+                                                    "validation split, so the held-out fold is scored untouched.")] = None,
+    evaluate_test: Annotated[bool, typer.Option("--evaluate-test/--no-evaluate-test",
+                                                help="Also evaluate every fold model once on the test split (off: test is not read).")] = False,
+    run_dir: Annotated[Path | None, typer.Option(help="Exact output folder (must not exist). Default: runs/<name>-cv-<k>-<time>.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Stratified (group-aware) k-fold cross-validation on train + val: fold runs, out-of-fold predictions, mean ± sd."""
+    from ..experiments.cv import cv as run_cv
+    from ..experiments.cv import print_summary
+
+    result = run_cv(config, folds, overrides=_overrides(sets, data_dir), seed=seed, inner_val=inner_val,
+                    evaluate_test=evaluate_test, run_dir=run_dir)
+    print_summary(result)
+    typer.echo(f"cross-validation written to {result.path}")
+
+
+def tune(
+    config: Config = None,
+    sets: Sets = None,
+    budget: Annotated[str | None, typer.Option(help="Wall-clock budget of this invocation: 900s, 30m, 2h, 1h30m.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Total finished (complete or pruned) trials the study should hold, counting earlier runs.")] = None,
+    space: Annotated[Path | None, typer.Option(help="YAML search space replacing the default "
+                                               "(key: {type: float|int, low, high, log} or {type: categorical, choices}).")] = None,
+    study_dir: Annotated[Path | None, typer.Option(help="Parent folder of the study (default: the config's output_dir).")] = None,
+    name: Annotated[str | None, typer.Option(help="Study name and folder (default: <config name>-tune). Same name = resume.")] = None,
+    seed: TuneSeed = None,
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
+    data_dir: DataDir = None,
+) -> None:
+    """Budgeted Optuna search of hyperparameters on validation (never reads test); writes best_config.yaml."""
+    from ..experiments.tune import print_summary
+    from ..experiments.tune import tune as run_tune
+
+    result = run_tune(config, budget=budget, trials=trials, overrides=_overrides(sets, data_dir), space=space,
+                      study_dir=study_dir, name=name, seed=seed, pruner=pruner)
+    print_summary(result)
+    typer.echo(f"study written to {result.path}")
+
+
+def ablate(
+    config: Config = None,
+    sets: Sets = None,
+    variants: Annotated[str, typer.Option(help="Comma-separated: none (image only), meta_only, concat, "
+                                          "cross_attention, gated.")] = "none,meta_only,concat,cross_attention,gated",
+    run_dir: Annotated[Path | None, typer.Option(help="Exact output folder (must not exist). Default: runs/<name>-ablation-<time>.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Image-only vs metadata-only vs each fusion on the same splits and seed: one test-AUC table with CIs."""
+    from ..experiments.ablate import ablate as run_ablate
+    from ..experiments.ablate import to_markdown
+
+    result = run_ablate(config, overrides=_overrides(sets, data_dir),
+                        variants=[v.strip() for v in variants.split(",") if v.strip()], run_dir=run_dir)
+    typer.echo(to_markdown(result.table))
+    typer.echo(f"ablation written to {result.path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the experiment commands to the main app."""
+    app.command("cv")(cv)
+    app.command("tune")(tune)
+    app.command("ablate")(ablate)

@@ -1,0 +1,1 @@
+"""Data: sources (one module per kind, one registry), dataset spec, tables, splits, image decoding, data checks."""

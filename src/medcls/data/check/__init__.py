@@ -1,0 +1,5 @@
+"""Data check: counts, formats, unreadable files, duplicates and patients shared across splits, and its report."""
+
+from .scan import DataReport, check_data, parse_options
+
+__all__ = ["DataReport", "check_data", "parse_options"]

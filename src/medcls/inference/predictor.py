@@ -1,0 +1,191 @@
+"""``Predictor``: one object that turns images into calibrated class probabilities and decisions.
+
+It loads a run directory or an exported bundle through :func:`medcls.artefact.open_artefact`
+and runs the model with torch or onnxruntime. Preprocessing, temperature and the
+operating point come from that artefact (the post-processing fitted for the loaded
+checkpoint), so every consumer (CLI, Python, REST, web page) gets the same numbers as
+``medcls evaluate``, in one result shape (:class:`~medcls.inference.schemas.Prediction`).
+
+Multilabel models: probabilities are sigmoid(logits / T) per label (one T), and
+the decision is the list of labels whose probability is >= that label's
+threshold (chosen on validation); an empty list means "no finding".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..artefact import ModelSpec, Postprocess, open_artefact
+from ..data.images import decode_image, read_image
+from ..errors import ConfigError, DataError, MedclsError, did_you_mean
+from ..transforms import Preprocess
+from .schemas import Prediction
+
+BACKENDS = ("torch", "onnx", "int8")
+ONNX_FILES = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class Predictor:
+    """Preprocess -> model (torch | onnxruntime) -> probabilities(logits / T) -> decision at the operating point."""
+
+    def __init__(self, model_spec: ModelSpec, postprocess: Postprocess, *, model: torch.nn.Module | None = None,
+                 session: Any = None, backend: str | None = None, device: torch.device | None = None,
+                 batch_size: int = 64, inputs: Any = None, info: dict[str, Any] | None = None) -> None:
+        if (model is None) == (session is None):
+            raise ValueError("give exactly one of model (torch) or session (onnxruntime)")
+        self.model_spec, self.postprocess = model_spec, postprocess
+        self.spec = model_spec.dataset
+        if self.spec.task == "multilabel":
+            postprocess.label_thresholds(self.spec.class_names)  # unknown label names fail here, not per request
+        self.preprocess_cfg = model_spec.preprocess
+        self.preprocess = Preprocess(model_spec.preprocess)
+        self.model, self.session = model, session
+        self.backend = backend or ("torch" if model is not None else "onnx")
+        self.device = device or torch.device("cpu")
+        self.batch_size = batch_size
+        self.inputs = inputs  # medcls.multimodal.InputEncoder of a fused model (metadata/text), else None
+        self.info = info or {}
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str = "torch", checkpoint: str = "best",
+             device: torch.device | None = None, threads: int | None = None) -> Predictor:
+        """From a bundle directory or a run directory (``checkpoint`` of a run: best | last)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}."
+                              f"{did_you_mean(backend, BACKENDS)}")
+        art = open_artefact(path)
+        post = art.postprocess_or_default(checkpoint)
+        info = {**art.info, "kind": art.kind, "checkpoint": art.checkpoint_name(checkpoint)}
+        common = dict(backend=backend, inputs=art.inputs, info=info)
+        if backend == "torch":
+            device = device or torch.device("cpu")
+            model, _ = art.build_model(checkpoint, device)
+            return cls(art.spec, post, model=model, device=device, **common)
+        if art.kind != "bundle":
+            raise ConfigError(f"{path} is a run directory: only the torch backend runs it; "
+                              f"export a bundle with `medcls export {path} -o BUNDLE` for {backend}")
+        from ..export.onnx import ort_session
+
+        return cls(art.spec, post, session=ort_session(art.file(ONNX_FILES[backend]), threads=threads), **common)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def temperature(self) -> float:
+        return self.postprocess.temperature
+
+    @property
+    def threshold(self) -> float:
+        return self.postprocess.threshold
+
+    @property
+    def operating_point(self) -> str:
+        return self.postprocess.selected
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        return self.postprocess.label_thresholds(self.spec.class_names) if self.spec.task == "multilabel" else None
+
+    @property
+    def expected_inputs(self) -> dict[str, Any]:
+        """What the model reads besides the image (``{}`` for image-only models)."""
+        return self.inputs.describe() if self.inputs is not None else {}
+
+    # --------------------------------------------------------------- inference
+    def encode_inputs(self, n: int, metadata=None, text=None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+        """Extra model inputs for ``n`` images and the inputs used per image (metadata keys are checked)."""
+        if self.inputs is None:
+            if any(m for m in (metadata if isinstance(metadata, list | tuple) else [metadata])) or \
+                    any(t for t in (text if isinstance(text, list | tuple) else [text])):
+                raise DataError("this model uses the image only: it takes no metadata or text "
+                                "(expected keys: none)")
+            return {}, [["image"]] * n
+        return self.inputs.encode_requests(n, metadata, text)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
+        """Raw logits for a preprocessed batch (N, C, S, S) in [0, 1] (and, for fused models, its extras)."""
+        if self.inputs is not None and not extras:
+            extras, _ = self.encode_inputs(len(x))  # no metadata/text: the learned "missing" embeddings
+        extras = extras or {}
+        if self.model is not None:
+            ex = {k: torch.as_tensor(v).to(self.device) for k, v in extras.items()}
+            return self.model(x.to(self.device), **ex).float().cpu().numpy()
+        from ..export.onnx import ort_logits
+
+        return ort_logits(self.session, x.numpy(), extras={k: np.asarray(v) for k, v in extras.items()})
+
+    def probabilities(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
+        return self.postprocess.probabilities(self.logits(x, extras), self.spec.task)
+
+    def decide(self, p: np.ndarray) -> str | list[str]:
+        """Binary: the class at the operating point; multiclass: arg-max; multilabel: labels with p >= their
+        threshold (possibly none)."""
+        return self.postprocess.decide(p, self.spec)
+
+    def result(self, p: np.ndarray, *, file: str | None = None, used: list[str] | None = None) -> Prediction:
+        """The one shape of a prediction (``Predictor.predict``, the REST service and its OpenAPI page)."""
+        names, predicted = list(self.spec.class_names), self.decide(p)
+        return Prediction(
+            file=file, task=self.spec.task, probabilities=dict(zip(names, map(float, p), strict=True)),
+            predicted=predicted, findings=list(predicted) if self.spec.task == "multilabel" else None,
+            calibrated=self.postprocess.calibrated, temperature=self.temperature,
+            decision=self.postprocess.decision(self.spec, predicted),
+            inputs_used=(used or ["image"]) if self.inputs is not None else None,
+            model={"name": self.model_spec.architecture, "backend": self.backend, "medcls_version": __version__})
+
+    def _read(self, item: Any) -> tuple[str, np.ndarray]:
+        if isinstance(item, str | Path):
+            return str(item), read_image(item)
+        if isinstance(item, bytes | bytearray):
+            return "<bytes>", decode_image(bytes(item))
+        if isinstance(item, np.ndarray):
+            return "<array>", item
+        raise DataError(f"expected an image path, bytes or a numpy array, got {type(item).__name__}")
+
+    def _load(self, item: Any, on_error: str) -> tuple[str, torch.Tensor | None, str | None]:
+        name = str(item) if isinstance(item, str | Path) else None
+        try:
+            name, img = self._read(item)
+            return name, self.preprocess(img), None
+        except MedclsError as e:
+            if on_error == "raise":
+                raise
+            return name or f"<{type(item).__name__}>", None, str(e)
+
+    def predict(self, images: Sequence[Any], *, metadata: Sequence[dict[str, Any] | None] | None = None,
+                text: Sequence[str | None] | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+        """One dict per image (:class:`Prediction` fields): calibrated probabilities and the decision.
+
+        Fused models also take ``metadata`` (one dict per image, None = unknown) and ``text`` (one per
+        image); unknown metadata keys are a :class:`DataError`. ``on_error="skip"``: an image that cannot
+        be read or preprocessed gives ``{"file", "error": {"message"}}`` and the others are predicted.
+        """
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        extras_all, used = self.encode_inputs(len(images), metadata, text)
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = [(start + j, *self._load(it, on_error))
+                     for j, it in enumerate(images[start : start + self.batch_size])]
+            good = [c for c in chunk if c[2] is not None]
+            probs = iter(self._batch_probabilities(good, extras_all))
+            for i, name, _, err in chunk:
+                if err is not None:
+                    results.append({"file": name, "error": {"message": err}})
+                else:
+                    results.append(self.result(next(probs), file=name, used=used[i]).model_dump(exclude_none=True))
+        return results
+
+    def _batch_probabilities(self, good: list, extras_all: dict[str, np.ndarray]) -> np.ndarray:
+        if not good:
+            return np.zeros((0, self.spec.num_classes), np.float32)
+        rows = [i for i, *_ in good]
+        extras = {k: v[rows] for k, v in extras_all.items()}
+        return self.probabilities(torch.stack([x for _, _, x, _ in good]), extras)

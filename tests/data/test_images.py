@@ -1,0 +1,136 @@
+"""Image decoding: bit depth, channels and every way a file can be bad."""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medcls.data.images import decode_image, read_image
+from medcls.data.table import ArrayTable, FileTable
+from medcls.errors import DataError
+
+NPZ = Path("/work/shared/data/medmnist/pneumoniamnist.npz")
+
+
+@functools.lru_cache(maxsize=1)
+def _xray() -> np.ndarray:
+    """One real 28x28 chest x-ray from PneumoniaMNIST, upscaled to 64x64."""
+    if not NPZ.is_file():
+        pytest.skip(f"{NPZ} not available")
+    with np.load(NPZ) as z:
+        img = z["train_images"][0]
+    return np.asarray(Image.fromarray(img).resize((64, 64), Image.BILINEAR))
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_gray_png_and_jpeg():
+    x = _xray()
+    out = decode_image(_encode(Image.fromarray(x), "PNG"))
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+    np.testing.assert_array_equal(out, x)
+    out = decode_image(_encode(Image.fromarray(x), "JPEG", quality=95))
+    assert out.shape == (64, 64) and np.abs(out.astype(int) - x).mean() < 3
+
+
+def test_16bit_png_keeps_precision(tmp_path):
+    x16 = _xray().astype(np.uint16) * 257 + 3  # uses the full 16-bit range, not a multiple of 256
+    path = tmp_path / "xray16.png"
+    Image.fromarray(x16).save(path)
+    out = read_image(path)
+    assert out.dtype == np.uint16 and out.shape == (64, 64)
+    np.testing.assert_array_equal(out, x16)
+
+
+def test_16bit_tiff(tmp_path):
+    x16 = (_xray().astype(np.uint16) << 4) | 0x000F  # 12-bit data, as many detectors store it
+    path = tmp_path / "xray16.tif"
+    Image.fromarray(x16).save(path)
+    out = read_image(path)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, x16)
+
+
+def test_rgba_becomes_rgb():
+    x = _xray()
+    rgba = np.stack([x, 255 - x, x // 2, np.full_like(x, 128)], axis=-1)
+    out = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgba[..., :3])
+
+
+def test_gray_alpha_becomes_gray():
+    x = _xray()
+    la = Image.fromarray(np.stack([x, np.full_like(x, 200)], axis=-1), "LA")
+    out = decode_image(_encode(la, "PNG"))
+    assert out.shape == (64, 64)
+    np.testing.assert_array_equal(out, x)
+
+
+def test_rgb_and_binary():
+    x = _xray()
+    rgb = np.stack([x, x, 255 - x], axis=-1)
+    np.testing.assert_array_equal(decode_image(_encode(Image.fromarray(rgb), "PNG")), rgb)
+    mask = Image.fromarray(x > 128).convert("1")
+    out = decode_image(_encode(mask, "PNG"))
+    assert out.dtype == np.uint8 and out.shape == (64, 64) and set(np.unique(out)) <= {0, 255}
+
+
+def test_float_image_is_refused(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(_xray().astype(np.float32) / 255).save(path)
+    with pytest.raises(DataError, match="floating-point images are not supported"):
+        read_image(path)
+
+
+def test_bad_files(tmp_path):
+    data = _encode(Image.fromarray(_xray()), "JPEG")
+    with pytest.raises(DataError, match="image not found"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.png: empty file"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "text.jpeg").write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(DataError, match=r"text.jpeg: cannot decode image \(UnidentifiedImageError"):
+        read_image(tmp_path / "text.jpeg")
+    (tmp_path / "cut.jpeg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"(?i)cut.jpeg: cannot decode image.*truncated"):
+        read_image(tmp_path / "cut.jpeg")
+    png = _encode(Image.fromarray(_xray()), "PNG")
+    with pytest.raises(DataError, match=r"(?i)cannot decode image.*truncated"):
+        decode_image(png[: len(png) // 2], "cut.png")
+
+
+def test_file_table_reads_on_demand(tmp_path):
+    x = _xray()
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.roll(x, i, axis=1)).save(paths[-1])
+    table = FileTable(paths, np.array([0, 1, 0, 1]), groups=np.array(["a", "a", "b", "b"], dtype=object))
+    np.testing.assert_array_equal(table.load(2), np.roll(x, 2, axis=1))
+    sub = pickle.loads(pickle.dumps(table.subset([3, 1])))
+    assert list(sub.labels) == [1, 1] and list(sub.groups) == ["b", "a"]
+    np.testing.assert_array_equal(sub.load(0), np.roll(x, 3, axis=1))
+    with pytest.raises(DataError, match="got 4 paths but 3 labels"):
+        FileTable(paths, np.array([0, 1, 0]))
+    with pytest.raises(DataError, match="got 2 group ids for 4 labels"):
+        FileTable(paths, np.zeros(4), groups=np.array(["a", "b"]))
+
+
+def test_array_table():
+    imgs = np.zeros((5, 8, 8), dtype=np.uint8)
+    table = ArrayTable(imgs, np.arange(5))
+    assert table.ids[0] == "#0" and len(table.subset([1, 2])) == 2
+    with pytest.raises(DataError, match="got 5 images but 4 labels"):
+        ArrayTable(imgs, np.arange(4))
