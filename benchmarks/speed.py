@@ -1,7 +1,7 @@
 """Epoch time of the medcls trainer vs a plain PyTorch reference loop, measured in one run.
 
 Reference: per-sample PIL + torchvision transforms in a DataLoader (``--workers``
-processes), the same architecture from medcls's ``build_model`` (fp32, no
+processes), the same architecture from medcls's ``ModelSpec.build`` (fp32, no
 channels_last, no autocast), AdamW, cross-entropy, forward/loss/backward/step.
 medcls: a :class:`~medcls.engine.trainer.Trainer` built as ``medcls.api.train``
 builds it, timing ``trainer._train_epoch``. Both see the first ``--images``
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from medcls import load_config
-from medcls.api import build_model, resolve_preprocess
+from medcls.api import model_spec_for
 from medcls.data.sources import load_data
 from medcls.data.table import ImageTable
 from medcls.engine.loader import Batches, epoch_order
@@ -132,13 +132,14 @@ def main() -> None:
     data = load_data(cfg.data)
     n = min(args.images or len(data.train), len(data.train))
     data.train = data.train.subset(range(n))
-    pre = resolve_preprocess(cfg, data)
+    spec = model_spec_for(cfg, data)
+    pre = spec.preprocess
     bs = cfg.train.batch_size
     cpu = torch.device("cpu")
 
     # medcls: exactly as medcls.api.train builds it (the Trainer builds the train/val caches).
     torch.manual_seed(cfg.seed)
-    model, stem = build_model(cfg, data, pre)
+    model, stem = spec.build(), spec.stem
     tmp = tempfile.TemporaryDirectory(prefix="medcls-speed-")
     t0 = time.perf_counter()
     trainer = Trainer(cfg, data, model, Preprocess(pre), run_dir=Path(tmp.name), device=cpu)
@@ -150,7 +151,7 @@ def main() -> None:
     # Reference: same architecture, fresh weights, fp32, contiguous; normalisation done by the transforms,
     # so the loop calls the Classifier's inner network (the Classifier would normalise a second time).
     torch.manual_seed(cfg.seed)
-    ref_cls, _ = build_model(cfg, data, pre)
+    ref_cls = spec.build()
     mean, std = ref_cls.mean.flatten().tolist(), ref_cls.std.flatten().tolist()
     ref_model = ref_cls.net
     ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -88,3 +88,37 @@ def test_config_model_is_frozen_against_typos_at_runtime():
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.name and cfg.data.source
+
+
+# ---------------------------------------------------------------- YAML 1.2 booleans: string choices as typed
+@pytest.mark.parametrize("item,key,value", [
+    ("data.cache=off", ("data", "cache"), "off"),
+    ("data.cache=on", ("data", "cache"), "on"),
+    ("train.amp=off", ("train", "amp"), "off"),
+    ("train.ema=off", ("train", "ema"), False),
+    ("train.ema=true", ("train", "ema"), True),
+    ("model.pretrained=yes", ("model", "pretrained"), True),
+    ("train.channels_last=no", ("train", "channels_last"), False),
+    ("train.epochs=5", ("train", "epochs"), 5),
+])
+def test_set_values_keep_documented_string_choices(item, key, value):
+    from medcls.config import load_config
+
+    cfg = load_config(None, [item])
+    assert getattr(getattr(cfg, key[0]), key[1]) == value
+
+
+def test_yaml_file_with_off_and_yes(tmp_path):
+    from medcls.config import load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  cache: off\ntrain:\n  ema: off\n  amp: off\nmodel:\n  pretrained: yes\n")
+    cfg = load_config(p)
+    assert (cfg.data.cache, cfg.train.ema, cfg.train.amp, cfg.model.pretrained) == ("off", False, "off", True)
+
+
+def test_a_bad_choice_still_says_what_is_allowed():
+    from medcls.config import load_config
+
+    with pytest.raises(ConfigError, match=r"data.cache.*'auto', 'on' or 'off'.*got 'maybe'"):
+        load_config(None, ["data.cache=maybe"])

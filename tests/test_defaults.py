@@ -123,4 +123,4 @@ def test_defaults_train_an_rgb_multiclass_medmnist_file(tmp_path, monkeypatch):
     assert m["tta"]["views"] == "histology" and 0 <= m["tta"]["accuracy"] <= 1
     info = export_bundle(run, tmp_path / "bundle", onnx=False)
     bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert bundle["preprocess"]["modality_preset"] == info["preprocess"]["modality_preset"] == "histology"
+    assert bundle["model"]["preset"] == info["model"]["preset"] == "histology"

@@ -1,4 +1,4 @@
-"""Python API: ``train``, ``evaluate``, ``predict`` (the CLI is a thin layer over these)."""
+"""Python API: ``train``, ``calibrate``, ``evaluate``, ``predict`` (the CLI is a thin layer over these)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .data.sources import LoadedData, load_data
 from .engine.distributed import broadcast_object, cleanup, init_distributed
 from .engine.trainer import Callback, Trainer, resolve_device
 from .errors import ConfigError, RunError
+from .logs import ensure_console_logging
 from .models.factory import default_input_size
 from .runs import Run, environment, load_run, new_run_dir, standalone_config, write_run_files
 from .transforms import Preprocess, PreprocessConfig
@@ -93,7 +94,7 @@ def _prepare(cfg: Config, data: LoadedData, prev: Run | None) -> tuple[Config, M
             inputs = InputEncoder.fit(cfg.inputs, data.train)
         spec = model_spec_for(cfg, data, inputs)
     else:
-        spec, inputs = prev.model_spec, prev.inputs
+        spec, inputs, chosen = prev.model_spec, prev.inputs, prev.data_summary.get("auto", {})
     summary = {"splits": data.summary(), "notes": data.notes, "source": cfg.data.source}
     if chosen:
         summary["auto"] = chosen
@@ -135,6 +136,7 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     checkpoint on that split afterwards. ``data`` trains on these splits instead of
     loading ``cfg.data`` (cross-validation folds, tuning without the test split).
     """
+    ensure_console_logging()
     prev, cfg = _resume_config(resume, config, overrides) if resume is not None else (None, as_config(config, overrides))
     device, dist = _setup_device(cfg)
     try:
@@ -177,6 +179,7 @@ def calibrate(run: Run | str | Path, checkpoint: str = "best", *, device: str | 
     """
     from .evaluation.calibrate import calibrate_run
 
+    ensure_console_logging()
     run = run if isinstance(run, Run) else load_run(run)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return calibrate_run(run, checkpoint, data=data, device=dev)
@@ -190,6 +193,7 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
     """
     from .evaluation import evaluate_run
 
+    ensure_console_logging()
     run = run if isinstance(run, Run) else load_run(run)
     if tta is not None and tta != run.config.eval.tta:
         run = run.with_config(run.config.model_copy(update={"eval": run.config.eval.model_copy(update={"tta": tta})}))

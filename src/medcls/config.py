@@ -6,6 +6,7 @@ key, what was expected, what came, and a did-you-mean.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, did_you_mean
+
+
+class YAML12Loader(yaml.SafeLoader):
+    """YAML with the 1.2 core schema's booleans: only true/false (any case) are booleans.
+
+    PyYAML follows YAML 1.1, where on/off/yes/no/y/n are booleans too, so ``--set data.cache=off``
+    or ``cache: off`` arrived as False. Here they stay strings; boolean fields still accept them
+    through pydantic (``pretrained: yes`` is True, ``ema: off`` is False).
+    """
+
+
+YAML12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YAML12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`YAML12Loader` (configs, ``--set`` values, run directories)."""
+    return yaml.load(text, Loader=YAML12Loader)
 
 
 class _Section(BaseModel):
@@ -208,7 +231,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set expects a dotted key such as train.epochs, got {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -245,7 +268,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"Config file not found: {p} (expected a YAML file such as configs/pneumoniamnist.yaml)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = load_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file {p} is not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):

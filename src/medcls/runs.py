@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .artefact import MODEL_FILE, Artefact, ModelSpec, Postprocess, open_artefact
-from .config import Config, build_config
+from .config import Config, build_config, load_yaml
 from .data.spec import DatasetSpec
 from .errors import RunError
 from .transforms import Preprocess, PreprocessConfig
@@ -169,7 +169,7 @@ def load_run(path: str | Path) -> Run:
         if not (p / f).is_file():
             raise RunError(f"{p} is not a medcls run directory (missing {f})")
     try:
-        cfg = build_config(yaml.safe_load((p / "config.yaml").read_text()))
+        cfg = build_config(load_yaml((p / "config.yaml").read_text()))
         summary = json.loads((p / "data.json").read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise RunError(f"{p}: config.yaml or data.json is unreadable: {e}") from None

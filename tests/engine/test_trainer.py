@@ -25,7 +25,7 @@ def _weights(run, which="last", prefix="model/"):
 
 def test_train_writes_complete_run(tiny_cfg):
     run = train(tiny_cfg)
-    for f in ("config.yaml", "env.json", "data.json", "history.csv", "metrics.json",
+    for f in ("config.yaml", "model.json", "env.json", "data.json", "postprocess.json", "history.csv", "metrics.json",
               "checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/best.json"):
         assert (run.path / f).is_file(), f
     rows = _history(run)
@@ -38,7 +38,7 @@ def test_train_writes_complete_run(tiny_cfg):
     # the checkpoint is safetensors with metadata, never a pickle
     assert (run.path / "checkpoints/last.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\n"
     _, meta = _weights(run)
-    assert meta["epoch"] == 1 and len(meta["history"]) == 2
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
 
 
 def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
@@ -53,7 +53,7 @@ def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
         train(cfg, run_dir=tmp_path / "part", callbacks=[stop_after_two])
     part = load_run(tmp_path / "part")
     _, meta = _weights(part)
-    assert meta["epoch"] == 1  # two epochs done
+    assert meta["epoch"] == 2  # two epochs done (1-based, as in best.json and history.csv)
     resumed = train(resume=part.path)
     a, _ = _weights(full, prefix="")
     b, _ = _weights(resumed, prefix="")

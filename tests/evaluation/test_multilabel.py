@@ -148,14 +148,14 @@ def test_metrics_json_per_label_macro_micro_match_sklearn(ml_run):
 def _val_probs(run, chest_arrays) -> tuple[np.ndarray, np.ndarray]:
     from medcls import Predictor
 
-    pred = Predictor.from_run(run)
+    pred = Predictor.load(run.path)
     res = pred.predict(list(chest_arrays["val_images"]))
     return np.array([[r["probabilities"][c] for c in LABELS] for r in res]), chest_arrays["val_labels"]
 
 
 def test_thresholds_are_chosen_per_label_on_val_and_applied_on_test(ml_run, chest):
     run, metrics, _, _ = ml_run
-    post = json.loads((run.path / "postprocess.json").read_text())
+    post = json.loads((run.path / "postprocess.json").read_text())["best"]
     thr = post["thresholds"]
     assert post["selected"] == "youden" and post["fitted_on"] == "val"
     assert post["threshold_rules"] == {"pneumonia": "youden", "bright": "youden", "rare": "default"}
@@ -193,13 +193,13 @@ def test_one_temperature_shared_by_all_labels(ml_run, chest):
     from medcls import Predictor
 
     run, metrics, _, _ = ml_run
-    pred = Predictor.from_run(run)
+    pred = Predictor.load(run.path)
     x = torch.stack([pred.preprocess(im) for im in chest[1]["val_images"]])
     logits = pred.logits(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = TemperatureScaler(task="multilabel").fit(logits, chest[1]["val_labels"]).temperature_
-    post = json.loads((run.path / "postprocess.json").read_text())
+    post = json.loads((run.path / "postprocess.json").read_text())["best"]
     assert isinstance(post["temperature"], float) and post["temperature"] == pytest.approx(ref, rel=1e-4)
     assert metrics["calibration"]["temperature"] == post["temperature"]
 
@@ -209,10 +209,9 @@ def test_bundle_carries_thresholds_and_predictor_matches_evaluation(ml_run, ches
     from medcls import Predictor
 
     run, _, bundle, info = ml_run
-    post = json.loads((run.path / "postprocess.json").read_text())
-    assert info["task"] == "multilabel" and info["class_names"] == LABELS
-    assert info["operating_point"]["thresholds"] == post["thresholds"]
-    assert info["operating_point"]["selected"] == "youden" and info["temperature"] == post["temperature"]
+    post = json.loads((run.path / "postprocess.json").read_text())["best"]
+    assert info["model"]["dataset"]["task"] == "multilabel" and info["model"]["dataset"]["class_names"] == LABELS
+    assert info["postprocess"] == post and post["selected"] == "youden"
     assert info["checks"]["onnx_parity"]["max_abs_prob_diff"] <= 1e-4
     df = pd.read_csv(run.path / "eval-test" / "predictions.csv")
     images = [chest[1]["test_images"][i] for i in _ids(df)]
@@ -225,7 +224,7 @@ def test_bundle_carries_thresholds_and_predictor_matches_evaluation(ml_run, ches
         assert np.abs(got - want).max() <= tol, backend
         if backend == "torch":  # decisions equal the evaluation's at the same thresholds
             assert [";".join(r["predicted"]) or "no finding" for r in res] == list(df["decision"])
-            assert res[0]["thresholds"] == post["thresholds"] and "threshold" not in res[0]
+            assert res[0]["decision"]["thresholds"] == post["thresholds"] and "threshold" not in res[0]["decision"]
 
 
 def test_decide_lists_labels_at_their_own_threshold(ml_run):
@@ -237,14 +236,17 @@ def test_decide_lists_labels_at_their_own_threshold(ml_run):
     assert pred.decide(np.array([t["pneumonia"], t["bright"] - 1e-6, 0.49])) == ["pneumonia"]
     assert pred.decide(np.zeros(3)) == []
     assert pred.decide(np.ones(3)) == LABELS
+    from medcls.artefact import Postprocess
     from medcls.errors import ConfigError
 
-    kw = {"spec": pred.spec, "preprocess": pred.preprocess_cfg, "model": pred.model}
+    def make(**post):
+        return Predictor(pred.model_spec, Postprocess(**post), model=pred.model)
+
     with pytest.raises(ConfigError, match="unknown label.*'brigth'.*Did you mean 'bright'"):
-        Predictor(**kw, thresholds={"pneumonia": 0.3, "brigth": 0.4, "rare": 0.5})
+        make(thresholds={"pneumonia": 0.3, "brigth": 0.4, "rare": 0.5})
     with pytest.raises(ConfigError, match=r"no entry for label\(s\) \['rare'\]"):
-        Predictor(**kw, thresholds={"pneumonia": 0.3, "bright": 0.4})
-    assert Predictor(**kw, threshold=0.3).thresholds == dict.fromkeys(LABELS, 0.3)  # no per-label thresholds saved
+        make(thresholds={"pneumonia": 0.3, "bright": 0.4})
+    assert make(threshold=0.3).thresholds == dict.fromkeys(LABELS, 0.3)  # no per-label thresholds saved
 
 
 def test_cli_predict_prints_findings(ml_run, chest, tmp_path, capsys):
@@ -283,7 +285,7 @@ def client(ml_run):
 def test_rest_predict_returns_label_probabilities_and_findings(client, ml_run, chest):
     run, _, _, info = ml_run
     df = pd.read_csv(run.path / "eval-test" / "predictions.csv")
-    thr = info["operating_point"]["thresholds"]
+    thr = info["postprocess"]["thresholds"]
     for row in range(6):
         i = _ids(df)[row]
         r = client.post("/v1/predict", files={"file": ("x.png", png_bytes(chest[1]["test_images"][i]), "image/png")})

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
-from medcls.api import evaluate, train
+from medcls.api import calibrate, evaluate, train
 from medcls.data.sources import LoadedData, load_data
 from medcls.evaluation.report import fmt_threshold
+from medcls.runs import load_run
 
 SECTIONS = ("data", "config", "training", "metrics", "operating-points", "confusion", "calibration", "errors")
 
@@ -84,7 +86,7 @@ def test_model_card(evaluated):
     auc = metrics["ci"]["auc"]
     assert re.search(rf"\| auc \| {auc['value']:.3f} \| {auc['low']:.3f}–{auc['high']:.3f} \|", card)
     assert "Not for clinical use" in card
-    post = json.loads((run.path / "postprocess.json").read_text())
+    post = json.loads((run.path / "postprocess.json").read_text())["best"]
     sel = post["selected"]
     assert f"Rule **{sel}**" in card and post["operating_points"][sel]["rule"] in card
     assert fmt_threshold(post["threshold"]) in card and "chosen on val" in card
@@ -116,6 +118,8 @@ def test_single_class_val_fallback_is_shown(tiny_run, tmp_path):
     labels = np.asarray(data.val.labels)
     one_class = LoadedData(data.spec, data.train, data.val.subset(np.flatnonzero(labels == 0)), data.test, data.notes)
     out = tmp_path / "eval"
+    run = load_run(shutil.copytree(run.path, tmp_path / "run"))
+    calibrate(run, data=one_class)  # the calibration step on a one-class val split falls back
     metrics = evaluate(run, "test", device="cpu", data=one_class, out_dir=out)
     notes = metrics["postprocess"]["notes"]
     assert any("falling back to 0.5" in n for n in notes)

@@ -66,7 +66,7 @@ def test_bundle_reproduces_evaluation(joint, tmp_path):
     _, result = joint
     run = load_run(result.runs["concat"])
     info = export_bundle(run, tmp_path / "bundle")
-    assert info["inputs"]["onnx_inputs"] == ["image", "numeric", "numeric_missing", "categorical", "present"]
+    assert info["onnx_inputs"] == ["image", "numeric", "numeric_missing", "categorical", "present"]
     assert info["checks"]["onnx_parity"]["max_abs_prob_diff"] < 1e-4
     test = load_data(run.config.data).test
     expected = pd.read_csv(run.path / "eval-test" / "predictions.csv")
@@ -103,7 +103,7 @@ def test_gradcam_leaves_a_fused_model_in_eval_mode(joint):
     manifest, result = joint
     run = load_run(result.runs["gated"])
     model, _ = run.build_model()
-    pred = Predictor(spec=run.spec, preprocess=run.preprocess_cfg, model=model, inputs=run.inputs)
+    pred = Predictor(run.model_spec, run.postprocess("best"), model=model, inputs=run.inputs)
     extras, _ = pred.encode_inputs(1, [{"view": "frontal", "age": 40}])
     x = pred.preprocess(np.asarray(Image.open(manifest.parent / "images" / "test_0000.png"))).unsqueeze(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}

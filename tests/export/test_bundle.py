@@ -19,11 +19,14 @@ def test_bundle_contents(bundle, evaluated_run):
     assert set(info["files"]) == {"model.safetensors", "model.onnx", "model.int8.onnx", "model.ts"}
     disk = json.loads((out / "bundle.json").read_text())
     assert disk == json.loads(json.dumps(info))
-    assert disk["class_names"] == ["normal", "pneumonia"] and disk["positive_class"] == "pneumonia"
-    assert disk["preprocess"]["size"] == 28 and disk["preprocess"]["in_chans"] == 1
-    post = json.loads((evaluated_run.path / "postprocess.json").read_text())
-    assert disk["temperature"] == post["temperature"]
-    assert disk["operating_point"] == {"selected": "youden", "threshold": post["threshold"], "chosen_on": "val"}
+    model = disk["model"]
+    assert model["dataset"]["class_names"] == ["normal", "pneumonia"] and model["dataset"]["positive_index"] == 1
+    assert model["preprocess"]["size"] == 28 and model["in_chans"] == 1 and model["architecture"] == "resnet18"
+    assert disk["model"] == json.loads((evaluated_run.path / "model.json").read_text())  # the same artefact
+    post = json.loads((evaluated_run.path / "postprocess.json").read_text())["best"]
+    assert disk["postprocess"] == post and disk["calibrated"] is True
+    assert post["selected"] == "youden" and post["fitted_on"] == "val"
+    assert disk["source"]["checkpoint"] == "best" and "/" not in disk["source"]["run"]
     assert disk["checks"]["onnx_parity"]["max_abs_prob_diff"] <= 1e-4
     assert disk["checks"]["int8"]["calibration_images"] == 64
     assert abs(disk["checks"]["int8"]["auc_drop"]) < 0.2
@@ -54,7 +57,7 @@ def test_bundle_is_never_overwritten_and_checks_integrity(bundle, evaluated_run,
         f.write(b"x")
     with pytest.raises(RunError, match="sha256"):
         Predictor.load(bad, backend="onnx")
-    with pytest.raises(RunError, match="neither a medcls bundle"):
+    with pytest.raises(RunError, match="neither a medcls run directory"):
         Predictor.load(tmp_path)
 
 
@@ -77,3 +80,21 @@ def test_cli_export_and_predict_with_onnx(evaluated_run, tmp_path, capsys, pneum
     assert main(["predict", str(evaluated_run.path), str(img), "--backend", "onnx"]) == 2
     assert "only the torch backend" in capsys.readouterr().err
     assert main(["predict", str(out), str(img), "--backend", "tensorrt"]) == 2
+
+
+def test_uncalibrated_export_says_so(evaluated_run, tmp_path, caplog):
+    import shutil
+
+    run = shutil.copytree(evaluated_run.path, tmp_path / "run")
+    (run / "postprocess.json").unlink()
+    info = export_bundle(run, tmp_path / "b", onnx=False)
+    assert info["calibrated"] is False and info["postprocess"]["temperature"] == 1.0
+    assert any("UNCALIBRATED" in n and "medcls calibrate" in n for n in info["notes"])
+    assert "UNCALIBRATED" in caplog.text
+
+
+def test_export_last_ships_the_calibration_of_last(evaluated_run, tmp_path):
+    info = export_bundle(evaluated_run, tmp_path / "last", checkpoint="last", onnx=False)
+    store = json.loads((evaluated_run.path / "postprocess.json").read_text())
+    assert info["postprocess"] == store["last"] and info["source"]["checkpoint"] == "last"
+    assert info["postprocess"]["checkpoint"]["name"] == "last"

@@ -31,7 +31,7 @@ def text_run(tmp_path_factory):
 
 
 def test_fine_tuned_text_encoder_gets_its_own_lr(text_run):
-    from medcls.api import build_model
+    from medcls.api import model_spec_for
     from medcls.config import build_config
     from medcls.data.sources import load_data
     from medcls.multimodal import InputEncoder
@@ -42,7 +42,7 @@ def test_fine_tuned_text_encoder_gets_its_own_lr(text_run):
     for freeze in (False, True):
         cfg = build_config(run.config.to_dict(), [f"inputs.freeze_text={str(freeze).lower()}"])
         enc = InputEncoder.fit(cfg.inputs, data.train)
-        model, _ = build_model(cfg, data, run.preprocess_cfg, inputs=enc)
+        model = model_spec_for(cfg, data, enc).build(text_source=str(run.artefact.text_dir))
         groups = {g["name"]: g for g in model.param_groups(1e-3, 0.2, 0.05, 0.5)}
         text_ids = {id(p) for p in model.text_model.parameters()}
         if freeze:
@@ -147,15 +147,15 @@ def test_offline_uncached_text_encoder_is_one_clear_error(monkeypatch):
 
 
 def test_image_only_predictor_refuses_metadata(tmp_path):
+    from medcls.artefact import ModelSpec, Postprocess
     from medcls.data.spec import DatasetSpec
     from medcls.errors import DataError
     from medcls.inference.predictor import Predictor
     from medcls.models import create_model
     from medcls.transforms import PreprocessConfig
 
-    spec = DatasetSpec("x", "binary", ("a", "b"), 1)
-    pred = Predictor(spec=spec, preprocess=PreprocessConfig(size=32, in_chans=1),
-                     model=create_model("test_resnet", 2, in_chans=1).eval())
+    spec = ModelSpec("test_resnet", DatasetSpec("x", "binary", ("a", "b"), 1), PreprocessConfig(size=32, in_chans=1))
+    pred = Predictor(spec, Postprocess(), model=create_model("test_resnet", 2, in_chans=1).eval())
     img = np.zeros((32, 32), np.uint8)
     assert "inputs_used" not in pred.predict([img])[0]
     with pytest.raises(DataError, match="image only"):

@@ -269,7 +269,7 @@ def test_stain_travels_from_training_to_bundle_and_serving(ref, tmp_path):
     run = train(cfg)
     (tmp_path / "stain.json").unlink()  # the reference is not needed after training
     (tmp_path / "ref.png").unlink()
-    stored = json.loads((run.path / "data.json").read_text())["preprocess"]
+    stored = json.loads((run.path / "model.json").read_text())["preprocess"]
     assert stored["stain"] == "macenko" and len(stored["stain_params"]["stain_matrix"]) == 3
     assert stored["stain_params"]["source"].startswith("ref.png sha256:")
 
@@ -279,13 +279,13 @@ def test_stain_travels_from_training_to_bundle_and_serving(ref, tmp_path):
     expected = df["prob_tumor"].to_numpy()
     test_images = [images["test"][r] for r in rows]
 
-    from_run = Predictor.from_run(load_run(run.path))
+    from_run = Predictor.load(load_run(run.path).path)
     got = np.array([r["probabilities"]["tumor"] for r in from_run.predict(test_images)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
     info = export_bundle(run, tmp_path / "bundle", onnx=False)
-    assert info["preprocess"]["stain"] == "macenko"
-    assert info["preprocess"]["stain_params"] == stored["stain_params"]
+    assert info["model"]["preprocess"]["stain"] == "macenko"
+    assert info["model"]["preprocess"]["stain_params"] == stored["stain_params"]
     served = Predictor.load(tmp_path / "bundle", backend="torch")
     assert served.preprocess.stain is not None
     png = []
@@ -302,4 +302,4 @@ def test_stain_travels_from_training_to_bundle_and_serving(ref, tmp_path):
 
     # resuming does not need the (deleted) reference: the run's parameters are reused
     resumed = train(resume=run.path, overrides=["train.epochs=2"])
-    assert json.loads((resumed.path / "data.json").read_text())["preprocess"] == stored
+    assert json.loads((resumed.path / "model.json").read_text())["preprocess"] == stored

@@ -322,8 +322,8 @@ def models(pattern: Annotated[str, typer.Argument(help="Glob over timm model nam
 @app.command()
 def datasets() -> None:
     """List data source kinds and the built-in MedMNIST datasets."""
-    from ..data.sources.medmnist_info import INFO
     from ..data.sources import SOURCES
+    from ..data.sources.medmnist_info import INFO
 
     typer.echo("Source kinds (data.source: 'kind:argument'):")
     for name, doc in SOURCES.items():

@@ -169,10 +169,10 @@ class Trainer:
             self.ema.module.load_state_dict(split_prefix(tensors, "ema/"))
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
-        self.step, self.start_epoch = meta["step"], meta["epoch"] + 1
+        self.step, self.start_epoch = meta["step"], meta["epoch"]  # epochs finished = the next one's index
         self.best_value, self.best_epoch, self.bad_epochs = meta["best_value"], meta["best_epoch"], meta["bad_epochs"]
         self.history = meta["history"]
-        log.info("resumed from %s after epoch %d", last, meta["epoch"] + 1)
+        log.info("resumed from %s after epoch %d", last, meta["epoch"])
 
     # ----------------------------------------------------------------- loop
     def _seed_epoch(self, epoch: int) -> torch.Generator:
@@ -315,7 +315,7 @@ class Trainer:
                 check_in_sync(self.model, self.dist)
             stop = t.early_stopping_patience is not None and self.bad_epochs >= t.early_stopping_patience
             if self.dist.is_main:
-                meta = {"epoch": epoch, "step": self.step, "best_value": self.best_value,
+                meta = {"epoch": epoch + 1, "step": self.step, "best_value": self.best_value,
                         "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
                         "monitor": mon}
                 if improved:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..runs import Run
 from ..utils import atomic_write_text
-from .report import fmt_threshold, operating_points, read_json
+from .report import fmt_threshold, operating_points, read_json, stored_postprocess
 
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
@@ -101,7 +101,7 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
     names = list(spec.class_names)
     pos = names[spec.positive_index] if spec.task == "binary" and spec.positive_index is not None else None
     env = read_json(run.path / "env.json")
-    post = read_json(run.path / "postprocess.json")
+    post = stored_postprocess(run, metrics)
     pp = metrics.get("postprocess") or {}
     ci = metrics.get("ci") or {}
     L: list[str] = [f"# Model card: {spec.name} · {m.name}", "", f"> {NOT_CLINICAL}", ""]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, build_config
+from ..config import Config, build_config, load_yaml
 from ..errors import ConfigError, did_you_mean
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -167,7 +167,7 @@ def load_space(path: str | Path | None, base: Config) -> list[Param]:
         raise ConfigError(f"--space file not found: {p} (expected a YAML mapping such as "
                           f"'train.lr: {{type: float, low: 1e-4, high: 1e-2, log: true}}')")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"--space file {p} is not valid YAML: {e}") from None
     return parse_space(raw, base, str(p))

@@ -37,7 +37,7 @@ from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
 from ..metrics import compute_metrics
 from ..runs import Run, load_run
-from ..utils import atomic_write_json, file_sha256, new_staging_dir
+from ..utils import atomic_write_bytes, atomic_write_json, file_sha256, new_staging_dir
 
 log = logging.getLogger("medcls")
 
@@ -131,11 +131,12 @@ def _torchscript(model, x: torch.Tensor, path: Path) -> None:
 def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None, torchscript: bool,
                  parity_tol: float, n_parity: int, n_calibration: int, max_int8_auc_drop: float) -> dict[str, Any]:
     """Weights, ONNX (parity-checked), INT8 and TorchScript into ``tmp``; returns the checks."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from ..engine.predict import probabilities
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    # (safetensors' save_file creates the file 0600; the atomic writer follows the umask)
+    atomic_write_bytes(tmp / "model.safetensors", save({k: v.contiguous() for k, v in model.state_dict().items()}))
     if run.model_spec.uses_text:  # tokenizer files + encoder config
         shutil.copytree(run.artefact.text_dir, tmp / run.artefact.text_dir.name)
     checks: dict[str, Any] = {}
@@ -164,6 +165,7 @@ def _describe(run: Run, checkpoint: str, epoch, post: Postprocess, checks: dict,
         "source": {"run": run.path.name, "checkpoint": checkpoint, "epoch": epoch},
         "model": run.model_spec.to_dict(), "postprocess": post.to_dict(), "calibrated": post.fitted,
         "training_data": run.data_summary.get("splits"), "checks": checks, "notes": notes,
+        "onnx_inputs": ["image", *run.inputs.names] if run.inputs is not None else ["image"],
         "files": {f.relative_to(tmp).as_posix(): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
                   for f in files},
     }

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from medcls.config import DataConfig
-from medcls.data.sources.btxrd import btxrd_source
 from medcls.data.sources import load_data
+from medcls.data.sources.btxrd import btxrd_source
 from medcls.errors import ConfigError, DataError
 from medcls.multimodal.synthetic import write_btxrd_like
 

@@ -12,9 +12,9 @@ import pytest
 
 from medcls.config import DataConfig
 from medcls.data.dicom import decode_dicom, parse_window, patient_pseudonym, read_dicom
-from medcls.data.sources.dicom import dicom_source
 from medcls.data.images import read_image
 from medcls.data.sources import load_data
+from medcls.data.sources.dicom import dicom_source
 from medcls.errors import ConfigError, DataError
 
 PHI = {"name": "Doe^Jane", "id": "MRN-8675309", "birth": "19800101X"}  # birth date deliberately invalid (DA)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from medcls.config import DataConfig
-from medcls.data.sources.folder import folder_source, patient_groups
 from medcls.data.sources import load_data
+from medcls.data.sources.folder import folder_source, patient_groups
 from medcls.errors import ConfigError, DataError
 
 NPZ = Path("/work/shared/data/medmnist/pneumoniamnist.npz")

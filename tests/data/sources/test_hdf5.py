@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from medcls.config import DataConfig
-from medcls.data.sources.hdf5 import hdf5_source
 from medcls.data.sources import load_data
+from medcls.data.sources.hdf5 import hdf5_source
 from medcls.data.table import H5Table
 from medcls.errors import ConfigError, DataError
 

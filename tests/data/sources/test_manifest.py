@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from medcls.config import DataConfig
-from medcls.data.sources.manifest import csv_source
 from medcls.data.sources import load_data
+from medcls.data.sources.manifest import csv_source
 from medcls.errors import ConfigError, DataError
 
 NPZ = Path("/work/shared/data/medmnist/pneumoniamnist.npz")

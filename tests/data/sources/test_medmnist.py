@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from medcls.config import DataConfig
-from medcls.data.sources import medmnist
-from medcls.data.sources import load_data
+from medcls.data.sources import load_data, medmnist
 from medcls.errors import DataError
 
 

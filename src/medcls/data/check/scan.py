@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, DataError
-from .report import Scanned, summarise
 from ..sources import SOURCES, SPLITS, SourceData, call_source, parse_source
 from ..table import FileTable, H5Table, ImageTable
+from .report import Scanned, summarise
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, DataError, did_you_mean
-from . import manifest
-from .registry import SOURCES, SourceData
 from ..spec import DatasetSpec
 from ..splits import normalise_center
 from ..table import FileTable
+from . import manifest
+from .registry import SOURCES, SourceData
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from .. import dicom as dcm
-from . import folder
-from .registry import SOURCES, SourceData
 from ..spec import DatasetSpec
 from ..table import FileTable
+from . import folder
+from .registry import SOURCES, SourceData
 
 log = logging.getLogger(__name__)
 

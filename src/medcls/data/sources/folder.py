@@ -28,9 +28,9 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..groups import KAGGLE_PATIENT_PATTERNS, patient_groups  # noqa: F401 (re-exported)
 from ..images import IMAGE_SUFFIXES, read_image
-from .registry import SOURCES, SourceData
 from ..spec import DatasetSpec
 from ..table import FileTable
+from .registry import SOURCES, SourceData
 
 log = logging.getLogger(__name__)
 

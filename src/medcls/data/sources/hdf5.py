@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError, DataError, did_you_mean
-from .registry import SOURCES, SourceData
 from ..spec import DatasetSpec
 from ..table import H5Table
+from .registry import SOURCES, SourceData
 
 PCAM_CLASSES = ("normal", "tumor")
 # file split name -> our split name

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, DataError, did_you_mean
-from . import folder
 from ..images import IMAGE_SUFFIXES
-from .registry import SOURCES, SourceData
 from ..spec import DatasetSpec, Task
 from ..table import FileTable
+from . import folder
+from .registry import SOURCES, SourceData
 
 ID_EXTENSIONS = (".jpeg", ".jpg", ".png", ".JPEG", ".JPG", ".PNG")
 _TRUE = {"1", "1.0", "true", "yes", "y", "x"}

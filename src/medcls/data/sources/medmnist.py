@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError, did_you_mean
-from ...utils import file_md5
-from .medmnist_info import INFO, URL_TEMPLATE
-from .registry import SOURCES, SourceData, default_data_dirs
+from ...utils import current_umask, file_md5
 from ..spec import DatasetSpec
 from ..table import ArrayTable
+from .medmnist_info import INFO, URL_TEMPLATE
+from .registry import SOURCES, SourceData, default_data_dirs
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def download_npz(flag: str, size: int, dest_dir: Path, *, timeout: float = 30.0)
         got = file_md5(tmp)
         if got != expected:
             raise DataError(f"download of {url} is corrupt: MD5 {got}, expected {expected}. Try again.")
+        tmp.chmod(0o666 & ~current_umask())  # mkstemp makes it 0600; the dataset is for everyone who may read data/
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)

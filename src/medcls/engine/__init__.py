@@ -1,0 +1,1 @@
+"""Training engine: trainer (AMP, EMA, DDP, exact resume), batches, losses, schedules, checkpoints, forward passes."""

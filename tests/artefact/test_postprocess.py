@@ -1,0 +1,64 @@
+"""Postprocess: validation, decisions, and the per-checkpoint store with staleness detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medcls.artefact import Postprocess, checkpoint_identity, read_postprocess, write_postprocess
+from medcls.data.spec import DatasetSpec
+from medcls.errors import ConfigError, RunError
+
+BINARY = DatasetSpec("x", "binary", ("normal", "pneumonia"), 1)
+LABELS = DatasetSpec("m", "multilabel", ("a", "b", "c"), 1)
+
+
+@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"temperature": -1.0}, {"temperature": float("nan")},
+                                 {"threshold": 7.0}, {"threshold": -0.1}, {"thresholds": {"a": 1.5}}])
+def test_nonsense_values_are_refused(bad):
+    with pytest.raises(RunError, match="temperature|threshold"):
+        Postprocess(**bad)
+
+
+def test_binary_decision_at_the_threshold_and_temperature_scaling():
+    post = Postprocess(temperature=2.0, threshold=0.3, selected="youden")
+    p = post.probabilities(np.array([[0.0, 2.0]]), "binary")[0]
+    assert p[1] == pytest.approx(1 / (1 + np.exp(-1.0)))  # softmax of logits / 2
+    assert post.decide(np.array([0.69, 0.31]), BINARY) == "pneumonia"
+    assert post.decide(np.array([0.71, 0.29]), BINARY) == "normal"
+    assert post.decision(BINARY, "pneumonia") == {"operating_point": "youden", "threshold": 0.3}
+
+
+def test_multilabel_decision_per_label():
+    post = Postprocess(thresholds={"a": 0.2, "b": 0.9, "c": 0.5})
+    assert post.decide(np.array([0.3, 0.8, 0.5]), LABELS) == ["a", "c"]
+    assert post.decide(np.zeros(3), LABELS) == []
+    d = post.decision(LABELS, [])
+    assert d["no_finding"] is True and d["thresholds"] == {"a": 0.2, "b": 0.9, "c": 0.5}
+    with pytest.raises(ConfigError, match="unknown label"):
+        Postprocess(thresholds={"a": 0.2, "bb": 0.9, "c": 0.5}).decide(np.zeros(3), LABELS)
+
+
+def test_store_keeps_one_entry_per_checkpoint(tmp_path):
+    ckpt = {name: tmp_path / f"{name}.safetensors" for name in ("best", "last")}
+    for name, f in ckpt.items():
+        f.write_bytes(name.encode() * 100)
+    best = Postprocess(temperature=1.5, fitted_on="val", checkpoint=checkpoint_identity(ckpt["best"], {"epoch": 3}, "best"))
+    last = Postprocess(temperature=0.7, fitted_on="val", checkpoint=checkpoint_identity(ckpt["last"], {"epoch": 5}, "last"))
+    write_postprocess(tmp_path, "best", best)
+    write_postprocess(tmp_path, "last", last)
+    store = json.loads((tmp_path / "postprocess.json").read_text())
+    assert set(store) == {"best", "last"}
+    assert read_postprocess(tmp_path, "best", ckpt["best"]) == best
+    assert read_postprocess(tmp_path, "last", ckpt["last"]).temperature == 0.7
+
+
+def test_an_entry_fitted_on_another_version_of_the_checkpoint_is_not_used(tmp_path, caplog):
+    f = tmp_path / "best.safetensors"
+    f.write_bytes(b"epoch 3 weights")
+    write_postprocess(tmp_path, "best", Postprocess(temperature=1.5, checkpoint=checkpoint_identity(f, {"epoch": 3}, "best")))
+    f.write_bytes(b"epoch 7 weights")  # training went on (resume) and replaced best
+    assert read_postprocess(tmp_path, "best", f) is None
+    assert "earlier version of that checkpoint" in caplog.text
