@@ -201,25 +201,33 @@ def _section_fields(model: type[BaseModel], path: list[str]) -> tuple[type[BaseM
     return cls, list(cls.model_fields) if cls else []
 
 
+def _field_path(loc: tuple) -> list[str]:
+    """The config keys of an error location, without pydantic's union-member tags (``literal['auto']``)."""
+    return [str(p) for p in loc if isinstance(p, int) or str(p).isidentifier()]
+
+
 def _format_validation_error(err: ValidationError) -> str:
-    lines = []
+    """All problems on one line: ``invalid configuration: key: what was expected (got what came); ...``."""
+    parts: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        loc = _field_path(e["loc"])
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parent, valid = _section_fields(Config, loc[:-1])
             if parent is None:  # free-form dict (e.g. data.options) never forbids
                 valid = []
             prefix = ".".join(loc[:-1]) + "." if len(loc) > 1 else ""
-            lines.append(
+            parts.setdefault(key, []).append(
                 f"unknown key {key!r}.{did_you_mean(key, [prefix + v for v in valid])}"
-                + (f" Valid keys here: {', '.join(valid)}." if valid else "")
-            )
-        else:
-            got = e.get("input")
-            got_s = repr(got) if not isinstance(got, dict) else "a mapping"
-            lines.append(f"{key or 'config'}: {e['msg']} (got {got_s})")
-    return "Invalid configuration:\n  " + "\n  ".join(lines)
+                + (f" Valid keys here: {', '.join(valid)}." if valid else ""))
+            continue
+        value = e.get("input")
+        got[key] = repr(value) if not isinstance(value, dict) else "a mapping"
+        parts.setdefault(key, []).append(e["msg"])
+    items = [" ".join(msgs) if k not in got else f"{k or 'config'}: {'; or '.join(msgs)} (got {got[k]})"
+             for k, msgs in parts.items()]
+    return "invalid configuration: " + "; ".join(items)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,26 +11,10 @@ from PIL import Image
 
 from medcls.cli.main import main
 
-COMMANDS = ["train", "evaluate", "predict", "export", "serve", "compare", "models", "datasets"]
+from .conftest import medcls
 
-
-def medcls(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.run([sys.executable, "-m", "medcls", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, pneumonia_npz):
-    """`medcls train` on 128 real images per split, 2 epochs."""
-    root = tmp_path_factory.mktemp("cli")
-    run_dir = root / "run"
-    r = medcls("train", "--config", str(Path("configs/pneumoniamnist.yaml").resolve()),
-               "--set", "train.epochs=2", "--set", "model.name=resnet18", "--set", "model.stem=default",
-               "--set", f"data.options.path={pneumonia_npz}", "--set", "data.limit=128",
-               "--set", "train.progress=false", "--run-dir", str(run_dir))
-    assert r.returncode == 0, r.stderr
-    return run_dir, r
+COMMANDS = ["train", "calibrate", "evaluate", "predict", "explain", "export", "serve", "compare", "models", "datasets",
+            "cv", "tune", "ablate", "data", "config"]
 
 
 def test_train_prints_summary_and_run_dir(trained):

@@ -7,19 +7,14 @@ from typing import Annotated
 
 import typer
 
-Config = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (defaults when omitted).")]
-Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: --set train.epochs=5 (repeatable).")]
-DataDir = Annotated[str | None, typer.Option(help="Where datasets are looked up (then $MEDCLS_DATA_DIR, then ./data).")]
+from .common import ConfigFile, DataDir, Sets, overrides
+
 CVSeed = Annotated[int | None, typer.Option(help="Seed of the fold assignment and of training (sets `seed`).")]
 TuneSeed = Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial's training (sets `seed`).")]
 
 
-def _overrides(sets: list[str] | None, data_dir: str | None) -> list[str]:
-    return list(sets or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
-
-
 def cv(
-    config: Config = None,
+    config: ConfigFile = None,
     sets: Sets = None,
     folds: Annotated[int, typer.Option(help="Number of folds (>= 2, <= samples or groups of the smallest class).")] = 5,
     seed: CVSeed = None,
@@ -34,14 +29,14 @@ def cv(
     from ..experiments.cv import cv as run_cv
     from ..experiments.cv import print_summary
 
-    result = run_cv(config, folds, overrides=_overrides(sets, data_dir), seed=seed, inner_val=inner_val,
+    result = run_cv(config, folds, overrides=overrides(sets, data_dir), seed=seed, inner_val=inner_val,
                     evaluate_test=evaluate_test, run_dir=run_dir)
     print_summary(result)
     typer.echo(f"cross-validation written to {result.path}")
 
 
 def tune(
-    config: Config = None,
+    config: ConfigFile = None,
     sets: Sets = None,
     budget: Annotated[str | None, typer.Option(help="Wall-clock budget of this invocation: 900s, 30m, 2h, 1h30m.")] = None,
     trials: Annotated[int | None, typer.Option(help="Total finished (complete or pruned) trials the study should hold, counting earlier runs.")] = None,
@@ -57,14 +52,14 @@ def tune(
     from ..experiments.tune import print_summary
     from ..experiments.tune import tune as run_tune
 
-    result = run_tune(config, budget=budget, trials=trials, overrides=_overrides(sets, data_dir), space=space,
+    result = run_tune(config, budget=budget, trials=trials, overrides=overrides(sets, data_dir), space=space,
                       study_dir=study_dir, name=name, seed=seed, pruner=pruner)
     print_summary(result)
     typer.echo(f"study written to {result.path}")
 
 
 def ablate(
-    config: Config = None,
+    config: ConfigFile = None,
     sets: Sets = None,
     variants: Annotated[str, typer.Option(help="Comma-separated: none (image only), meta_only, concat, "
                                           "cross_attention, gated.")] = "none,meta_only,concat,cross_attention,gated",
@@ -75,7 +70,7 @@ def ablate(
     from ..experiments.ablate import ablate as run_ablate
     from ..experiments.ablate import to_markdown
 
-    result = run_ablate(config, overrides=_overrides(sets, data_dir),
+    result = run_ablate(config, overrides=overrides(sets, data_dir),
                         variants=[v.strip() for v in variants.split(",") if v.strip()], run_dir=run_dir)
     typer.echo(to_markdown(result.table))
     typer.echo(f"ablation written to {result.path}")

@@ -1,0 +1,157 @@
+"""``medcls predict | explain | export | serve``: use a trained run or an exported bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import DataError, MedclsError
+from .common import METADATA_HELP, Checkpoint, Device, metadata_option
+
+Source = Annotated[Path, typer.Argument(help="A run directory or an exported bundle.")]
+
+
+def expand_images(paths: list[Path]) -> list[str]:
+    """Files as given; a directory becomes the image files inside it (recursive, sorted)."""
+    from ..data.images import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for p in paths:
+        if not p.is_dir():
+            out.append(str(p))
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"{p}: no image files in this directory (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        out += [str(f) for f in found]
+    return out
+
+
+def _write_csv(path: Path, results: list[dict]) -> None:
+    import pandas as pd
+
+    from ..utils import atomic_write_text
+
+    rows = [{"file": r["file"], **{f"prob_{k}": v for k, v in r["probabilities"].items()},
+             "predicted": r["predicted"]} for r in results]
+    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+def predict(
+    source: Source,
+    images: Annotated[list[Path], typer.Argument(help="Image files or directories of them (PNG, JPEG, TIFF, BMP, DICOM; 8- or 16-bit).")],
+    csv: Annotated[Path | None, typer.Option(help="Also write the probabilities to this CSV file.")] = None,
+    checkpoint: Checkpoint = "best",
+    device: Device = "auto",
+    backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
+    metadata: Annotated[str | None, typer.Option(help=METADATA_HELP + " Used for every image.")] = None,
+) -> int:
+    """Calibrated class probabilities and the decision at the operating point for each image (tab-separated).
+
+    An unreadable file is reported on stderr and the others are predicted; the exit status is then 2.
+    """
+    from .. import api
+    from ..artefact import findings_text
+
+    files = expand_images(images)
+    obj = metadata_option(metadata)
+    results = api.predict(source, files, checkpoint=checkpoint, device=device, backend=backend,
+                          metadata=None if obj is None else [obj] * len(files), on_error="skip")
+    failed = [r for r in results if "error" in r]
+    good = [r for r in results if "error" not in r]
+    for r in good:  # multilabel: the labels at or above their thresholds, ";"-joined, or "no finding"
+        r["predicted"] = r["predicted"] if isinstance(r["predicted"], str) else findings_text(r["predicted"])
+    if good:
+        names = list(good[0]["probabilities"])
+        typer.echo("\t".join(["file", *names, "predicted"]))
+        for r in good:
+            typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), r["predicted"]]))
+    if csv and good:
+        _write_csv(csv, good)
+        typer.echo(f"written to {csv}")
+    for r in failed:
+        typer.echo(f"error: {r['file']}: {r['error']['message']}", err=True)
+    return 2 if failed else 0
+
+
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")],
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, TIFF, BMP, DICOM; 8- or 16-bit).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write: image, heatmap and overlay.")],
+    method: Annotated[str, typer.Option(help="gradcam | gradcam++ | eigencam | layercam")] = "gradcam",
+    target_class: Annotated[str | None, typer.Option(help="Class to explain (default: the predicted class).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Target layer, e.g. net.layer3 (default: chosen per architecture).")] = None,
+    checkpoint: Checkpoint = "best",
+    metadata: Annotated[str | None, typer.Option(help=METADATA_HELP)] = None,
+) -> None:
+    """Save a class activation map (Grad-CAM & co) for one image and print the prediction."""
+    from ..evaluation.gradcam import explain_image
+    from ..runs import load_run
+
+    r = explain_image(load_run(run_dir), image, method=method, target_class=target_class, layer=layer,
+                      out_path=output, checkpoint=checkpoint, metadata=metadata_option(metadata))
+    typer.echo(f"predicted {r['predicted']} (p = {r['probability']:.4f}); {method} for {r['target']} "
+               f"written to {r['path']}")
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (its checkpoint's calibration travels with it).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create (must not exist or be empty).")],
+    format: Annotated[str, typer.Option("--format", help="onnx (safetensors + model.onnx) | safetensors")] = "onnx",
+    quantize: Annotated[str | None, typer.Option(help="int8: also write a static INT8 model.int8.onnx")] = None,
+    torchscript: Annotated[bool, typer.Option("--torchscript", help="Also write model.ts (TorchScript).")] = False,
+    checkpoint: Checkpoint = "best",
+    max_int8_auc_drop: Annotated[float, typer.Option(help="Refuse INT8 if validation AUC drops more than this.")] = 0.01,
+) -> None:
+    """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json."""
+    from ..export import export_bundle
+
+    if format not in ("onnx", "safetensors"):
+        raise MedclsError(f"--format must be onnx or safetensors, got {format!r}")
+    info = export_bundle(run_dir, output, onnx=format == "onnx", quantize=quantize, torchscript=torchscript,
+                         checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop)
+    for name, f in info["files"].items():
+        typer.echo(f"{name:<20} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:12]}")
+    if "onnx_parity" in info["checks"]:
+        typer.echo(f"ONNX parity: max |p_onnx - p_torch| = {info['checks']['onnx_parity']['max_abs_prob_diff']:.2e}")
+    if "int8" in info["checks"]:
+        c = info["checks"]["int8"]
+        typer.echo(f"INT8: val AUC {c['val_auc_fp32']:.4f} -> {c['val_auc_int8']:.4f} "
+                   f"(calibrated on {c['calibration_images']} train images)")
+    if not info["calibrated"]:
+        typer.echo(f"warning: {info['notes'][-1]}", err=True)
+    typer.echo(f"bundle written to {output}")
+
+
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory from `medcls export` (or a run directory with --backend torch).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="onnx | int8 | torch")] = "onnx",
+    api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable (X-API-Key header).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Micro-batching: images per model call at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Micro-batching: wait at most this long to fill a batch (0 = off).")] = 5.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest accepted image (pixels).")] = 40_000_000,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (onnxruntime).")] = None,
+) -> None:
+    """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
+    import uvicorn
+
+    from ..inference import Predictor
+    from ..serve import ServeSettings, create_app
+
+    settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
+                             max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_pixels=max_pixels, threads=threads)
+    predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
+    app_ = create_app(settings, predictor)
+    typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (predict, explain, export, serve):
+        app.command()(fn)
