@@ -1,0 +1,98 @@
+"""Untrusted request parts: the uploaded image (sniffed by content, bounded before decoding) and the
+``metadata`` JSON form field."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, UploadFile
+
+from ..errors import DataError
+from .settings import ServeSettings
+
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+              (b"BM", "bmp"))
+
+
+def sniff(data: bytes) -> str | None:
+    """The format by content (never by file name): png, jpeg, tiff, bmp, dicom, or None."""
+    from ..data.dicom import is_dicom
+
+    if is_dicom(data):
+        return "dicom"
+    return next((kind for sig, kind in SIGNATURES if data.startswith(sig)), None)
+
+
+def _check_header(data: bytes, kind: str, max_pixels: int) -> None:
+    """Image dimensions from the header, before any decoding (decompression bombs)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, f"image refused as a decompression bomb: {e} (limit {max_pixels} pixels)") from None
+    except Exception:
+        raise HTTPException(422, f"cannot read the {kind.upper()} header: the file is corrupt or truncated") from None
+    if w * h > max_pixels:
+        raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+
+
+async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
+    """The decoded image of an upload; 4xx with one line for anything that is not a usable image."""
+    from ..data.images import decode_image
+
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes")
+    if not data:
+        raise HTTPException(400, "empty file: expected a PNG, JPEG, TIFF, BMP or DICOM image")
+    kind = sniff(data)
+    if kind is None:
+        raise HTTPException(415, "unsupported or unrecognised format (checked by content, not name): "
+                            "expected PNG, JPEG, TIFF, BMP or DICOM")
+    if kind != "dicom":
+        _check_header(data, kind, settings.max_pixels)
+    try:
+        img = await asyncio.to_thread(decode_image, data, file.filename or "upload")
+    except DataError as e:
+        raise HTTPException(422, str(e)) from None
+    if img.size > settings.max_pixels * 3:
+        raise HTTPException(413, f"image has more than {settings.max_pixels} pixels")
+    return img
+
+
+def _json_field(raw: str, example: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"metadata must be {example}: {e}") from None
+
+
+def parse_metadata(raw: str | None) -> dict[str, Any] | None:
+    """The ``metadata`` form field: a JSON object of the model's expected keys (and its text column)."""
+    if raw is None or not raw.strip():
+        return None
+    meta = _json_field(raw, 'a JSON object such as {"age": 42}')
+    if not isinstance(meta, dict):
+        raise HTTPException(422, f"metadata must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def parse_batch_metadata(raw: str | None, n: int) -> list[dict[str, Any] | None]:
+    """The batch ``metadata`` field: a JSON array of ``n`` objects or nulls (null = no metadata for that file)."""
+    if raw is None or not raw.strip():
+        return [None] * n
+    metas = _json_field(raw, 'a JSON array with one object (or null) per file, such as [{"age": 42}, null]')
+    if not isinstance(metas, list) or len(metas) != n:
+        got = f"an array of {len(metas)}" if isinstance(metas, list) else type(metas).__name__
+        raise HTTPException(422, f"metadata must be a JSON array of {n} object(s) or null(s), one per file in "
+                            f"order; got {got}")
+    for i, m in enumerate(metas):
+        if m is not None and not isinstance(m, dict):
+            raise HTTPException(422, f"metadata[{i}] must be a JSON object or null, got {type(m).__name__}")
+    return metas
