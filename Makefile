@@ -18,15 +18,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Link the shared copy of PneumoniaMNIST when it exists; otherwise download it (official record, MD5-checked).
-# Best effort: offline, the tests that need it are skipped (pytest lists them) and the demo says where to put it.
+# Best effort: offline, one line says where to put the file; the tests that need it are skipped (pytest lists them).
 data: install
 	@mkdir -p data
 	@if [ -f $(SHARED)/pneumoniamnist.npz ] && [ ! -e data/pneumoniamnist.npz ]; then \
 		ln -s "$$(cd $(SHARED) && pwd)/pneumoniamnist.npz" data/pneumoniamnist.npz; \
 		echo "linked $(SHARED)/pneumoniamnist.npz -> data/"; fi
-	@[ -e data/pneumoniamnist.npz ] || $(BIN)/python -c "from medcls.data.medmnist import locate_or_download as f; \
-		print('PneumoniaMNIST:', f('pneumoniamnist', 28, 'data'))" \
-		|| echo "PneumoniaMNIST not available: the tests that need it will be skipped"
+	@[ -e data/pneumoniamnist.npz ] || $(BIN)/medcls data fetch pneumoniamnist --data-dir data || true
 
 # Debian's Chromium for the web-page test (best effort: needs root; the test skips without it).
 browser-deps:
@@ -34,6 +32,7 @@ browser-deps:
 		|| echo "chromium not installed: the browser test will be skipped"
 
 demo: install data
+	@[ -e data/pneumoniamnist.npz ] || exit 2   # the data step said where to put it
 	$(BIN)/medcls train --config configs/pneumoniamnist.yaml
 
 test: install data browser-deps

@@ -94,3 +94,33 @@ def test_normalisation_inside_model():
 
 def test_match_models():
     assert "resnet18" in match_models("resnet1*")
+
+
+def test_pretrained_offline_fails_in_seconds_with_the_way_out(monkeypatch, caplog):
+    """No hub and no cache: one clear ModelError within seconds (was ~100 s of retries), after saying what it tries."""
+    import logging
+    import time
+
+    import huggingface_hub.constants
+
+    import medcls.hub
+    from medcls.errors import ModelError
+
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-medcls-test-cache")
+    monkeypatch.setattr(medcls.hub, "hub_reachable", lambda timeout=3.0: False)
+    caplog.set_level(logging.INFO, logger="medcls")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match=r"model.pretrained=false.*model.weights"):
+        create_model("resnet18", 2, pretrained=True)
+    assert time.perf_counter() - t0 < 10
+    assert "fetching timm weights for resnet18 from the local Hugging Face cache" in caplog.text
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is before  # restored afterwards
+
+
+def test_hub_probe_honours_hf_hub_offline(monkeypatch):
+    from medcls.hub import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False

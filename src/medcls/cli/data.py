@@ -49,6 +49,18 @@ def stain_reference(
                + f"; train with --set transforms.stain={method} --set transforms.stain_reference={output}")
 
 
+@data_app.command("fetch")
+def fetch(
+    dataset: Annotated[str, typer.Argument(help="MedMNIST name, e.g. pneumoniamnist (see `medcls datasets`).")] = "pneumoniamnist",
+    size: Annotated[int, typer.Option(help="Image size: 28 | 64 | 128 | 224.")] = 28,
+    data_dir: Annotated[Path, typer.Option(help="Folder to look in and download to.")] = Path("data"),
+) -> None:
+    """Find a MedMNIST file locally or download it from the official record (MD5-checked); print its path."""
+    from ..data.sources.medmnist import locate_or_download
+
+    typer.echo(f"{dataset}: {locate_or_download(dataset, size, data_dir)}")
+
+
 def _guess_source(source: str) -> str:
     """``kind:argument`` as given; a bare path becomes btxrd (dataset.xlsx + images/), folder or csv."""
     from ..data.sources import SOURCES
@@ -87,7 +99,7 @@ def split(
     from rich.table import Table
 
     from ..config import parse_override
-    from ..data.splits import split_source
+    from ..data.resplit import split_source
     from ..errors import RunError
     from ..utils import atomic_write_text
 

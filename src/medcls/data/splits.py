@@ -21,7 +21,8 @@ SPLIT_FILE_COLUMNS = ("id", "split", "label", "group")
 _SPLITS = ("train", "val", "test")
 
 
-def _strata(labels: np.ndarray) -> np.ndarray:
+def strata(labels: np.ndarray) -> np.ndarray:
+    """The class used to stratify: the label, or the first positive of a multilabel row."""
     labels = np.asarray(labels)
     return labels.argmax(1) if labels.ndim == 2 else labels
 
@@ -41,7 +42,7 @@ def split_indices(labels: np.ndarray, fraction: float, *, seed: int = 0, groups:
         raise DataError(f"split fraction must be in (0, 1), got {fraction}")
     if n < 2:
         raise DataError(f"cannot split {n} sample(s)")
-    y = _strata(labels)
+    y = strata(labels)
     idx = np.arange(n)
     try:
         if groups is not None:
@@ -198,7 +199,7 @@ def splits_frame(table: ImageTable, split_of: np.ndarray, class_names: Sequence[
     """The ``id,split,label,group`` DataFrame of a split assignment."""
     import pandas as pd
 
-    y = _strata(table.labels)
+    y = strata(table.labels)
     return pd.DataFrame({"id": table.ids, "split": np.asarray(split_of, dtype=str),
                          "label": [class_names[int(k)] for k in y],
                          "group": [""] * len(y) if groups is None else np.asarray(groups).astype(str)})
@@ -251,7 +252,7 @@ def apply_splits_file(tables: dict[str, ImageTable | None], path: str | Path,
                         f"(e.g. {', '.join(map(repr, absent[:3]))}); rewrite it with `medcls data split`")
     rows = np.array([pos[sid] for sid in df["id"]], dtype=np.int64)
     if "label" in df.columns and (df["label"] != "").any():
-        y = _strata(table.labels)[rows]
+        y = strata(table.labels)[rows]
         names = np.array([class_names[int(k)] for k in y], dtype=object)
         differ = (df["label"].to_numpy() != names) & (df["label"].to_numpy() != "")
         if differ.any():
@@ -267,71 +268,3 @@ def apply_splits_file(tables: dict[str, ImageTable | None], path: str | Path,
             raise DataError(f"data.splits_file {p}: no {s!r} rows; a split file needs train, val and test samples")
         out[s] = table.subset(sel)
     return out
-
-
-def split_source(source: str, *, options: dict | None = None, by: str = "patient", val: float = 0.1,
-                 test: float = 0.2, stratify: bool = True, seed: int = 0, patient_col: str | None = None,
-                 patient_regex: str | None = None, center_col: str = "center",
-                 test_centers: Sequence[object] | None = None, keep_test: bool = False,
-                 data_dir: str | None = None):
-    """Assign every sample of a source to train/val/test. Returns (``id,split,label,group`` frame, notes).
-
-    ``by``: ``patient`` (groups from :func:`~medcls.data.groups.source_groups`), ``none`` (by image) or
-    ``center`` (whole centres to test; needs a ``center_col`` metadata column, as BTXRD has).
-    ``keep_test`` keeps the source's own test split and re-splits the rest into train/val.
-    """
-    from .groups import describe_groups, source_groups
-    from .sources import call_source, parse_source
-
-    if by not in ("patient", "none", "center"):
-        raise DataError(f"--by must be patient, none or center, got {by!r}")
-    kind, arg = parse_source(source)
-    options = dict(options or {})
-    if patient_col is not None and by == "patient":
-        if kind == "csv" or (kind == "dicom" and "labels" in options):
-            options.setdefault("group_col", patient_col)
-        elif kind == "dicom" and patient_col.replace("_", "").lower() != "patientid":
-            raise DataError(f"--patient-col {patient_col!r}: a dicom source without options.labels has only "
-                            "PatientID (used as a keyed hash)")
-    src = call_source(kind, arg, data_dir, options)
-    notes = list(src.notes or [])
-    official_test = src.splits.get("test")
-    if keep_test and (official_test is None or len(official_test) == 0):
-        raise DataError(f"--keep-test: {source} has no test split of its own")
-    if keep_test:
-        rest = pool_tables({"train": src.splits.get("train"), "val": src.splits.get("val")})
-        table = ConcatTable([rest, official_test])
-        fixed_test = np.arange(len(table)) >= len(rest)
-    else:
-        table = pool_tables(src.splits)
-        fixed_test = np.zeros(len(table), dtype=bool)
-    groups, how = source_groups(table, kind=kind, by=by, patient_col=patient_col, patient_regex=patient_regex)
-    notes.append(f"groups: {how}; {describe_groups(groups, len(table))}")
-    free = np.flatnonzero(~fixed_test)
-    g_free = None if groups is None else np.asarray(groups)[free]
-    if by == "center":
-        meta = getattr(table, "meta", None)
-        if meta is None or center_col not in meta.columns:
-            cols = [] if meta is None else [str(c) for c in meta.columns]
-            raise DataError(f"--by center needs a {center_col!r} column in the source's metadata (the btxrd source "
-                            f"has one); {kind} source has " + (f"columns {', '.join(cols)}" if cols else "no metadata"))
-        centers = [normalise_center(c) for c in meta[center_col].to_numpy()[free]]
-        if test_centers is None:
-            found = sorted(set(centers), key=lambda v: (len(v), v))
-            test_centers = found[1:]
-        part = center_splits(table.labels[free], centers, test_centers=test_centers, val=val, groups=g_free,
-                             stratify=stratify, seed=seed)
-        notes.append(f"test = centre(s) {', '.join(map(str, test_centers))}")
-    else:
-        part = assign_splits(table.labels[free], val=val, test=0.0 if keep_test else test, groups=g_free,
-                             stratify=stratify, seed=seed)
-    split_of = np.full(len(table), "test", dtype=object)
-    split_of[free] = part
-    if groups is not None:
-        g = np.asarray(groups).astype(str)
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            shared = set(g[split_of == a]) & set(g[split_of == b])
-            if shared:  # the official test split of a source may share patients with its train split
-                notes.append(f"warning: {len(shared)} group(s) are in both {a} and {b}"
-                             + (" (the source's own test split shares them)" if keep_test else ""))
-    return splits_frame(table, split_of, src.spec.class_names, groups), notes

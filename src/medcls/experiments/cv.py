@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..config import Config, build_config
 from ..data.sources import LoadedData, load_data
-from ..data.splits import ConcatTable, _strata, split_indices
+from ..data.splits import ConcatTable, split_indices, strata
 from ..errors import ConfigError
 from ..metrics import compute_metrics
 from ..runs import Run, new_run_dir
@@ -63,7 +63,7 @@ def make_folds(labels: np.ndarray, folds: int, *, seed: int = 0, groups: np.ndar
     """Fold number (0..folds-1) of every sample; stratified, and by group when ``groups`` is given."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    y = _strata(labels)
+    y = strata(labels)
     check_folds(y, folds, groups)
     idx = np.arange(len(y))
     if groups is not None:

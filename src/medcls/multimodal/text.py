@@ -30,9 +30,9 @@ TINY_WORDS = tuple(" ".join([
 
 
 def _offline() -> bool:
-    from ..models.factory import _hub_reachable
+    from ..hub import hub_reachable
 
-    return not _hub_reachable()
+    return not hub_reachable()
 
 
 def _load(kind: str, name: str, fn):

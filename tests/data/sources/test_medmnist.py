@@ -133,3 +133,21 @@ def test_positive_class_override(pneumonia_npz):
     with pytest.raises(DataError, match="Did you mean 'pneumonia'"):
         load_data(DataConfig(source="medmnist:pneumoniamnist", options={"path": str(pneumonia_npz)},
                              positive_class="pneumonai"))
+
+
+def test_offline_without_the_file_is_one_line_that_says_where_to_put_it(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    from medcls.cli import main
+
+    def unreachable(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.delenv("MEDCLS_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(medmnist, "download_npz", unreachable)
+    assert main(["data", "fetch", "pneumoniamnist", "--data-dir", "data"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: pneumoniamnist.npz is not on this machine")
+    assert str(tmp_path / "data" / "pneumoniamnist.npz") in err[0] and "zenodo.org" in err[0] and "MD5" in err[0]
+    assert "Traceback" not in err[0]

@@ -11,11 +11,11 @@ import base64
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +23,6 @@ from ...errors import RunError
 from ...utils import atomic_write_json, atomic_write_text, new_unique_dir
 from ..sources import SPLITS, SourceData
 from ..table import ImageTable
-
-if TYPE_CHECKING:
-    from .scan import DataReport
 
 SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 MAX_LISTED = 200  # pairs kept per split pair in the report (counts are always complete)
@@ -49,6 +46,44 @@ class Scanned:
         return {"split_a": str(self.split[a]), "id_a": self.ids[a], "index_a": int(self.index[a]),
                 "split_b": str(self.split[b]), "id_b": self.ids[b], "index_b": int(self.index[b]),
                 "distance": int(distance), "correlation": round(float(correlation), 4)}
+
+
+@dataclass
+class DataReport:
+    """What :func:`check_data` found; :meth:`to_dict` is ``report.json``, :meth:`write` adds ``report.html``."""
+
+    source: str
+    options: dict[str, Any]
+    dataset: str
+    task: str
+    classes: list[str]
+    settings: dict[str, Any]
+    counts: dict[str, Any]
+    checked: dict[str, int]
+    images: dict[str, Any]
+    unreadable: list[dict[str, str]]
+    exact_duplicates: dict[str, Any]
+    near_duplicates: dict[str, Any]
+    group_overlap: dict[str, Any] | None
+    class_balance: dict[str, Any]
+    leakage_reasons: list[str]
+    warnings: list[str]
+    notes: list[str]
+    samples: dict[str, dict[str, list[int]]]  # split -> class -> table rows shown as thumbnails
+    tables: dict[str, ImageTable] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def leakage(self) -> bool:
+        """True when images or patients/groups are shared between splits."""
+        return bool(self.leakage_reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "tables"}
+        return {"leakage": self.leakage, **d}
+
+    def write(self, output: str | Path | None = None, *, root: str | Path = "data-check") -> Path:
+        """Write ``report.json`` and ``report.html`` into a new directory (``root/<dataset>-<time>`` by default)."""
+        return write_report(self, output, root=root)
 
 
 def _dups(sc: Scanned, clusters: list[np.ndarray], edges: tuple[np.ndarray, ...] | None) -> dict[str, Any]:

@@ -48,7 +48,6 @@ import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..sources import SOURCES, SPLITS, SourceData, call_source, parse_source
 from ..table import FileTable, H5Table, ImageTable
-from .report import Scanned, summarise
+from .report import DataReport, Scanned, summarise
 
 log = logging.getLogger(__name__)
 
@@ -254,46 +253,6 @@ def thumb_correlation(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: i
 
 
 # ----------------------------------------------------------------------------------------------- report
-
-@dataclass
-class DataReport:
-    """What :func:`check_data` found; :meth:`to_dict` is ``report.json``, :meth:`write` adds ``report.html``."""
-
-    source: str
-    options: dict[str, Any]
-    dataset: str
-    task: str
-    classes: list[str]
-    settings: dict[str, Any]
-    counts: dict[str, Any]
-    checked: dict[str, int]
-    images: dict[str, Any]
-    unreadable: list[dict[str, str]]
-    exact_duplicates: dict[str, Any]
-    near_duplicates: dict[str, Any]
-    group_overlap: dict[str, Any] | None
-    class_balance: dict[str, Any]
-    leakage_reasons: list[str]
-    warnings: list[str]
-    notes: list[str]
-    samples: dict[str, dict[str, list[int]]]  # split -> class -> table rows shown as thumbnails
-    tables: dict[str, ImageTable] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def leakage(self) -> bool:
-        """True when images or patients/groups are shared between splits."""
-        return bool(self.leakage_reasons)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "tables"}
-        return {"leakage": self.leakage, **d}
-
-    def write(self, output: str | Path | None = None, *, root: str | Path = "data-check") -> Path:
-        """Write ``report.json`` and ``report.html`` into a new directory (``root/<dataset>-<time>`` by default)."""
-        from .report import write_report
-
-        return write_report(self, output, root=root)
-
 
 def _sample(n: int, total: int, max_images: int | None) -> np.ndarray:
     if max_images is None or total <= max_images:

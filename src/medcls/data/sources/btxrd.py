@@ -49,7 +49,7 @@ def _one_hot_names(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
     present = [c for c in columns if c in df.columns]
     if not present:
         return pd.Series([""] * len(df), index=df.index)
-    flags = np.stack([manifest._flags(df[c], c) for c in present], axis=1)
+    flags = np.stack([manifest.binary_flags(df[c], c) for c in present], axis=1)
     return pd.Series(["+".join(c for c, f in zip(present, row, strict=True) if f) for row in flags], index=df.index)
 
 
@@ -61,21 +61,21 @@ def _check_labels(df: pd.DataFrame, path: Path) -> None:
         raise DataError(f"{path}: missing BTXRD column(s) {', '.join(map(repr, missing))} (image_id and the one-hot "
                         f"labels tumor, benign, malignant).{hints} Columns: {', '.join(map(str, df.columns))}")
     try:
-        tumor, benign, malignant = (manifest._flags(df[c], c) for c in LABEL_COLUMNS)
+        tumor, benign, malignant = (manifest.binary_flags(df[c], c) for c in LABEL_COLUMNS)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     both = benign & malignant
     if both.any():
-        raise DataError(f"{path}: row(s) {manifest._rows(both)} set both benign and malignant; each image has one "
+        raise DataError(f"{path}: row(s) {manifest.row_numbers(both)} set both benign and malignant; each image has one "
                         "class (normal = neither)")
     bad = tumor != (benign | malignant)
     if bad.any():
-        raise DataError(f"{path}: row(s) {manifest._rows(bad)} disagree: tumor must be 1 exactly when benign or "
+        raise DataError(f"{path}: row(s) {manifest.row_numbers(bad)} disagree: tumor must be 1 exactly when benign or "
                         "malignant is 1")
     ids = df["image_id"].astype(str).str.strip()
     dup = ids.duplicated(keep=False).to_numpy()
     if dup.any():
-        raise DataError(f"{path}: image_id repeats in row(s) {manifest._rows(dup)}")
+        raise DataError(f"{path}: image_id repeats in row(s) {manifest.row_numbers(dup)}")
 
 
 def metadata(df: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +115,7 @@ def btxrd_source(arg: str, *, split: str = "random", test_centers: list[int] | N
     df = manifest.read_manifest(xlsx, sheet)
     _check_labels(df, xlsx)
     if split == "center":
-        manifest._require_columns(df, {"split=center": "center"}, xlsx)
+        manifest.require_columns(df, {"split=center": "center"}, xlsx)
     try:
         src = manifest.csv_source(str(xlsx), path_col="image_id", label_cols=["benign", "malignant"],
                                   none_label="normal", classes=list(CLASSES), image_root=str(images), sheet=sheet,

@@ -67,7 +67,7 @@ def dicom_files(where: Path) -> list[Path]:
 
 
 def _scan_classes(split_dir: Path, where: str) -> dict[str, list[Path]]:
-    class_dirs = folder._visible_dirs(split_dir)
+    class_dirs = folder.visible_dirs(split_dir)
     if not class_dirs:
         raise DataError(f"{where}: no class folders in {split_dir}. Expected {split_dir}/CLASS/*.dcm, or pass "
                         "options.labels=labels.csv (file and label columns)")
@@ -81,7 +81,7 @@ def _scan_classes(split_dir: Path, where: str) -> dict[str, list[Path]]:
 
 
 def _folder_layout(root: Path) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
-    split_dirs = folder._find_splits(root)
+    split_dirs = folder.find_splits(root)
     scans = ({s: _scan_classes(d, f"dicom source ({s})") for s, d in split_dirs.items()} if split_dirs
              else {"train": _scan_classes(root, "dicom source")})
     classes = sorted(scans["train"])

@@ -44,7 +44,7 @@ def short_list(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     return shown + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def _visible_dirs(path: Path) -> list[Path]:
+def visible_dirs(path: Path) -> list[Path]:
     """Sub-folders of ``path``, skipping hidden ones and macOS ``__MACOSX`` debris."""
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
@@ -113,13 +113,13 @@ def readable_rows(ok: np.ndarray, notes: list[str], split: str, where: str, *, s
     return keep
 
 
-def _find_splits(root: Path) -> dict[str, Path]:
+def find_splits(root: Path) -> dict[str, Path]:
     """Map our split names to folders; an empty dict means the flat layout."""
-    dirs = _visible_dirs(root)
+    dirs = visible_dirs(root)
     split_dirs = [d for d in dirs if d.name.lower() in SPLIT_NAMES]
     if not split_dirs:
         return {}
-    copies = [d for d in dirs if d not in split_dirs and any(c.name.lower() in SPLIT_NAMES for c in _visible_dirs(d))]
+    copies = [d for d in dirs if d not in split_dirs and any(c.name.lower() in SPLIT_NAMES for c in visible_dirs(d))]
     if copies:  # the Kaggle archive holds chest_xray/chest_xray/{train,val,test}, a duplicate
         warnings.warn(f"{root}: ignoring {', '.join(d.name for d in copies)} (a nested copy with its own split "
                       "folders)", stacklevel=3)
@@ -143,14 +143,14 @@ def _find_splits(root: Path) -> dict[str, Path]:
 
 def _scan_split(folder: Path, where: str) -> dict[str, list[Path]]:
     """Class name -> image files for one split folder; raises on empty class folders."""
-    class_dirs = _visible_dirs(folder)
+    class_dirs = visible_dirs(folder)
     if not class_dirs:
         loose = _image_files(folder)
         hint = f" (it holds {len(loose)} image file(s) directly; put them in one folder per class)" if loose else ""
         raise DataError(f"{where}: no class folders in {folder}{hint}. Expected {folder}/CLASS/image files.")
-    nested = [d for d in class_dirs if any(c.name.lower() in SPLIT_NAMES for c in _visible_dirs(d))]
+    nested = [d for d in class_dirs if any(c.name.lower() in SPLIT_NAMES for c in visible_dirs(d))]
     if nested:
-        raise DataError(f"{where}: {nested[0]} holds split folders ({', '.join(c.name for c in _visible_dirs(nested[0]))})"
+        raise DataError(f"{where}: {nested[0]} holds split folders ({', '.join(c.name for c in visible_dirs(nested[0]))})"
                         f", so it is not a class folder. It looks like a nested dataset: try folder:{nested[0]}")
     files = {d.name: _image_files(d) for d in class_dirs}
     if not any(files.values()):
@@ -180,7 +180,7 @@ def folder_source(arg: str, *, verify: bool = True, strict: bool = False, patien
     if not root.is_dir():
         raise DataError(f"folder source: {root} is a file, expected a folder with class or split sub-folders")
     root = root.absolute()  # tables must not depend on the working directory
-    split_dirs = _find_splits(root)
+    split_dirs = find_splits(root)
     layout = "splits" if split_dirs else "flat"
     scans = {s: _scan_split(d, f"{s} split") for s, d in split_dirs.items()} if split_dirs else {
         "train": _scan_split(root, "folder source")}

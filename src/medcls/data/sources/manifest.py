@@ -34,7 +34,7 @@ _TRUE = {"1", "1.0", "true", "yes", "y", "x"}
 _FALSE = {"0", "0.0", "false", "no", "n", "", "nan"}
 
 
-def _rows(mask: np.ndarray) -> str:
+def row_numbers(mask: np.ndarray) -> str:
     """Spreadsheet row numbers (header = row 1) of the True entries of ``mask``."""
     return folder.short_list([str(i + 2) for i in np.flatnonzero(mask)])
 
@@ -82,7 +82,7 @@ def read_manifest(path: Path, sheet: str | int = 0) -> pd.DataFrame:
     return df
 
 
-def _require_columns(df: pd.DataFrame, wanted: dict[str, str], path: Path) -> None:
+def require_columns(df: pd.DataFrame, wanted: dict[str, str], path: Path) -> None:
     missing = [(opt, col) for opt, col in wanted.items() if col not in df.columns]
     if missing:
         parts = [f"{col!r} (option {opt}){did_you_mean(col, df.columns)}" for opt, col in missing]
@@ -99,7 +99,7 @@ def _single_labels(col: pd.Series, classes: list[str] | None, name: str) -> tupl
     """Class indices from one column of names or ints."""
     empty = col.isna().to_numpy()
     if empty.any():
-        raise DataError(f"column {name!r} is empty in row(s) {_rows(empty)}")
+        raise DataError(f"column {name!r} is empty in row(s) {row_numbers(empty)}")
     integral = _is_integral(col)
     as_str = (pd.to_numeric(col).astype(np.int64).astype(str) if integral else col.astype(str).str.strip()).to_numpy()
     if classes is None:
@@ -116,14 +116,14 @@ def _single_labels(col: pd.Series, classes: list[str] | None, name: str) -> tupl
             bad = sorted(set(as_str[unknown]))
             hints = "".join(f" {b!r}:{did_you_mean(b, names)}" for b in bad[:10] if did_you_mean(b, names))
             raise DataError(
-                f"unknown label(s) {', '.join(repr(b) for b in bad[:10])} in column {name!r} (row(s) {_rows(unknown)})."
+                f"unknown label(s) {', '.join(repr(b) for b in bad[:10])} in column {name!r} (row(s) {row_numbers(unknown)})."
                 f"{hints} Expected one of the classes: {', '.join(names)}"
             )
     index = {c: i for i, c in enumerate(names)}
     return np.array([index[v] for v in as_str], dtype=np.int64), names
 
 
-def _flags(col: pd.Series, name: str) -> np.ndarray:
+def binary_flags(col: pd.Series, name: str) -> np.ndarray:
     """0/1 (also true/false, yes/no, blank) -> bool."""
     num = pd.to_numeric(col, errors="coerce")
     text = col.astype(str).str.strip().str.lower()
@@ -131,13 +131,13 @@ def _flags(col: pd.Series, name: str) -> np.ndarray:
     bad = ~(num.notna().to_numpy() | text.isin(_TRUE | _FALSE).to_numpy())
     if bad.any():
         raise DataError(f"one-hot column {name!r} holds non 0/1 values {sorted(set(text[bad]))[:5]} "
-                        f"in row(s) {_rows(bad)}")
+                        f"in row(s) {row_numbers(bad)}")
     return true
 
 
 def _onehot_labels(df: pd.DataFrame, label_cols: list[str], *, multilabel: bool, none_label: str | None,
                    classes: list[str] | None) -> tuple[np.ndarray, list[str], Task]:
-    hot = np.stack([_flags(df[c], c) for c in label_cols], axis=1)
+    hot = np.stack([binary_flags(df[c], c) for c in label_cols], axis=1)
     if multilabel:
         names = list(label_cols)
         if classes is not None:
@@ -148,13 +148,13 @@ def _onehot_labels(df: pd.DataFrame, label_cols: list[str], *, multilabel: bool,
         return hot.astype(np.float32), names, "multilabel"
     n_set = hot.sum(1)
     if (n_set > 1).any():
-        raise DataError(f"row(s) {_rows(n_set > 1)} set more than one of the label columns {label_cols}; "
+        raise DataError(f"row(s) {row_numbers(n_set > 1)} set more than one of the label columns {label_cols}; "
                         "a single-label task needs at most one (use options.multilabel=true for multi-label data)")
     if none_label is not None and none_label in label_cols:
         raise ConfigError(f"none_label {none_label!r} is also one of label_cols {label_cols}")
     has_none = bool((n_set == 0).any())
     if has_none and none_label is None:
-        raise DataError(f"row(s) {_rows(n_set == 0)} set none of the label columns {label_cols} "
+        raise DataError(f"row(s) {row_numbers(n_set == 0)} set none of the label columns {label_cols} "
                         "and options.none_label is null")
     names = ([str(none_label)] if has_none else []) + list(label_cols)
     labels = np.where(n_set == 0, 0, hot.argmax(1) + (1 if has_none else 0))
@@ -225,7 +225,7 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
     else:
         wanted["label_col"] = str(label_col)
     wanted.update({k: v for k, v in (("group_col", group_col), ("split_col", split_col)) if v is not None})
-    _require_columns(df, wanted, path)
+    require_columns(df, wanted, path)
 
     if label_cols is not None:
         labels, names, task = _onehot_labels(df, [str(c) for c in label_cols], multilabel=multilabel,
@@ -238,7 +238,7 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
 
     empty_path = df[path_col].isna().to_numpy() | (df[path_col].astype(str).str.strip() == "").to_numpy()
     if empty_path.any():
-        raise DataError(f"{path.name}: column {path_col!r} is empty in row(s) {_rows(empty_path)}")
+        raise DataError(f"{path.name}: column {path_col!r} is empty in row(s) {row_numbers(empty_path)}")
     root = path.parent if image_root is None else Path(image_root).expanduser()
     if image_root is not None and not root.is_absolute():
         root = path.parent / root
@@ -254,7 +254,7 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
     notes: list[str] = []
     if missing.any():
         msg = (f"{path.name}: {int(missing.sum())} of {len(raw)} image(s) not found under {root}: "
-               f"{folder.short_list(list(raw[missing]))} (row(s) {_rows(missing)})")
+               f"{folder.short_list(list(raw[missing]))} (row(s) {row_numbers(missing)})")
         if strict:
             raise DataError(msg)
         warnings.warn(msg + ". Skipping them (options.strict=true makes this an error).", stacklevel=2)
@@ -264,7 +264,7 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
         split_raw = df[split_col].astype(str).str.strip().str.lower().to_numpy()
         bad = ~np.isin(split_raw, list(folder.SPLIT_NAMES))
         if bad.any():
-            raise DataError(f"column {split_col!r} holds {sorted(set(split_raw[bad]))[:10]} in row(s) {_rows(bad)}; "
+            raise DataError(f"column {split_col!r} holds {sorted(set(split_raw[bad]))[:10]} in row(s) {row_numbers(bad)}; "
                             f"expected train, val (or valid/validation) or test")
         split_of = np.array([folder.SPLIT_NAMES[v] for v in split_raw])
         if not (split_of == "train").any():

@@ -79,19 +79,17 @@ def locate_or_download(flag: str, size: int = 28, data_dir: str | Path | None = 
     if found:
         return found
     dirs = default_data_dirs(data_dir)
-    where = "\n  ".join(str(d.resolve() / npz_name(flag, size)) for d in dirs)
+    name, url = npz_name(flag, size), URL_TEMPLATE.format(flag=flag, suffix="" if size == 28 else f"_{size}")
+    put = (f"put it at {dirs[0].resolve() / name} (or in the folder named by --data-dir, data.data_dir or "
+           f"$MEDCLS_DATA_DIR); the official copy is {url} (MD5 {INFO[flag]['md5'][size]})")
     if not download:
-        raise DataError(f"{npz_name(flag, size)} not found. Put it at one of:\n  {where}")
+        raise DataError(f"{name} not found: {put}")
     try:
         return download_npz(flag, size, dirs[0])
     except (urllib.error.URLError, TimeoutError, OSError) as e:
-        url = URL_TEMPLATE.format(flag=flag, suffix="" if size == 28 else f"_{size}")
-        raise DataError(
-            f"{npz_name(flag, size)} is not on this machine and could not be downloaded "
-            f"({type(e).__name__}: {getattr(e, 'reason', e)}).\n"
-            f"Download it from {url}\nand put it at one of:\n  {where}\n"
-            f"(or pass --data-dir / set MEDCLS_DATA_DIR)."
-        ) from None
+        raise DataError(f"{name} is not on this machine and could not be downloaded "
+                        f"({type(e).__name__}: {getattr(e, 'reason', e)}): {put}") from None
+
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
