@@ -101,7 +101,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match=r"empty\.png: empty file"):
         read_image(tmp_path / "empty.png")
     (tmp_path / "text.jpeg").write_bytes(b"<html>404 not found</html>")
-    with pytest.raises(DataError, match=r"text.jpeg: cannot decode image \(UnidentifiedImageError"):
+    with pytest.raises(DataError, match=r"text.jpeg: cannot decode image: not a PNG, JPEG"):
         read_image(tmp_path / "text.jpeg")
     (tmp_path / "cut.jpeg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"(?i)cut.jpeg: cannot decode image.*truncated"):
@@ -134,3 +134,18 @@ def test_array_table():
     assert table.ids[0] == "#0" and len(table.subset([1, 2])) == 2
     with pytest.raises(DataError, match="got 5 images but 4 labels"):
         ArrayTable(imgs, np.arange(4))
+
+
+def test_decode_errors_name_the_file_not_the_stream(tmp_path):
+    import pytest
+
+    from medcls.errors import DataError
+
+    f = tmp_path / "notes.png"
+    f.write_text("this is a text file renamed to png")
+    with pytest.raises(DataError) as e:
+        read_image(f)
+    assert str(f) in str(e.value) and "object at 0x" not in str(e.value) and "not a PNG" in str(e.value)
+    with pytest.raises(DataError) as e:
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "upload.png")
+    assert "upload.png" in str(e.value) and "object at 0x" not in str(e.value)

@@ -56,6 +56,8 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
             Image.DecompressionBombWarning) as e:
         if isinstance(e, DataError):
             raise
+        if isinstance(e, UnidentifiedImageError):  # its text names the in-memory stream, not the file
+            raise DataError(f"{name}: cannot decode image: not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM file") from None
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 

@@ -91,119 +91,127 @@ def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -
     return out
 
 
-def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``out_dir/model_card.md`` for ``run`` evaluated on ``split``."""
+def _details(run: Run, split: str) -> list[str]:
     from .. import __version__
 
-    cfg, spec, d = run.config, run.spec, run.data_summary
-    t, m = cfg.train, cfg.model
-    tr = run.metrics().get("train", {})
+    spec, m, ms = run.spec, run.config.model, run.model_spec
+    env = read_json(run.path / "env.json")
     names = list(spec.class_names)
     pos = names[spec.positive_index] if spec.task == "binary" and spec.positive_index is not None else None
-    env = read_json(run.path / "env.json")
-    post = stored_postprocess(run, metrics)
-    pp = metrics.get("postprocess") or {}
-    ci = metrics.get("ci") or {}
-    L: list[str] = [f"# Model card: {spec.name} · {m.name}", "", f"> {NOT_CLINICAL}", ""]
+    return [f"# Model card: {spec.name} · {m.name}", "", f"> {NOT_CLINICAL}", "", "## Model details", "",
+            f"- **Run:** `{run.path.name}` (trained {env.get('started', 'unknown date')}, git {env.get('git_sha') or 'unknown'})",
+            f"- **Architecture:** `{ms.architecture}` (timm; pretrained={m.pretrained}, stem={ms.stem}, "
+            f"drop_rate={ms.drop_rate}), {spec.num_classes} outputs, task **{spec.task}**",
+            f"- **Classes:** {', '.join(names)}" + (f" (positive class: **{pos}**)" if pos else ""),
+            f"- **Software:** medcls {__version__}, torch {env.get('torch', '?')}, timm {env.get('timm', '?')}",
+            f"- **Card generated:** {time.strftime('%Y-%m-%d %H:%M')} from the `{split}` evaluation", "",
+            "## Intended use", "",
+            f"- Research and benchmarking of {spec.task} classification of {spec.name} images ({', '.join(names)}).",
+            "- Intended users: machine-learning and medical-imaging researchers, who interpret outputs "
+            "alongside the limitations below.", "",
+            "## Out-of-scope uses", "",
+            "- Any clinical decision: diagnosis, screening, triage or treatment of real patients.",
+            "- Images from other sites, scanners, populations, modalities or resolutions than the training data.",
+            "- Use of the probabilities as calibrated risks outside the data distribution of the validation split.", ""]
 
-    L += ["## Model details", "",
-          f"- **Run:** `{run.path.name}` (trained {env.get('started', 'unknown date')}, git {env.get('git_sha') or 'unknown'})",
-          f"- **Architecture:** `{m.name}` (timm; pretrained={m.pretrained}, stem={d.get('stem', m.stem)}, "
-          f"drop_rate={m.drop_rate}), {spec.num_classes} outputs, task **{spec.task}**",
-          f"- **Classes:** {', '.join(names)}" + (f" (positive class: **{pos}**)" if pos else ""),
-          f"- **Software:** medcls {__version__}, torch {env.get('torch', '?')}, timm {env.get('timm', '?')}",
-          f"- **Card generated:** {time.strftime('%Y-%m-%d %H:%M')} from the `{split}` evaluation", ""]
 
-    L += ["## Intended use", "",
-          f"- Research and benchmarking of {spec.task} classification of {spec.name} images "
-          f"({', '.join(names)}).",
-          "- Intended users: machine-learning and medical-imaging researchers, who interpret outputs "
-          "alongside the limitations below.", "",
-          "## Out-of-scope uses", "",
-          "- Any clinical decision: diagnosis, screening, triage or treatment of real patients.",
-          "- Images from other sites, scanners, populations, modalities or resolutions than the training data.",
-          "- Use of the probabilities as calibrated risks outside the data distribution of the validation split.", ""]
-
-    splits = d.get("splits") or {}
-    L += ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
-          + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else "")]
-    L += ["", *_md_table(["split", *names, "total"],
-                         [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
-                          for s, v in splits.items()]), ""]
-    notes = d.get("notes") or []
-    L += ["- **How val/test were made:** " + ("; ".join(notes) if notes else
-          "official splits of the source used as provided (no re-splitting)."),
-          f"- Split seed {cfg.data.split_seed}; " + (f"each split limited to {cfg.data.limit} samples."
-                                                     if cfg.data.limit else "no subsampling."), ""]
+def _data_and_training(run: Run, metrics: dict[str, Any]) -> list[str]:
+    cfg, spec, d = run.config, run.spec, run.data_summary
+    t, tr, names = cfg.train, run.metrics().get("train", {}), list(run.spec.class_names)
+    splits, notes = d.get("splits") or {}, d.get("notes") or []
+    L = ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
+         + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else ""), "",
+         *_md_table(["split", *names, "total"],
+                    [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
+                     for s, v in splits.items()]), "",
+         "- **How val/test were made:** " + ("; ".join(notes) if notes else
+                                              "official splits of the source used as provided (no re-splitting)."),
+         f"- Split seed {cfg.data.split_seed}; " + (f"each split limited to {cfg.data.limit} samples."
+                                                    if cfg.data.limit else "no subsampling."), ""]
     pre = run.preprocess_cfg.to_dict()
     L += ["## Preprocessing", "", "- " + ", ".join(f"{k}={v}" for k, v in pre.items()),
           f"- Training augmentation preset `{cfg.transforms.preset}` (strength {cfg.transforms.strength}); "
-          "none at evaluation.", ""]
-
-    L += ["## Model training", "",
+          "none at evaluation.", "",
+          "## Model training", "",
           f"- {t.epochs} epochs planned, {tr.get('epochs_run', '?')} run; batch size {t.batch_size}; optimizer "
           f"{t.optimizer} (lr {t.lr}, weight decay {t.weight_decay}); scheduler {t.scheduler}; loss {t.loss} "
           f"(label smoothing {t.label_smoothing}); class weights {t.class_weights}; seed {cfg.seed}",
           f"- Model selection: best validation **{tr.get('monitor', t.monitor)}** at epoch "
           f"**{tr.get('best_epoch', '?')}** (value {_f(tr.get('best_value'), 4)}); evaluated checkpoint "
           f"`{metrics.get('checkpoint', 'best')}` (epoch {metrics.get('checkpoint_epoch', '?')})", ""]
+    return L
 
-    keys = [k for k in HEADLINE if isinstance(metrics.get(k), int | float)]
-    rows = [[k, _f(metrics[k]), _ci(ci.get(k))] for k in keys]
+
+def _performance(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
+    ci = metrics.get("ci") or {}
+    rows = [[k, _f(metrics[k]), _ci(ci.get(k))] for k in HEADLINE if isinstance(metrics.get(k), int | float)]
     if isinstance(metrics.get("auc_delong"), dict):
         rows.append(["auc (DeLong CI)", _f(metrics["auc_delong"].get("value")), _ci(metrics["auc_delong"])])
-    L += [f"## Performance ({split} split, n = {metrics.get('n', '?')})", "",
-          *_md_table(["metric", "value", "95% CI"], rows), "",
-          (f"Threshold-dependent metrics use threshold {fmt_threshold(metrics.get('threshold', 0.5))}"
+    how = (f"Threshold-dependent metrics use threshold {fmt_threshold(metrics.get('threshold', 0.5))}"
            + (" for every label (auc = macro mean over labels where defined, micro_auc pools all case-label "
               "pairs; accuracy = mean per-label accuracy); decisions use one threshold per label (below)"
-              if spec.task == "multilabel" else "")
-           if spec.task != "multiclass" else "Class predictions are the arg-max class")
-          + (f"; 95% CIs by {ci.get('method')} ({ci.get('n_resamples')} resamples)." if ci else "; no CIs."), ""]
+              if task == "multilabel" else "")
+           if task != "multiclass" else "Class predictions are the arg-max class")
+    how += f"; 95% CIs by {ci.get('method')} ({ci.get('n_resamples')} resamples)." if ci else "; no CIs."
+    return [f"## Performance ({split} split, n = {metrics.get('n', '?')})", "",
+            *_md_table(["metric", "value", "95% CI"], rows), "", how, ""]
 
-    cal = metrics.get("calibration") or {}
-    L += ["## Calibration", ""]
+
+def _calibration(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
+    cal, pp = metrics.get("calibration") or {}, metrics.get("postprocess") or {}
     if "error" in cal:
-        L += [f"- Not available: {cal['error']}", ""]
-    else:
-        L += [f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}"
-              + (" (one T shared by all labels: sigmoid(logit / T))" if spec.task == "multilabel" else ""),
-              f"- ECE before {_f((cal.get('before') or {}).get('ece'), 4)} → after "
-              f"{_f((cal.get('after') or {}).get('ece'), 4)}; Brier before {_f((cal.get('before') or {}).get('brier'), 4)}"
-              f" → after {_f((cal.get('after') or {}).get('brier'), 4)} (on {split})", ""]
+        return ["## Calibration", "", f"- Not available: {cal['error']}", ""]
+    before, after = cal.get("before") or {}, cal.get("after") or {}
+    return ["## Calibration", "",
+            f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}"
+            + (" (one T shared by all labels: sigmoid(logit / T))" if task == "multilabel" else ""),
+            f"- ECE before {_f(before.get('ece'), 4)} → after {_f(after.get('ece'), 4)}; Brier before "
+            f"{_f(before.get('brier'), 4)} → after {_f(after.get('brier'), 4)} (on {split})", ""]
 
-    if spec.task == "binary":
-        sel = pp.get("selected", "default")
-        op = (post.get("operating_points") or {}).get(sel) or {}
-        val = op.get("val") or {}
-        here = operating_points(metrics).get(sel) or {}
-        L += ["## Operating point in use", "",
-              f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** "
-              f"on p({pos})",
-              f"- Provenance: chosen on {(post.get('operating_points') or {}).get('chosen_on', 'val')} "
-              f"(n = {post.get('n_val', '?')}); val sensitivity {_f(val.get('sensitivity'))}, "
-              f"val specificity {_f(val.get('specificity'))}"]
-        if here:
-            L.append(f"- On {split}: sensitivity {_f(here['sensitivity']['value'])} ({_ci(here['sensitivity'])}), "
-                     f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
-        L += [f"- Other rules ({', '.join(k for k in operating_points(metrics) if k != sel)}) are listed in "
-              "report.html.", ""]
 
-    if spec.task == "multilabel":
-        L += _label_sections(metrics, post, split)
+def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[str, Any]) -> list[str]:
+    spec, pp = run.spec, metrics.get("postprocess") or {}
+    pos = spec.class_names[spec.positive_index]
+    sel = pp.get("selected", "default")
+    op = (post.get("operating_points") or {}).get(sel) or {}
+    val, here = op.get("val") or {}, operating_points(metrics).get(sel) or {}
+    L = ["## Operating point in use", "",
+         f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** on p({pos})",
+         f"- Provenance: chosen on {(post.get('operating_points') or {}).get('chosen_on', 'val')} "
+         f"(n = {post.get('n_val', '?')}); val sensitivity {_f(val.get('sensitivity'))}, "
+         f"val specificity {_f(val.get('specificity'))}"]
+    if here:
+        L.append(f"- On {split}: sensitivity {_f(here['sensitivity']['value'])} ({_ci(here['sensitivity'])}), "
+                 f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
+    others = ", ".join(k for k in operating_points(metrics) if k != sel)
+    return [*L, f"- Other rules ({others}) are listed in report.html.", ""]
 
+
+def _limitations(run: Run, metrics: dict[str, Any]) -> list[str]:
     lim = ["Single-source data: no external validation on another site or population has been done.",
            "Test-set performance estimates carry the uncertainty shown by the CIs and may be optimistic if "
            "the test distribution matches training more closely than deployment data would.",
-           *_caveats(run), *(f"Evaluation note: {n}" for n in pp.get("notes") or []),
-           *(f"Data note: {n}" for n in notes)]
-    L += ["## Limitations", "", *(f"- {x}" for x in lim), "",
-          "## Ethical considerations", "",
-          "- Subgroup performance (age, sex, device, site) was not assessed: the data carry no such labels.",
-          "- Errors have asymmetric costs (missed disease vs. false alarm); any threshold must be chosen "
-          "with clinicians for a specific setting and re-validated there.",
-          "- Public de-identified data; no new patient data were collected for this model.", "",
-          "## Not for clinical use", "", NOT_CLINICAL, ""]
+           *_caveats(run), *(f"Evaluation note: {n}" for n in (metrics.get("postprocess") or {}).get("notes") or []),
+           *(f"Data note: {n}" for n in run.data_summary.get("notes") or [])]
+    return ["## Limitations", "", *(f"- {x}" for x in lim), "",
+            "## Ethical considerations", "",
+            "- Subgroup performance (age, sex, device, site) was not assessed: the data carry no such labels.",
+            "- Errors have asymmetric costs (missed disease vs. false alarm); any threshold must be chosen "
+            "with clinicians for a specific setting and re-validated there.",
+            "- Public de-identified data; no new patient data were collected for this model.", "",
+            "## Not for clinical use", "", NOT_CLINICAL, ""]
+
+
+def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/model_card.md`` for ``run`` evaluated on ``split``."""
+    task, post = run.spec.task, stored_postprocess(run, metrics)
+    L = [*_details(run, split), *_data_and_training(run, metrics), *_performance(task, split, metrics),
+         *_calibration(task, split, metrics)]
+    if task == "binary":
+        L += _operating_point(run, split, metrics, post)
+    if task == "multilabel":
+        L += _label_sections(metrics, post, split)
+    L += _limitations(run, metrics)
     path = Path(out_dir) / "model_card.md"
     atomic_write_text(path, "\n".join(L))
     return path

@@ -194,21 +194,7 @@ def _resolve_paths(raw: pd.Series, root: Path, image_ext: str | None) -> list[Pa
     return out
 
 
-@SOURCES.register("csv")
-def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "label",
-               label_cols: list[str] | None = None, group_col: str | None = None, split_col: str | None = None,
-               image_root: str | None = None, sheet: str | int = 0, classes: list[str] | None = None,
-               multilabel: bool = False, none_label: str | None = "normal", image_ext: str | None = None,
-               verify: bool = True, strict: bool = False, channels: int | None = None,
-               table: pd.DataFrame | None = None) -> SourceData:
-    """Images listed in a CSV/TSV/Excel table with a label column or one-hot label columns.
-
-    ``classes`` fixes the class order (other labels are errors); ``image_ext`` is
-    appended to ids without an extension (default: try .jpeg, .jpg, .png). ``table``
-    (Python callers only) is the manifest already read with :func:`read_manifest`.
-    """
-    folder.check_channels(channels)
-    path = Path(arg).expanduser()
+def _check_options(label_col, label_cols, multilabel: bool, table) -> None:
     if label_cols is not None and (isinstance(label_cols, str) or len(label_cols) == 0):
         raise ConfigError(f"option label_cols must be a non-empty list of column names, got {label_cols!r}")
     if label_cols is None and label_col is None:
@@ -218,15 +204,10 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
         raise ConfigError("csv source: options.multilabel=true needs options.label_cols (one 0/1 column per label)")
     if table is not None and not isinstance(table, pd.DataFrame):
         raise ConfigError(f"csv source: table must be a pandas DataFrame read by read_manifest, got {type(table).__name__}")
-    df = read_manifest(path, sheet) if table is None else table
-    wanted = {"path_col": path_col}
-    if label_cols is not None:
-        wanted.update({f"label_cols[{i}]": c for i, c in enumerate(label_cols)})
-    else:
-        wanted["label_col"] = str(label_col)
-    wanted.update({k: v for k, v in (("group_col", group_col), ("split_col", split_col)) if v is not None})
-    require_columns(df, wanted, path)
 
+
+def _labels(df: pd.DataFrame, path: Path, label_col, label_cols, multilabel: bool, none_label, classes):
+    """(labels, class names, task) from one label column or one-hot columns."""
     if label_cols is not None:
         labels, names, task = _onehot_labels(df, [str(c) for c in label_cols], multilabel=multilabel,
                                              none_label=none_label, classes=classes)
@@ -235,7 +216,11 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
         task = "binary" if len(names) == 2 else "multiclass"
     if task != "multilabel" and len(names) < 2:
         raise DataError(f"{path.name}: all rows have the label {names[0]!r}; need at least 2 classes")
+    return labels, names, task
 
+
+def _image_paths(df: pd.DataFrame, path: Path, path_col: str, image_root, image_ext, strict: bool, notes: list[str]):
+    """(resolved path or None per row, the raw column, which rows are missing, the image root)."""
     empty_path = df[path_col].isna().to_numpy() | (df[path_col].astype(str).str.strip() == "").to_numpy()
     if empty_path.any():
         raise DataError(f"{path.name}: column {path_col!r} is empty in row(s) {row_numbers(empty_path)}")
@@ -251,45 +236,77 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
     if missing.all():
         raise DataError(f"{path.name}: none of the {len(raw)} image paths exist under {root} (first: {raw[0]!r}"
                         f"{'' if image_ext else ', also tried .jpeg/.jpg/.png'}). Check options.image_root.")
-    notes: list[str] = []
     if missing.any():
         msg = (f"{path.name}: {int(missing.sum())} of {len(raw)} image(s) not found under {root}: "
                f"{folder.short_list(list(raw[missing]))} (row(s) {row_numbers(missing)})")
         if strict:
             raise DataError(msg)
-        warnings.warn(msg + ". Skipping them (options.strict=true makes this an error).", stacklevel=2)
+        warnings.warn(msg + ". Skipping them (options.strict=true makes this an error).", stacklevel=3)
         notes.append(f"skipped {int(missing.sum())} missing image(s)")
+    return found, raw, missing, root
 
-    if split_col is not None:
-        split_raw = df[split_col].astype(str).str.strip().str.lower().to_numpy()
-        bad = ~np.isin(split_raw, list(folder.SPLIT_NAMES))
-        if bad.any():
-            raise DataError(f"column {split_col!r} holds {sorted(set(split_raw[bad]))[:10]} in row(s) {row_numbers(bad)}; "
-                            f"expected train, val (or valid/validation) or test")
-        split_of = np.array([folder.SPLIT_NAMES[v] for v in split_raw])
-        if not (split_of == "train").any():
-            raise DataError(f"column {split_col!r} has no 'train' rows")
-    else:
-        split_of = np.full(len(df), "train")
-    if group_col is not None:
-        g = df[group_col]
-        groups = np.array([f"row:{i + 2}" if pd.isna(v) else str(v).strip() for i, v in enumerate(g)], dtype=object)
-        if g.isna().any():
-            notes.append(f"{int(g.isna().sum())} row(s) without {group_col}: each is its own group")
-    else:
-        groups = None
+
+def _split_column(df: pd.DataFrame, split_col: str | None) -> np.ndarray:
+    if split_col is None:
+        return np.full(len(df), "train")
+    split_raw = df[split_col].astype(str).str.strip().str.lower().to_numpy()
+    bad = ~np.isin(split_raw, list(folder.SPLIT_NAMES))
+    if bad.any():
+        raise DataError(f"column {split_col!r} holds {sorted(set(split_raw[bad]))[:10]} in row(s) {row_numbers(bad)}; "
+                        f"expected train, val (or valid/validation) or test")
+    split_of = np.array([folder.SPLIT_NAMES[v] for v in split_raw])
+    if not (split_of == "train").any():
+        raise DataError(f"column {split_col!r} has no 'train' rows")
+    return split_of
+
+
+def _group_column(df: pd.DataFrame, path: Path, group_col: str | None, split_col: str | None,
+                  notes: list[str]) -> np.ndarray | None:
+    if group_col is None:
         if split_col is None:
             notes.append(f"{path.name}: no group_col (patient id): views of one patient may land in both train and "
                          "held-out splits")
+        return None
+    g = df[group_col]
+    if g.isna().any():
+        notes.append(f"{int(g.isna().sum())} row(s) without {group_col}: each is its own group")
+    return np.array([f"row:{i + 2}" if pd.isna(v) else str(v).strip() for i, v in enumerate(g)], dtype=object)
 
+
+@SOURCES.register("csv")
+def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "label",
+               label_cols: list[str] | None = None, group_col: str | None = None, split_col: str | None = None,
+               image_root: str | None = None, sheet: str | int = 0, classes: list[str] | None = None,
+               multilabel: bool = False, none_label: str | None = "normal", image_ext: str | None = None,
+               verify: bool = True, strict: bool = False, channels: int | None = None,
+               table: pd.DataFrame | None = None) -> SourceData:
+    """Images listed in a CSV/TSV/Excel table with a label column or one-hot label columns.
+
+    ``classes`` fixes the class order (other labels are errors); ``image_ext`` is
+    appended to ids without an extension (default: try .jpeg, .jpg, .png). ``table``
+    (Python callers only) is the manifest already read with :func:`read_manifest`.
+    """
+    folder.check_channels(channels)
+    path = Path(arg).expanduser()
+    _check_options(label_col, label_cols, multilabel, table)
+    df = read_manifest(path, sheet) if table is None else table
+    wanted = {"path_col": path_col, **({f"label_cols[{i}]": c for i, c in enumerate(label_cols)}
+                                       if label_cols is not None else {"label_col": str(label_col)})}
+    wanted.update({k: v for k, v in (("group_col", group_col), ("split_col", split_col)) if v is not None})
+    require_columns(df, wanted, path)
+    labels, names, task = _labels(df, path, label_col, label_cols, multilabel, none_label, classes)
+    notes: list[str] = []
+    found, raw, missing, root = _image_paths(df, path, path_col, image_root, image_ext, strict, notes)
+    split_of = _split_column(df, split_col)
+    groups = _group_column(df, path, group_col, split_col, notes)
     guess: int | None = None
     splits: dict[str, FileTable | None] = {"train": None, "val": None, "test": None}
     for s in ("train", "val", "test"):
         rows = np.flatnonzero((split_of == s) & ~missing)
         if len(rows) == 0:
             continue
-        paths = [found[i] for i in rows]
-        ok, g_ch = folder.check_images(paths, verify=verify, strict=strict, where=f"{path.name} ({s})")
+        ok, g_ch = folder.check_images([found[i] for i in rows], verify=verify, strict=strict,
+                                       where=f"{path.name} ({s})")
         guess = guess if guess is not None else g_ch
         rows = rows[folder.readable_rows(ok, notes, s, path.name, skipped="unreadable image(s)",
                                          none_read="listed images")]
