@@ -223,6 +223,88 @@ class TuneResult:
 
 
 # ------------------------------------------------------------------ the search
+def _check_request(cfg: Config, budget, trials, name: str | None, pruner: str) -> tuple[float | None, str]:
+    """The budget in seconds and the study name; every bad option fails before any data is read."""
+    seconds = parse_budget(budget)
+    if trials is not None and (not isinstance(trials, int) or trials < 1):
+        raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
+    if seconds is None and trials is None:
+        raise ConfigError("give a --budget (e.g. 30m) and/or a number of --trials: the search needs a limit")
+    name = name or f"{cfg.name}-tune"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"--name must use letters, digits, '_', '.', '-' only, got {name!r}")
+    check_pruner(pruner)
+    return seconds, name
+
+
+def _open_study(name: str, storage: str, direction: str, pruner: str, epochs: int, seed: int, trials: int | None):
+    """The study (created or resumed; trials left running by a dead process marked failed) and its finished count."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
+                                pruner=build_pruner(pruner, epochs))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        log.warning("trial %d was left running by an earlier process: marked failed", t.number)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED)))
+    startup = max(3, min(10, trials // 3)) if trials else 10
+    # reseeded by the history length, so a resumed study does not replay its first random proposals
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=startup)
+    return study, finished
+
+
+def _objective(cfg: Config, params, data, tune_dir: Path, name: str, deadline: float | None):
+    """One trial: train the sampled config on the (test-free) data; its value is the best-epoch monitor."""
+    import optuna
+
+    from ..api import train
+
+    monitor = cfg.train.monitor
+
+    def objective(trial) -> float:
+        values = {p.key: p.suggest(trial) for p in params}
+        run_dir = tune_dir / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        tcfg = trial_config(cfg, values, f"{cfg.name}-t{trial.number}")
+        log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in values.items()))
+        state, reason = "failed", ""
+        try:
+            run = train(tcfg, data=data, run_dir=run_dir, callbacks=[PruneCallback(trial, monitor, deadline)])
+            m = run.metrics().get("train", {})
+            value = m.get("best_value")
+            trial.set_user_attr("best_epoch", m.get("best_epoch"))
+            state = "complete" if value is not None and math.isfinite(value) else "failed"
+            reason = "" if state == "complete" else f"val_{monitor} undefined at every epoch"
+            return float("nan") if value is None else float(value)
+        except optuna.TrialPruned as e:
+            state, reason = "pruned", str(e)
+            raise
+        except (FloatingPointError, MedclsError, KeyboardInterrupt) as e:
+            reason = str(e) or type(e).__name__
+            trial.set_user_attr("stopped", reason)
+            raise
+        finally:
+            if run_dir.is_dir():  # the run directory says what happened (a pruned run stays resumable)
+                atomic_write_json(run_dir / "trial.json", {"study": name, "number": trial.number, "state": state,
+                                                           "reason": reason, "params": values})
+
+    return objective
+
+
+def _after_trial(tune_dir: Path, monitor: str):
+    import optuna
+
+    def after_trial(study, frozen) -> None:
+        atomic_write_text(tune_dir / "trials.csv", trials_frame(study).to_csv(index=False))
+        last = " (last reported)" if frozen.state == optuna.trial.TrialState.PRUNED else ""
+        log.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
+                 "" if frozen.value is None else f"val_{monitor} {frozen.value:.4f}{last}")
+
+    return after_trial
+
+
 def tune(config: Config | str | Path | dict | None = None, *, budget: str | float | None = None,
          trials: int | None = None, overrides: list[str] | None = None, space: str | Path | dict | None = None,
          study_dir: str | Path | None = None, name: str | None = None, seed: int | None = None,
@@ -230,19 +312,9 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     """Search hyperparameters of ``config`` on validation; see the module doc. Returns the best trial's config."""
     import optuna
 
-    from ..api import train
-
     cfg = as_config(config, list(overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-    seconds = parse_budget(budget)
-    if trials is not None and (not isinstance(trials, int) or trials < 1):
-        raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
-    if seconds is None and trials is None:
-        raise ConfigError("give a --budget (e.g. 30m) and/or a number of --trials: the search needs a limit")
+    seconds, name = _check_request(cfg, budget, trials, name, pruner)
     params = load_space(space, cfg)
-    name = name or f"{cfg.name}-tune"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"--name must use letters, digits, '_', '.', '-' only, got {name!r}")
-    check_pruner(pruner)  # fail before any data is read
     monitor = cfg.train.monitor
     direction = "maximize" if monitor_mode(monitor) == "max" else "minimize"
     tune_dir = Path(study_dir or cfg.output_dir) / name
@@ -253,57 +325,14 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
         _check_same_study(tune_dir, cfg, params)
         data = without_test(load_data(cfg.data), NO_TEST)
         epochs = resolve_auto(cfg, data)[0].train.epochs  # what each trial will train (train resolves the same)
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                                    pruner=build_pruner(pruner, epochs))
+        study, finished = _open_study(name, storage, direction, pruner, epochs, cfg.seed, trials)
         _record_study(tune_dir, cfg, params)
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            log.warning("trial %d was left running by an earlier process: marked failed", t.number)
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                                optuna.trial.TrialState.PRUNED)))
-        startup = max(3, min(10, trials // 3)) if trials else 10
-        # reseeded by the history length, so a resumed study does not replay its first random proposals
-        study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials), n_startup_trials=startup)
         remaining = None if trials is None else trials - finished
-        deadline = time.monotonic() + seconds if seconds else None
-
-        def objective(trial) -> float:
-            values = {p.key: p.suggest(trial) for p in params}
-            run_dir = tune_dir / "trials" / f"trial-{trial.number:04d}"
-            trial.set_user_attr("run_dir", str(run_dir))
-            tcfg = trial_config(cfg, values, f"{cfg.name}-t{trial.number}")
-            log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                             for k, v in values.items()))
-            state, reason = "failed", ""
-            try:
-                run = train(tcfg, data=data, run_dir=run_dir, callbacks=[PruneCallback(trial, monitor, deadline)])
-                m = run.metrics().get("train", {})
-                value = m.get("best_value")
-                trial.set_user_attr("best_epoch", m.get("best_epoch"))
-                state = "complete" if value is not None and math.isfinite(value) else "failed"
-                reason = "" if state == "complete" else f"val_{monitor} undefined at every epoch"
-                return float("nan") if value is None else float(value)
-            except optuna.TrialPruned as e:
-                state, reason = "pruned", str(e)
-                raise
-            except (FloatingPointError, MedclsError, KeyboardInterrupt) as e:
-                reason = str(e) or type(e).__name__
-                trial.set_user_attr("stopped", reason)
-                raise
-            finally:
-                if run_dir.is_dir():  # the run directory says what happened (a pruned run stays resumable)
-                    atomic_write_json(run_dir / "trial.json", {"study": name, "number": trial.number, "state": state,
-                                                               "reason": reason, "params": values})
-
-        def after_trial(study, frozen) -> None:
-            atomic_write_text(tune_dir / "trials.csv", trials_frame(study).to_csv(index=False))
-            last = " (last reported)" if frozen.state == optuna.trial.TrialState.PRUNED else ""
-            log.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
-                     "" if frozen.value is None else f"val_{monitor} {frozen.value:.4f}{last}")
-
         if remaining is None or remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=seconds, catch=(FloatingPointError,),
-                           callbacks=[after_trial], gc_after_trial=True)
+            deadline = time.monotonic() + seconds if seconds else None
+            study.optimize(_objective(cfg, params, data, tune_dir, name, deadline), n_trials=remaining,
+                           timeout=seconds, catch=(FloatingPointError,), callbacks=[_after_trial(tune_dir, monitor)],
+                           gc_after_trial=True)
         else:
             log.info("study %s already holds %d finished trials (--trials %d): nothing to run", name, finished, trials)
     return _finish(study, tune_dir, cfg, storage, monitor, direction)

@@ -146,6 +146,33 @@ def _inspect(paths: list[Path], *, window: dcm.Window, verify: bool, want_ids: b
     return ok, pids, channels
 
 
+def _tables_by_layout(root: Path, labels: str | None, opts: dict, strict: bool, notes: list[str]):
+    """Per split (paths, labels, ids, groups), the class names, task and layout name."""
+    if labels is None:
+        given = [k for k in ("label_cols", "split_col", "group_col", "classes") if opts[k] is not None]
+        if given:
+            raise ConfigError(f"dicom source: option(s) {', '.join(given)} need options.labels (a label table); "
+                              "without it the class is the folder name")
+        found, class_names = _folder_layout(root)
+        tables = {s: (paths, y, [p.relative_to(root).as_posix() for p in paths], None)
+                  for s, (paths, y) in found.items()}
+        return tables, class_names, "binary" if len(class_names) == 2 else "multiclass", "folders"
+    src = _labels_layout(root, labels, opts, strict)
+    notes += [n for n in src.notes or [] if "no group_col" not in n]
+    tables = {s: (list(t.paths), t.labels, list(t.ids), t.groups) for s, t in src.splits.items() if t is not None}
+    return tables, list(src.spec.class_names), src.spec.task, "labels"
+
+
+def _patient_note(splits: dict, n_with_id: int, n_files: int) -> str:
+    if n_with_id:
+        return (f"patient groups from PatientID (keyed hash, never stored): {n_with_id} of {n_files} "
+                "file(s) have one; the rest are their own group")
+    for t in splits.values():
+        if t is not None and t.groups is not None and all(str(g).startswith("file:") for g in t.groups):
+            t.groups = None
+    return "no DICOM file has a PatientID: held-out splits are by image, not by patient"
+
+
 @SOURCES.register("dicom")
 def dicom_source(arg: str, *, labels: str | None = None, path_col: str = "path", label_col: str | None = "label",
                  label_cols: list[str] | None = None, none_label: str | None = "normal",
@@ -165,32 +192,10 @@ def dicom_source(arg: str, *, labels: str | None = None, path_col: str = "path",
     if not root.is_dir():
         raise DataError(f"dicom source: {root} " + ("does not exist" if not root.exists() else "is a file")
                         + " (expected a folder of DICOM files: ROOT/CLASS/*.dcm, or ROOT with options.labels)")
-    root = root.absolute()
-    if labels is None:
-        given = {k: v for k, v in (("label_cols", label_cols), ("split_col", split_col), ("group_col", group_col),
-                                   ("classes", classes)) if v is not None}
-        if given:
-            raise ConfigError(f"dicom source: option(s) {', '.join(given)} need options.labels (a label table); "
-                              "without it the class is the folder name")
-    notes: list[str] = []
-    tables: dict[str, tuple[list[Path], np.ndarray, list[str], np.ndarray | None]] = {}
-    if labels is not None:
-        opts = {"path_col": path_col, "label_col": label_col, "label_cols": label_cols, "none_label": none_label,
-                "classes": classes, "split_col": split_col, "group_col": group_col, "sheet": sheet}
-        src = _labels_layout(root, labels, opts, strict)
-        class_names, task = list(src.spec.class_names), src.spec.task
-        notes += [n for n in src.notes or [] if "no group_col" not in n]
-        for s, t in src.splits.items():
-            if t is not None:
-                tables[s] = (list(t.paths), t.labels, list(t.ids), t.groups)
-        layout = "labels"
-    else:
-        found, class_names = _folder_layout(root)
-        task = "binary" if len(class_names) == 2 else "multiclass"
-        for s, (paths, y) in found.items():
-            tables[s] = (paths, y, [p.relative_to(root).as_posix() for p in paths], None)
-        layout = "folders"
-
+    root, notes = root.absolute(), []
+    opts = {"path_col": path_col, "label_col": label_col, "label_cols": label_cols, "none_label": none_label,
+            "classes": classes, "split_col": split_col, "group_col": group_col, "sheet": sheet}
+    tables, class_names, task, layout = _tables_by_layout(root, labels, opts, strict, notes)
     splits: dict[str, DicomTable | None] = {"train": None, "val": None, "test": None}
     channels: int | None = None
     n_with_id = n_files = 0
@@ -208,14 +213,7 @@ def dicom_source(arg: str, *, labels: str | None = None, path_col: str = "path",
         splits[s] = DicomTable([paths[i] for i in keep], y[keep], [ids[i] for i in keep],
                                None if groups is None else np.asarray(groups)[keep], window=win)
     if group_by_patient and n_files:
-        if n_with_id == 0:
-            for t in splits.values():
-                if t is not None and t.groups is not None and all(str(g).startswith("file:") for g in t.groups):
-                    t.groups = None
-            notes.append("no DICOM file has a PatientID: held-out splits are by image, not by patient")
-        else:
-            notes.append(f"patient groups from PatientID (keyed hash, never stored): {n_with_id} of {n_files} "
-                         "file(s) have one; the rest are their own group")
+        notes.append(_patient_note(splits, n_with_id, n_files))
     spec = DatasetSpec(name=root.name, task=task, class_names=tuple(class_names), channels=channels or 1,
                        extra={"source": "dicom", "root": str(root), "layout": layout,
                               "window": "file" if win is None else list(win)})
