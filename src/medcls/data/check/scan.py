@@ -274,6 +274,64 @@ def _samples(tables: dict[str, ImageTable], rows: dict[str, np.ndarray], classes
     return out
 
 
+def _check_settings(max_images, max_distance, min_correlation) -> None:
+    if not isinstance(max_distance, int) or not 0 <= max_distance <= 16:
+        raise ConfigError(f"max_distance must be an integer number of phash bits in 0..16, got {max_distance!r}")
+    if not 0 < min_correlation <= 1:
+        raise ConfigError(f"min_correlation must be in (0, 1], got {min_correlation!r}")
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"max_images must be >= 1, got {max_images!r}")
+
+
+def _load_source(source: str, opts: dict, data_dir) -> tuple[SourceData, dict[str, ImageTable], list[str]]:
+    """The source with unreadable files kept (the scan lists them), its non-empty splits and its warnings."""
+    kind, arg = parse_source(source)
+    call = dict(opts)
+    if "verify" in inspect.signature(SOURCES.get(kind)).parameters and "verify" not in call:
+        call["verify"] = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        src: SourceData = call_source(kind, arg, None if data_dir is None else str(data_dir), call)
+    tables = {s: t for s in SPLITS if (t := src.splits.get(s)) is not None and len(t)}
+    if not tables:
+        raise DataError(f"{source}: the source holds no images")
+    return src, tables, [str(w.message) for w in caught]
+
+
+def _scanned(tables: dict[str, ImageTable], rows: dict, results: dict) -> Scanned:
+    good = [(s, int(r), res) for s in tables for r, res in zip(rows[s], results[s], strict=True) if res[0] == "ok"]
+    thumbs = np.stack([g[2][5] for g in good]) if good else np.zeros((0, THUMB * THUMB), np.uint8)
+    return Scanned(split=np.array([g[0] for g in good], dtype=object), index=np.array([g[1] for g in good], np.int64),
+                   ids=[tables[s].ids[r] for s, r, _ in good], digest=[g[2][4] for g in good],
+                   phash=phash64(thumbs), thumbs=thumbs)
+
+
+def _near_duplicates(sc: Scanned, max_distance: int, min_correlation: float):
+    """Pairs within ``max_distance`` phash bits whose thumbnails correlate, pixels not identical; and the
+    number of phash candidates."""
+    i, j, d = near_pairs(sc.phash, max_distance)
+    diff = np.array([sc.digest[a] != sc.digest[b] for a, b in zip(i, j, strict=True)], dtype=bool)
+    i, j, d = i[diff], j[diff], d[diff]
+    corr = thumb_correlation(sc.thumbs, i, j)
+    keep = np.flatnonzero(corr >= min_correlation)
+    keep = keep[np.lexsort((d[keep], -corr[keep]))]
+    return (i[keep], j[keep], d[keep], corr[keep]), len(i)
+
+
+def _settings(max_distance: int, min_correlation: float, max_images, sampled: bool, candidates: int,
+              seconds: float) -> dict[str, Any]:
+    chunks, radius = _chunking(max_distance)
+    return {
+        "near_duplicate_rule": f"phash Hamming distance <= {max_distance} of 64 bits and Pearson correlation of "
+                               f"the {THUMB}x{THUMB} gray thumbnails >= {min_correlation}, pixels not identical",
+        "exact_duplicate_rule": "identical decoded pixels (dtype, shape and values)",
+        "max_distance": max_distance, "min_correlation": min_correlation, "thumbnail": THUMB,
+        "hash": "imagehash.phash, 64 bits, of the canonical gray 8-bit image",
+        "search": f"multi-index hashing: {chunks} chunks, radius {radius}", "max_images": max_images,
+        "sampled": sampled, "phash_candidates": candidates, "seconds": round(seconds, 2),
+    }
+
+
 def check_data(source: str, *, options: dict[str, Any] | None = None, data_dir: str | Path | None = None,
                max_images: int | None = None, max_distance: int = MAX_DISTANCE,
                min_correlation: float = MIN_CORRELATION, samples_per_class: int = 4,
@@ -283,62 +341,27 @@ def check_data(source: str, *, options: dict[str, Any] | None = None, data_dir: 
     ``options`` are the source's keyword options (``data.options``); ``max_images`` caps the images
     decoded (sampled evenly within each split); ``workers`` threads decode files (default: up to 4).
     """
-    if not isinstance(max_distance, int) or not 0 <= max_distance <= 16:
-        raise ConfigError(f"max_distance must be an integer number of phash bits in 0..16, got {max_distance!r}")
-    if not 0 < min_correlation <= 1:
-        raise ConfigError(f"min_correlation must be in (0, 1], got {min_correlation!r}")
-    if max_images is not None and max_images < 1:
-        raise ConfigError(f"max_images must be >= 1, got {max_images!r}")
-    kind, arg = parse_source(source)
+    _check_settings(max_images, max_distance, min_correlation)
     opts = dict(options or {})
-    call = dict(opts)
-    if "verify" in inspect.signature(SOURCES.get(kind)).parameters and "verify" not in call:
-        call["verify"] = False  # keep unreadable files in the tables: the scan below lists them
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        src: SourceData = call_source(kind, arg, None if data_dir is None else str(data_dir), call)
-    tables = {s: t for s in SPLITS if (t := src.splits.get(s)) is not None and len(t)}
-    if not tables:
-        raise DataError(f"{source}: the source holds no images")
+    src, tables, source_warnings = _load_source(source, opts, data_dir)
     total = sum(len(t) for t in tables.values())
     rows = {s: _sample(len(t), total, max_images) for s, t in tables.items()}
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-
     t0 = time.perf_counter()
     results = {s: _scan(t, rows[s], workers, s) for s, t in tables.items()}
     unreadable = [{"split": s, "id": tables[s].ids[int(r)], "error": res[1]}
                   for s in tables for r, res in zip(rows[s], results[s], strict=True) if res[0] == "error"]
-    good = [(s, int(r), res) for s in tables for r, res in zip(rows[s], results[s], strict=True) if res[0] == "ok"]
-    thumbs = np.stack([g[2][5] for g in good]) if good else np.zeros((0, THUMB * THUMB), np.uint8)
-    sc = Scanned(split=np.array([g[0] for g in good], dtype=object), index=np.array([g[1] for g in good], np.int64),
-                 ids=[tables[s].ids[r] for s, r, _ in good], digest=[g[2][4] for g in good],
-                 phash=phash64(thumbs), thumbs=thumbs)
+    sc = _scanned(tables, rows, results)
     t1 = time.perf_counter()
-    i, j, d = near_pairs(sc.phash, max_distance)
-    diff = np.array([sc.digest[a] != sc.digest[b] for a, b in zip(i, j, strict=True)], dtype=bool)
-    i, j, d = i[diff], j[diff], d[diff]
-    corr = thumb_correlation(sc.thumbs, i, j)
-    keep = np.flatnonzero(corr >= min_correlation)
-    keep = keep[np.lexsort((d[keep], -corr[keep]))]
-    near = (i[keep], j[keep], d[keep], corr[keep])
+    near, candidates = _near_duplicates(sc, max_distance, min_correlation)
     log.info("decoded %d images in %.1fs; %d phash pairs within %d bits, %d near duplicates (%.1fs)",
-             len(sc.ids), t1 - t0, len(i), max_distance, len(keep), time.perf_counter() - t1)
-
-    chunks, radius = _chunking(max_distance)
-    settings = {
-        "near_duplicate_rule": f"phash Hamming distance <= {max_distance} of 64 bits and Pearson correlation of "
-                               f"the {THUMB}x{THUMB} gray thumbnails >= {min_correlation}, pixels not identical",
-        "exact_duplicate_rule": "identical decoded pixels (dtype, shape and values)",
-        "max_distance": max_distance, "min_correlation": min_correlation, "thumbnail": THUMB,
-        "hash": "imagehash.phash, 64 bits, of the canonical gray 8-bit image",
-        "search": f"multi-index hashing: {chunks} chunks, radius {radius}", "max_images": max_images,
-        "sampled": any(len(rows[s]) < len(t) for s, t in tables.items()),
-        "phash_candidates": len(i), "seconds": round(time.perf_counter() - t0, 2),
-    }
+             len(sc.ids), t1 - t0, candidates, max_distance, len(near[0]), time.perf_counter() - t1)
+    sampled = any(len(rows[s]) < len(t) for s, t in tables.items())
+    settings = _settings(max_distance, min_correlation, max_images, sampled, candidates, time.perf_counter() - t0)
     readable = {s: np.array([x for x, res in zip(rows[s], results[s], strict=True) if res[0] == "ok"], np.int64)
                 for s in tables}
     fields = summarise(src, tables, sc, near, [r for res in results.values() for r in res], unreadable=unreadable,
-                       source_warnings=[str(w.message) for w in caught], sampled=settings["sampled"])
+                       source_warnings=source_warnings, sampled=sampled)
     return DataReport(source=source, options=opts, dataset=src.spec.name, task=src.spec.task,
                       classes=list(src.spec.class_names), settings=settings,
                       checked={s: len(rows[s]) for s in tables}, **fields,
