@@ -122,7 +122,6 @@ def export(
                    f"(calibrated on {c['calibration_images']} train images)")
     if not info["calibrated"]:
         typer.echo(f"warning: {info['notes'][-1]}", err=True)
-    typer.echo(f"bundle written to {output}")
 
 
 def serve(
