@@ -156,13 +156,7 @@ def main() -> None:
         info = preds["torch"].info
         pre = preds["torch"].preprocess_cfg
         shape = (pre.in_chans, pre.size, pre.size)
-        src = run
-        if src is None and info.get("source_run"):
-            try:
-                src = load_run(info["source_run"])
-            except Exception:
-                src = None
-        pool, input_source = val_inputs(src, max(args.batch, 64), shape, args.seed)
+        pool, input_source = val_inputs(run, max(args.batch, 64), shape, args.seed)  # bundle alone: random inputs
 
         results: dict[str, dict[str, Any]] = {}
         ref = {}
@@ -181,11 +175,11 @@ def main() -> None:
         if tmp is not None:
             tmp.cleanup()
 
-    arch = info.get("architecture", {})
+    model_spec = info.get("model", {})
     out: dict[str, Any] = {
         "bundle": str(args.bundle) if args.bundle else f"exported from {args.run} (temporary)",
         "run": str(args.run) if args.run else None, "export_seconds": export_s,
-        "model": arch.get("name"), "stem": arch.get("stem"), "input": list(shape), "input_source": input_source,
+        "model": model_spec.get("architecture"), "stem": model_spec.get("stem"), "input": list(shape), "input_source": input_source,
         "threads": args.threads, "warmup": args.warmup, "iters": args.iters, "batch": args.batch,
         "iters_batch": args.iters32, "results": results, "int8_test_auc": auc,
         "int8_val_check": info.get("checks", {}).get("int8"),
@@ -193,7 +187,7 @@ def main() -> None:
         "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__, "cpu": cpu_name(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    print(f"## Inference latency: {arch.get('name')} ({arch.get('stem')} stem), input {'x'.join(map(str, shape))}, "
+    print(f"## Inference latency: {model_spec.get('architecture')} ({model_spec.get('stem')} stem), input {'x'.join(map(str, shape))}, "
           f"{args.threads} threads\n")
     print(f"| backend | p50 ms (b1) | p99 ms (b1) | img/s (b{args.batch}) | speed-up vs eager (b1 / b{args.batch}) "
           f"| vs ORT fp32 (b1 / b{args.batch}) | max Δp vs eager |")
