@@ -71,8 +71,9 @@ def predict(
     if csv and good:
         _write_csv(csv, good)
         typer.echo(f"written to {csv}")
-    for r in failed:
-        typer.echo(f"error: {r['file']}: {r['error']['message']}", err=True)
+    for r in failed:  # decode errors name their file already
+        msg = r["error"]["message"]
+        typer.echo(f"error: {msg}" if r["file"] in msg else f"error: {r['file']}: {msg}", err=True)
     return 2 if failed else 0
 
 
