@@ -13,8 +13,8 @@ from PIL import Image
 
 from medcls.config import DataConfig
 from medcls.data.groups import groups_from_regex, patient_groups
-from medcls.data.sources import load_data
 from medcls.data.resplit import split_source
+from medcls.data.sources import load_data
 from medcls.data.splits import assign_splits, center_splits
 from medcls.errors import ConfigError, DataError
 
