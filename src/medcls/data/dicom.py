@@ -135,6 +135,16 @@ def read_dataset(data: bytes | str | Path, name: str | None = None, *, header_on
         raise DataError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
 
 
+def declared_pixels(data: bytes, name: str = "dicom") -> int:
+    """Rows x Columns x NumberOfFrames as the header declares them, read without touching the pixel data
+    (a few KB of deflate can declare gigabytes: bound it before decoding)."""
+    ds = read_dataset(data, name, header_only=True)
+    try:
+        return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        raise DataError(f"{name}: DICOM header has non-numeric Rows/Columns/NumberOfFrames") from None
+
+
 def decode_dicom(data: bytes, name: str = "dicom", *, window: Window = None) -> np.ndarray:
     return dataset_to_array(read_dataset(data, name), name, window)
 

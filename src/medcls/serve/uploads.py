@@ -42,6 +42,19 @@ def _check_header(data: bytes, kind: str, max_pixels: int) -> None:
         raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
 
 
+def _check_dicom_header(data: bytes, max_pixels: int) -> None:
+    """Rows x Columns x frames from the DICOM header, before any pixel data is decompressed."""
+    from ..data.dicom import declared_pixels
+
+    try:
+        n = declared_pixels(data, "upload")
+    except DataError as e:
+        raise HTTPException(422, str(e)) from None
+    if n > max_pixels:
+        raise HTTPException(413, f"DICOM header declares {n} pixels (rows x columns x frames), more than the limit "
+                            f"of {max_pixels}")
+
+
 async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
     """The decoded image of an upload; 4xx with one line for anything that is not a usable image."""
     from ..data.images import decode_image
@@ -55,7 +68,9 @@ async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
     if kind is None:
         raise HTTPException(415, "unsupported or unrecognised format (checked by content, not name): "
                             "expected PNG, JPEG, TIFF, BMP or DICOM")
-    if kind != "dicom":
+    if kind == "dicom":
+        _check_dicom_header(data, settings.max_pixels)
+    else:
         _check_header(data, kind, settings.max_pixels)
     try:
         img = await asyncio.to_thread(decode_image, data, file.filename or "upload")

@@ -1,0 +1,58 @@
+"""Untrusted uploads are bounded before the expensive step: a deflated DICOM declaring a huge image is refused
+from its header, without decompressing its pixel data."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medcls import Predictor
+from medcls.serve import ServeSettings, create_app
+
+
+def deflated_dicom(rows: int, cols: int) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.set_pixel_data(np.zeros((rows, cols), np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=12)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def small_limit(bundle):
+    out, _ = bundle
+    settings = ServeSettings(bundle=str(out), backend="onnx", max_pixels=1_000_000, max_wait_ms=1)
+    with TestClient(create_app(settings, Predictor.load(out, backend="onnx"))) as c:
+        yield c
+
+
+def test_a_dicom_declaring_too_many_pixels_is_refused_from_its_header(small_limit, monkeypatch):
+    import medcls.data.dicom as dicom
+
+    data = deflated_dicom(2000, 2000)  # 8 MB of pixels in a few KB
+    assert len(data) < 100_000
+
+    def never(*a, **k):
+        raise AssertionError("pixel data decoded before the header was checked")
+
+    monkeypatch.setattr(dicom, "decode_dicom", never)
+    monkeypatch.setattr(dicom, "dataset_to_array", never)
+    r = small_limit.post("/v1/predict", files={"file": ("big.dcm", data)})
+    assert r.status_code == 413 and "DICOM header declares 4000000 pixels" in r.json()["error"]["message"]
+
+
+def test_a_dicom_within_the_limit_is_predicted(small_limit):
+    r = small_limit.post("/v1/predict", files={"file": ("ok.dcm", deflated_dicom(64, 64))})
+    assert r.status_code == 200, r.text
