@@ -18,6 +18,7 @@ from ..errors import MedclsError
 from ..inference import Predictor
 from .batching import MicroBatcher
 from .errors import install_error_handlers
+from .limits import RequestLimits
 from .metrics import Metrics, install_metrics
 from .routes import explain_router, meta_router, predict_router
 from .settings import ServeSettings
@@ -49,6 +50,8 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
+    app.add_middleware(RequestLimits, api_key=app.state.api_key, max_upload_bytes=settings.max_upload_bytes,
+                       max_files=settings.max_files)  # outermost: before any body is read
     for router in (predict_router, explain_router, meta_router):
         app.include_router(router)
     return app

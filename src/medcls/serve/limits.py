@@ -1,0 +1,54 @@
+"""Bounds checked before a request body is read: the API key, then the body size (declared, then streamed).
+
+A raw ASGI middleware, because FastAPI dependencies run only after the multipart body has been
+parsed (and spooled to disk): an unauthenticated or oversized upload would cost its whole size first.
+The limit depends on the route (a batch carries up to max_files uploads), which FastAPI's per-route
+``max_body_size`` cannot take from runtime settings; the streamed count is Starlette's own responder.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from starlette.middleware.body_limit import RequestBodyLimitResponder
+
+MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form around the file(s)
+
+
+async def _reply(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimits:
+    """401 for /v1/ requests without the right X-API-Key and 413 for bodies over the limit of their route,
+    both before the body is read; a body that streams past its declared (or absent) length is cut at the limit."""
+
+    def __init__(self, app, *, api_key: str | None, max_upload_bytes: int, max_files: int) -> None:
+        self.app, self.api_key = app, api_key
+        self.single = max_upload_bytes + MULTIPART_SLACK
+        self.batch = max_upload_bytes * max_files + MULTIPART_SLACK * max_files
+
+    def _limit(self, path: str) -> int:
+        return self.batch if path.rstrip("/").endswith("/batch") else self.single
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
+        if self.api_key is not None and path.startswith("/v1/"):
+            if not secrets.compare_digest(headers.get(b"x-api-key", b""), self.api_key.encode()):
+                return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
+        limit = self._limit(path)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _reply(send, 400, "bad_request", "Content-Length must be a non-negative integer")
+            if int(declared) > limit:
+                return await _reply(send, 413, "too_large", f"request body of {int(declared)} bytes is larger than "
+                                    f"the limit of {limit} bytes for {path}")
+        # the streamed count is Starlette's: FastAPI answers its overflow with 413 through our handlers
+        return await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)

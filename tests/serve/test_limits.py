@@ -1,0 +1,63 @@
+"""The API key and the body size are checked before the body is read: a huge unauthenticated upload is refused
+from its headers, and a body that streams past the limit is cut there (nothing spooled beyond it)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medcls import Predictor
+from medcls.serve import ServeSettings, create_app
+
+
+@pytest.fixture(scope="module")
+def keyed(bundle):
+    out, _ = bundle
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDCLS_TEST_KEY", "s3cret")
+    settings = ServeSettings(bundle=str(out), backend="onnx", api_key_env="MEDCLS_TEST_KEY",
+                             max_upload_bytes=200_000, max_files=2, max_wait_ms=1)
+    with TestClient(create_app(settings, Predictor.load(out, backend="onnx"))) as c:
+        yield c
+    mp.undo()
+
+
+def _stream(n_bytes: int, chunk: int = 65536):
+    head = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n\x89PNG\r\n\x1a\n"
+    yield head
+    sent = 0
+    while sent < n_bytes:
+        yield b"0" * chunk
+        sent += chunk
+
+
+def test_no_key_is_refused_before_the_body_is_read(keyed):
+    consumed = []
+
+    def body():
+        for part in _stream(50_000_000):
+            consumed.append(len(part))
+            yield part
+
+    r = keyed.post("/v1/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert sum(consumed) < 5_000_000  # the 50 MB body was not read by the server
+
+
+def test_a_declared_length_over_the_limit_is_refused_from_the_headers(keyed):
+    r = keyed.post("/v1/predict", content=b"x" * 1_000_000,
+                   headers={"X-API-Key": "s3cret", "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]["message"]
+
+
+def test_a_streamed_body_is_cut_at_the_limit(keyed):
+    r = keyed.post("/v1/predict", content=_stream(5_000_000),
+                   headers={"X-API-Key": "s3cret", "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_bad_content_length_and_key_still_work(keyed):
+    ok = keyed.get("/v1/model", headers={"X-API-Key": "s3cret"})
+    assert ok.status_code == 200
+    assert keyed.get("/health").status_code == 200  # not behind the key
+    assert keyed.get("/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
