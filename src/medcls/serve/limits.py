@@ -39,9 +39,9 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
-        if self.api_key is not None and path.startswith("/v1/"):
-            if not secrets.compare_digest(headers.get(b"x-api-key", b""), self.api_key.encode()):
-                return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
+        key = headers.get(b"x-api-key", b"")
+        if self.api_key is not None and path.startswith("/v1/") and not secrets.compare_digest(key, self.api_key.encode()):
+            return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
         limit = self._limit(path)
         declared = headers.get(b"content-length")
         if declared is not None:
