@@ -56,3 +56,17 @@ def test_a_dicom_declaring_too_many_pixels_is_refused_from_its_header(small_limi
 def test_a_dicom_within_the_limit_is_predicted(small_limit):
     r = small_limit.post("/v1/predict", files={"file": ("ok.dcm", deflated_dicom(64, 64))})
     assert r.status_code == 200, r.text
+
+
+def test_a_png_holding_fewer_rows_than_it_declares_gets_422(small_limit):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes([128]) * 100 for _ in range(4))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100, 5000, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    r = small_limit.post("/v1/predict", files={"file": ("t.png", png)})
+    assert r.status_code == 422 and "truncated PNG" in r.json()["error"]["message"]

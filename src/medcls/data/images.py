@@ -46,6 +46,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 
     if is_dicom(data):
         return decode_dicom(data, name)
+    from .png import check_complete
+
+    check_complete(data, name)  # Pillow would zero-fill the missing rows
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
