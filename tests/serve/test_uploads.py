@@ -70,3 +70,19 @@ def test_a_png_holding_fewer_rows_than_it_declares_gets_422(small_limit):
            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     r = small_limit.post("/v1/predict", files={"file": ("t.png", png)})
     assert r.status_code == 422 and "truncated PNG" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("metadata,status,text", [
+    ("[" * 50_000 + "]" * 50_000, 413, "more than the limit"),
+    ("[" * 20_000, 422, "nested at most 8 levels"),
+    ("[" * 12 + "1" + "]" * 12, 422, "nested at most 8 levels"),
+    ('{"age": ', 422, "metadata must be a JSON object"),
+])
+def test_metadata_json_is_bounded_in_size_and_nesting(small_limit, metadata, status, text):
+    """Deep nesting used to exhaust the parser's recursion (a 500); now every such field is a 4xx."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buf, format="PNG")
+    r = small_limit.post("/v1/predict", files={"file": ("x.png", buf.getvalue())}, data={"metadata": metadata})
+    assert r.status_code == status and text in r.json()["error"]["message"], r.text

@@ -81,11 +81,31 @@ async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
     return img
 
 
+MAX_METADATA_CHARS = 64 * 1024
+MAX_METADATA_DEPTH = 8
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, counted only up to ``limit + 1``."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in children), default=0)
+
+
 def _json_field(raw: str, example: str) -> Any:
+    """A bounded JSON form field: its size first, then its nesting."""
+    if len(raw) > MAX_METADATA_CHARS:
+        raise HTTPException(413, f"metadata is {len(raw)} characters, more than the limit of {MAX_METADATA_CHARS}")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as e:
         raise HTTPException(422, f"metadata must be {example}: {e}") from None
+    except RecursionError:  # thousands of nested brackets reach the parser's own depth limit
+        value = RecursionError
+    if value is RecursionError or _depth(value, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise HTTPException(422, f"metadata must be {example}, nested at most {MAX_METADATA_DEPTH} levels deep")
+    return value
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any] | None:
