@@ -61,3 +61,58 @@ def test_bad_content_length_and_key_still_work(keyed):
     assert ok.status_code == 200
     assert keyed.get("/health").status_code == 200  # not behind the key
     assert keyed.get("/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_metrics_and_docs_can_require_the_key(bundle, monkeypatch):
+    out, _ = bundle
+    monkeypatch.setenv("MEDCLS_TEST_KEY", "s3cret")
+    settings = ServeSettings(bundle=str(out), backend="onnx", api_key_env="MEDCLS_TEST_KEY", protect_metrics=True,
+                             protect_docs=True)
+    with TestClient(create_app(settings, Predictor.load(out, backend="onnx"))) as c:
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after():
+    """Driven at the ASGI level: the first request holds its slot while the second arrives."""
+    import asyncio
+    import json
+
+    from medcls.serve.limits import RequestLimits
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    settings = ServeSettings(bundle="unused", max_concurrency=1)
+    limits = RequestLimits(slow_app, settings=settings, api_key=None)
+
+    async def call():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await limits({"type": "http", "path": "/v1/predict", "headers": []}, receive, send)
+        return sent
+
+    async def scenario():
+        first = asyncio.create_task(call())
+        await asyncio.sleep(0.05)
+        second = await call()  # answered at once, while the first is in flight
+        release.set()
+        return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert first[0]["status"] == 200
+    assert second[0]["status"] == 503 and (b"retry-after", b"1") in second[0]["headers"]
+    assert json.loads(second[1]["body"])["error"]["code"] == "busy"
+    assert limits.in_flight == 0

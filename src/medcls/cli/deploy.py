@@ -136,6 +136,10 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="Largest accepted image (pixels).")] = 40_000_000,
     threads: Annotated[int | None, typer.Option(help="Inference threads (onnxruntime).")] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Requests to /v1/ in flight at most; more get 503 + Retry-After.")] = 64,
+    protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="Require the API key on /metrics too.")] = False,
+    protect_docs: Annotated[bool, typer.Option("--protect-docs", help="Require the API key on /docs and /openapi.json too.")] = False,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Close idle keep-alive connections after this many seconds.")] = 5.0,
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
     import uvicorn
@@ -145,11 +149,13 @@ def serve(
 
     settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_pixels=max_pixels, threads=threads)
+                             max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
+                             protect_metrics=protect_metrics, protect_docs=protect_docs)
     predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=timeout_keep_alive)
 
 
 def register(app: typer.Typer) -> None:

@@ -50,8 +50,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
-    app.add_middleware(RequestLimits, api_key=app.state.api_key, max_upload_bytes=settings.max_upload_bytes,
-                       max_files=settings.max_files)  # outermost: before any body is read
+    app.add_middleware(RequestLimits, settings=settings, api_key=app.state.api_key)  # outermost: before any body
     for router in (predict_router, explain_router, meta_router):
         app.include_router(router)
     return app

@@ -16,21 +16,28 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form around the file(s)
 
 
-async def _reply(send, status: int, code: str, message: str) -> None:
+DOCS = ("/docs", "/redoc", "/openapi.json")
+
+
+async def _reply(send, status: int, code: str, message: str, extra: tuple = ()) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
 class RequestLimits:
-    """401 for /v1/ requests without the right X-API-Key and 413 for bodies over the limit of their route,
-    both before the body is read; a body that streams past its declared (or absent) length is cut at the limit."""
+    """Before a body is read: 401 without the right X-API-Key (on /v1/, and on /metrics and the docs when
+    protected), 503 with Retry-After beyond ``max_concurrency`` requests in flight on /v1/, 413 for a declared
+    body over the route's limit; a body that streams past the limit is cut there."""
 
-    def __init__(self, app, *, api_key: str | None, max_upload_bytes: int, max_files: int) -> None:
+    def __init__(self, app, *, settings, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
-        self.single = max_upload_bytes + MULTIPART_SLACK
-        self.batch = max_upload_bytes * max_files + MULTIPART_SLACK * max_files
+        self.single = settings.max_upload_bytes + MULTIPART_SLACK
+        self.batch = (settings.max_upload_bytes + MULTIPART_SLACK) * settings.max_files
+        self.max_concurrency, self.in_flight = settings.max_concurrency, 0
+        self.protected = ("/v1/", *(("/metrics",) if settings.protect_metrics else ()),
+                          *(DOCS if settings.protect_docs else ()))
 
     def _limit(self, path: str) -> int:
         return self.batch if path.rstrip("/").endswith("/batch") else self.single
@@ -40,8 +47,21 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
         key = headers.get(b"x-api-key", b"")
-        if self.api_key is not None and path.startswith("/v1/") and not secrets.compare_digest(key, self.api_key.encode()):
+        if self.api_key is not None and path.startswith(self.protected) and \
+                not secrets.compare_digest(key, self.api_key.encode()):
             return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
+        if not path.startswith("/v1/"):
+            return await self._bounded(scope, receive, send, path, headers)
+        if self.in_flight >= self.max_concurrency:
+            return await _reply(send, 503, "busy", f"{self.in_flight} requests in flight (limit {self.max_concurrency}); "
+                                "retry shortly", ((b"retry-after", b"1"),))
+        self.in_flight += 1
+        try:
+            await self._bounded(scope, receive, send, path, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _bounded(self, scope, receive, send, path: str, headers: dict) -> None:
         limit = self._limit(path)
         declared = headers.get(b"content-length")
         if declared is not None:

@@ -15,3 +15,7 @@ class ServeSettings(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_files: int = Field(64, ge=1, description="Files per /v1/predict/batch request.")
     threads: int | None = Field(None, ge=1)
+    max_concurrency: int = Field(64, ge=1, description="Requests to /v1/ in flight at most; more get 503 with "
+                                 "Retry-After instead of queueing without bound.")
+    protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
+    protect_docs: bool = Field(False, description="Require the API key on /docs, /redoc and /openapi.json too.")
