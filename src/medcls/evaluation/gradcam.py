@@ -268,7 +268,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     """Grad-CAM figures of the ``k`` most confident errors per group under ``RUN/eval-<split>/gradcam/``.
 
     Binary: false positives (``FP/``, highest p(positive)) and false negatives (``FN/``, lowest
-    p(positive)) at the run's decision threshold (``postprocess.json``, else 0.5). Multiclass: per true
+    p(positive)) at the checkpoint's decision threshold (its calibration, else ``eval.threshold``). Multiclass: per true
     class (``<class>/``). The CAM explains the predicted class. An existing ``gradcam/`` is replaced.
     """
     import pandas as pd
