@@ -74,3 +74,25 @@ def test_not_an_artefact(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(RunError, match="unreadable"):
         open_artefact(tmp_path)
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused_not_predicted(evaluated_run, tmp_path, capsys):
+    """safetensors checks the header, not the tensor data: 4096 flipped bytes loaded and predicted nonsense."""
+    from medcls.cli import main
+
+    run_dir = shutil.copytree(evaluated_run.path, tmp_path / "run")
+    ckpt = run_dir / "checkpoints" / "best.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(RunError, match="does not match the sha256 recorded when it was written"):
+        Predictor.load(run_dir)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+    assert main(["predict", str(run_dir), str(img)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0]
+    assert Predictor.load(run_dir, checkpoint="last").temperature > 0  # the intact checkpoint still loads

@@ -120,7 +120,7 @@ class Artefact:
         if not path.is_file():
             raise RunError(f"{self.path} has no {checkpoint} checkpoint (was training interrupted before "
                            "epoch 1 ended?)")
-        tensors, meta = load_checkpoint(path, device="cpu")
+        tensors, meta = load_checkpoint(path, device="cpu", verify=self.kind == "run")  # bundles: bundle.json
         if self.kind == "bundle":
             return tensors, {"epoch": self.info.get("source", {}).get("epoch")}
         # `last` of an EMA run holds the raw weights (to resume) and the averaged ones, which are what

@@ -7,34 +7,58 @@ metadata for humans.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import RunError
-from ..utils import atomic_write_bytes, atomic_write_json
+from ..utils import atomic_write_bytes, atomic_write_json, file_sha256
+
+log = logging.getLogger("medcls")
 
 _META_KEY = "medcls"
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write the checkpoint, then its sidecar with the sha256 of the bytes just written (checked on load)."""
     from safetensors.torch import save
 
     path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     data = save(flat, metadata={_META_KEY: json.dumps(meta)})
     atomic_write_bytes(path, data)
-    atomic_write_json(path.with_suffix(".json"), meta)
+    atomic_write_json(path.with_suffix(".json"), {**meta, "sha256": hashlib.sha256(data).hexdigest()})
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def verify_checkpoint(path: Path) -> None:
+    """The file's sha256 against the one its sidecar recorded when it was written (flipped bytes load silently
+    otherwise: safetensors checks the header, not the tensor data)."""
+    sidecar = path.with_suffix(".json")
+    try:
+        want = json.loads(sidecar.read_text()).get("sha256")
+    except (OSError, json.JSONDecodeError):
+        want = None
+    if want is None:
+        log.warning("%s has no recorded sha256 (sidecar %s missing or old): loaded unverified", path, sidecar.name)
+        return
+    if file_sha256(path) != want:
+        raise RunError(f"{path} does not match the sha256 recorded when it was written: the file is corrupt or "
+                       "was modified; restore it or retrain")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise RunError(f"checkpoint not found: {path}")
+    if verify:
+        verify_checkpoint(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))

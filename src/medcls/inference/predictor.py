@@ -61,19 +61,20 @@ class Predictor:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}."
                               f"{did_you_mean(backend, BACKENDS)}")
         art = open_artefact(path)
-        post = art.postprocess_or_default(checkpoint)
         info = {**art.info, "kind": art.kind, "checkpoint": art.checkpoint_name(checkpoint)}
-        common = dict(backend=backend, inputs=art.inputs, info=info)
-        if backend == "torch":
+        if backend == "torch":  # the weights first: a corrupt checkpoint is the one error to report
             device = device or torch.device("cpu")
             model, _ = art.build_model(checkpoint, device)
-            return cls(art.spec, post, model=model, device=device, **common)
+            return cls(art.spec, art.postprocess_or_default(checkpoint), model=model, device=device, backend=backend,
+                       inputs=art.inputs, info=info)
         if art.kind != "bundle":
             raise ConfigError(f"{path} is a run directory: only the torch backend runs it; "
                               f"export a bundle with `medcls export {path} -o BUNDLE` for {backend}")
         from ..export.onnx import ort_session
 
-        return cls(art.spec, post, session=ort_session(art.file(ONNX_FILES[backend]), threads=threads), **common)
+        session = ort_session(art.file(ONNX_FILES[backend]), threads=threads)
+        return cls(art.spec, art.postprocess_or_default(checkpoint), session=session, backend=backend,
+                   inputs=art.inputs, info=info)
 
     # ------------------------------------------------------------ properties
     @property
