@@ -14,6 +14,8 @@ from PIL import Image
 
 from medcls.serve import ServeSettings, create_app
 
+from .images import dicom_bytes
+
 
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -30,24 +32,6 @@ def png_bomb(w: int = 20_000, h: int = 20_000) -> bytes:
 
     raw = zlib.compress(b"\x00" * (1 + w // 8) * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
-
-
-def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME1") -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID = "Doe^Jane", "SECRET-ID-123"
-    ds.set_pixel_data(arr.astype(np.uint16), photometric_interpretation=photometric, bits_stored=12)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

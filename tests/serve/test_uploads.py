@@ -12,22 +12,11 @@ from fastapi.testclient import TestClient
 from medcls import Predictor
 from medcls.serve import ServeSettings, create_app
 
+from .images import dicom_bytes
+
 
 def deflated_dicom(rows: int, cols: int) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.set_pixel_data(np.zeros((rows, cols), np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=12)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return dicom_bytes(np.zeros((rows, cols), np.uint16), "MONOCHROME2", deflated=True)
 
 
 @pytest.fixture(scope="module")
