@@ -116,3 +116,100 @@ def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after():
     assert second[0]["status"] == 503 and (b"retry-after", b"1") in second[0]["headers"]
     assert json.loads(second[1]["body"])["error"]["code"] == "busy"
     assert limits.in_flight == 0
+
+
+def test_the_pixel_budget_holds_large_decodes_back():
+    """Three holds of 60 of a budget of 100: one at a time; a hold larger than the budget still runs (alone)."""
+    import asyncio
+
+    from medcls.serve.uploads import PixelBudget
+
+    budget, peak, log = PixelBudget(100), [0], []
+
+    async def job(i: int, pixels: int):
+        async with budget.hold(pixels):
+            peak[0] = max(peak[0], budget.used)
+            log.append(("start", i))
+            await asyncio.sleep(0.02)
+            log.append(("end", i))
+
+    async def scenario():
+        await asyncio.gather(*(job(i, 60) for i in range(3)), job(3, 10**9))
+
+    asyncio.run(scenario())
+    assert peak[0] <= 100 and budget.used == 0
+    starts = [i for kind, i in log if kind == "start"]
+    assert len(starts) == 4
+    for a, b in zip(log[::2], log[1::2], strict=True):  # never two 60s at once: start/end alternate
+        assert a[0] == "start" and b == ("end", a[1])
+
+
+def test_large_valid_images_wait_for_the_budget_and_are_all_answered(keyed_small_budget, monkeypatch):
+    """Eight 2000x2000 uploads at once against a budget of two such images: all 200, never > 2 in decode."""
+    import io
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from medcls.serve import uploads
+
+    client, budget = keyed_small_budget
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (2000, 2000), dtype=np.uint8)).save(buf, "PNG")
+    real, lock, now, peak = uploads._decode, threading.Lock(), [0], [0]
+
+    def counted(*args):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            time.sleep(0.05)
+            return real(*args)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(uploads, "_decode", counted)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: client.post("/v1/predict", files={"file": ("a.png", buf.getvalue())},
+                                                     headers={"X-API-Key": "s3cret"}).status_code, range(8)))
+    assert codes == [200] * 8
+    assert peak[0] == 2 and budget.used == 0
+
+
+@pytest.fixture
+def keyed_small_budget(bundle, monkeypatch):
+    out, _ = bundle
+    monkeypatch.setenv("MEDCLS_TEST_KEY", "s3cret")
+    settings = ServeSettings(bundle=str(out), backend="onnx", api_key_env="MEDCLS_TEST_KEY",
+                             max_upload_bytes=8_000_000, decode_pixels=8_000_000, max_wait_ms=1)
+    app = create_app(settings, Predictor.load(out, backend="onnx"))
+    with TestClient(app) as c:
+        yield c, app.state.decode_budget
+
+
+def test_an_unhandled_error_is_a_500_in_the_one_shape_and_counted(bundle, monkeypatch):
+    out, _ = bundle
+    pred = Predictor.load(out, backend="onnx")
+    monkeypatch.setattr(pred, "preprocess", lambda img: 1 / 0)
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buf, "PNG")
+    with TestClient(create_app(ServeSettings(bundle=str(out)), pred), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", files={"file": ("a.png", buf.getvalue())})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert "ZeroDivision" not in r.text
+        assert 'medcls_requests_total{route="/v1/predict",status="500"} 1.0' in c.get("/metrics").text
+
+
+def test_refusals_are_counted_in_the_metrics(keyed):
+    keyed.post("/v1/predict", files={"file": ("x.png", b"x")})  # no key: 401 from the middleware
+    text = keyed.get("/metrics").text
+    assert 'medcls_requests_total{route="unrouted",status="401"}' in text

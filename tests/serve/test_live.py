@@ -5,11 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,42 +12,16 @@ import httpx
 import pytest
 from PIL import Image
 
+from .live import served
+
 ARTIFACTS = Path(os.environ.get("MEDCLS_TEST_ARTIFACTS", "test-artifacts"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(bundle):
     out, _ = bundle
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medcls", "serve", str(out), "--port", str(port),
-                             "--backend", "onnx", "--max-wait-ms", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become ready in 120 s")
-    yield base
-    os.kill(proc.pid, signal.SIGTERM)  # stop by PID
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with served(out, "--backend", "onnx", "--max-wait-ms", "5") as (base, _proc):
+        yield base
 
 
 def png(arr) -> bytes:

@@ -82,14 +82,14 @@ def test_metrics_label_is_the_route_template_not_the_raw_path(served):
 
     client, _ = served
 
-    def unmatched(text: str) -> float:
-        m = re.search(r'medcls_requests_total\{route="unmatched",status="404"\} ([0-9.]+)', text)
+    def unrouted(text: str) -> float:
+        m = re.search(r'medcls_requests_total\{route="unrouted",status="404"\} ([0-9.]+)', text)
         return float(m.group(1)) if m else 0.0
 
-    before = unmatched(client.get("/metrics").text)
+    before = unrouted(client.get("/metrics").text)
     for i in range(5):
         client.get(f"/unknown/{'x' * 200}{i}")
     client.get("/v1/model")
     text = client.get("/metrics").text
-    assert "x" * 200 not in text and unmatched(text) == before + 5
+    assert "x" * 200 not in text and unrouted(text) == before + 5
     assert 'route="/v1/model"' in text

@@ -140,22 +140,27 @@ def serve(
     protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="Require the API key on /metrics too.")] = False,
     protect_docs: Annotated[bool, typer.Option("--protect-docs", help="Require the API key on /docs and /openapi.json too.")] = False,
     timeout_keep_alive: Annotated[float, typer.Option(help="Close idle keep-alive connections after this many seconds.")] = 5.0,
+    timeout_headers: Annotated[float, typer.Option(help="408 and close when a request's headers take longer (slow clients).")] = 10.0,
+    timeout_body: Annotated[float, typer.Option(help="408 and close when a request's body takes longer.")] = 60.0,
+    decode_pixels: Annotated[int, typer.Option(help="Pixels decoded at once over all requests; larger bursts wait.")] = 80_000_000,
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
     import uvicorn
 
     from ..inference import Predictor
     from ..serve import ServeSettings, create_app
+    from ..serve.protocol import http_protocol
 
     settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
-                             protect_metrics=protect_metrics, protect_docs=protect_docs)
+                             protect_metrics=protect_metrics, protect_docs=protect_docs,
+                             header_timeout=timeout_headers, body_timeout=timeout_body, decode_pixels=decode_pixels)
     predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=timeout_keep_alive)
+                timeout_keep_alive=timeout_keep_alive, http=http_protocol(settings.header_timeout))
 
 
 def register(app: typer.Typer) -> None:

@@ -19,9 +19,10 @@ from ..inference import Predictor
 from .batching import MicroBatcher
 from .errors import install_error_handlers
 from .limits import RequestLimits
-from .metrics import Metrics, install_metrics
+from .metrics import Metrics, ObserveRequests
 from .routes import explain_router, meta_router, predict_router
 from .settings import ServeSettings
+from .uploads import PixelBudget
 
 
 def _api_key(settings: ServeSettings) -> str | None:
@@ -48,9 +49,10 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
                   description="Medical image classification service (research use only).")
     app.state.settings, app.state.api_key, app.state.metrics = settings, _api_key(settings), Metrics()
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
+    app.state.decode_budget = PixelBudget(settings.decode_pixels)
     install_error_handlers(app)
-    install_metrics(app, app.state.metrics)
-    app.add_middleware(RequestLimits, settings=settings, api_key=app.state.api_key)  # outermost: before any body
+    app.add_middleware(RequestLimits, settings=settings, api_key=app.state.api_key)  # before any body is read
+    app.add_middleware(ObserveRequests, metrics=app.state.metrics)  # outermost: refusals are counted too
     for router in (predict_router, explain_router, meta_router):
         app.include_router(router)
     return app

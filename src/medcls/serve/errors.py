@@ -9,8 +9,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import MedclsError
 
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-         415: "unsupported_format", 422: "invalid_input", 503: "not_ready"}
+CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
+         413: "too_large", 415: "unsupported_format", 422: "invalid_input", 503: "not_ready"}
 
 
 def error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

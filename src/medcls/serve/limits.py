@@ -8,9 +8,11 @@ The limit depends on the route (a batch carries up to max_files uploads), which 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 
+from fastapi import HTTPException  # (FastAPI turns other exceptions raised while parsing a form into a 400)
 from starlette.middleware.body_limit import RequestBodyLimitResponder
 
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form around the file(s)
@@ -26,16 +28,40 @@ async def _reply(send, status: int, code: str, message: str, extra: tuple = ()) 
     await send({"type": "http.response.body", "body": body})
 
 
+def _deadline_receive(receive, seconds: float):
+    """``receive`` that answers 408 (through the app's error handlers) when the whole body has not arrived
+    ``seconds`` after the first read: a client trickling bytes cannot hold a request, a worker and its file
+    descriptor open. Reads after the last body chunk (waiting for a disconnect) are not timed."""
+    loop = asyncio.get_running_loop()
+    deadline, done = loop.time() + seconds, False
+
+    async def bounded():
+        nonlocal done
+        if done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            raise HTTPException(408, f"request body not received within {seconds:g} s",
+                                headers={"connection": "close"}) from None
+        done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return bounded
+
+
 class RequestLimits:
     """Before a body is read: 401 without the right X-API-Key (on /v1/, and on /metrics and the docs when
     protected), 503 with Retry-After beyond ``max_concurrency`` requests in flight on /v1/, 413 for a declared
-    body over the route's limit; a body that streams past the limit is cut there."""
+    body over the route's limit; a body that streams past the limit is cut there, one that takes longer than
+    ``body_timeout`` gets 408."""
 
     def __init__(self, app, *, settings, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
         self.single = settings.max_upload_bytes + MULTIPART_SLACK
         self.batch = (settings.max_upload_bytes + MULTIPART_SLACK) * settings.max_files
         self.max_concurrency, self.in_flight = settings.max_concurrency, 0
+        self.body_timeout = settings.body_timeout
         self.protected = ("/v1/", *(("/metrics",) if settings.protect_metrics else ()),
                           *(DOCS if settings.protect_docs else ()))
 
@@ -71,4 +97,5 @@ class RequestLimits:
                 return await _reply(send, 413, "too_large", f"request body of {int(declared)} bytes is larger than "
                                     f"the limit of {limit} bytes for {path}")
         # the streamed count is Starlette's: FastAPI answers its overflow with 413 through our handlers
+        receive = _deadline_receive(receive, self.body_timeout)
         return await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)

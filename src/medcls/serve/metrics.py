@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .errors import error
@@ -25,22 +24,38 @@ class Metrics:
         self.queue_depth = Gauge("medcls_queue_depth", "Images waiting for the model", registry=self.registry)
 
 
-def _route(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+class ObserveRequests:
+    """Counts, times and logs every request, the ones refused by :class:`~.limits.RequestLimits` included
+    (route ``unrouted``); an unhandled error becomes a 500 in the one error shape. A raw ASGI middleware:
+    Starlette's ``BaseHTTPMiddleware`` wraps ``receive`` in a task group, which turns an HTTPException raised
+    while the body streams (the body deadline's 408) into an exception group, hence a 400."""
 
+    def __init__(self, app, *, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
-def install_metrics(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status, started = time.perf_counter(), 500, False
+
+        async def observed_send(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, observed_send)
         except Exception:
-            log.exception("unhandled error on %s", _route(request))
-            response = error(500, "internal error; see the server log", "internal_error")
-        dt, route = time.perf_counter() - t0, _route(request)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(dt)
-        log.info("%s %s %d %.1fms", request.method, route, response.status_code, dt * 1000)
-        return response
+            log.exception("unhandled error on %s", _route(scope))
+            if started:  # too late for an error response: the server closes the connection
+                raise
+            await error(500, "internal error; see the server log", "internal_error")(scope, receive, send)
+        dt, route = time.perf_counter() - t0, _route(scope)
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(dt)
+        log.info("%s %s %d %.1fms", scope.get("method"), route, status, dt * 1000)
+
+
+def _route(scope) -> str:
+    return getattr(scope.get("route"), "path", None) or "unrouted"

@@ -17,5 +17,11 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(None, ge=1)
     max_concurrency: int = Field(64, ge=1, description="Requests to /v1/ in flight at most; more get 503 with "
                                  "Retry-After instead of queueing without bound.")
+    header_timeout: float = Field(10.0, gt=0, description="Seconds a connection may take to send a request's "
+                                  "headers (from connecting, or from the previous response); then 408 and close.")
+    body_timeout: float = Field(60.0, gt=0, description="Seconds a request may take to send its whole body; "
+                                "then 408 and close.")
+    decode_pixels: int = Field(80_000_000, ge=1, description="Pixels being decoded and preprocessed at once, over "
+                               "all requests; larger images wait their turn (bounds memory under big uploads).")
     protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
     protect_docs: bool = Field(False, description="Require the API key on /docs, /redoc and /openapi.json too.")

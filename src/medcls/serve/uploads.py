@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from typing import Any
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, UploadFile
 
 from ..errors import DataError
 from .settings import ServeSettings
+
+T = TypeVar("T")
 
 SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
               (b"BM", "bmp"))
@@ -27,8 +31,8 @@ def sniff(data: bytes) -> str | None:
     return next((kind for sig, kind in SIGNATURES if data.startswith(sig)), None)
 
 
-def _check_header(data: bytes, kind: str, max_pixels: int) -> None:
-    """Image dimensions from the header, before any decoding (decompression bombs)."""
+def _check_header(data: bytes, kind: str, max_pixels: int) -> int:
+    """Image dimensions from the header, before any decoding (decompression bombs); returns the pixels."""
     from PIL import Image
 
     try:
@@ -40,9 +44,10 @@ def _check_header(data: bytes, kind: str, max_pixels: int) -> None:
         raise HTTPException(422, f"cannot read the {kind.upper()} header: the file is corrupt or truncated") from None
     if w * h > max_pixels:
         raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+    return w * h
 
 
-def _check_dicom_header(data: bytes, max_pixels: int) -> None:
+def _check_dicom_header(data: bytes, max_pixels: int) -> int:
     """Rows x Columns x frames from the DICOM header, before any pixel data is decompressed."""
     from ..data.dicom import declared_pixels
 
@@ -53,12 +58,33 @@ def _check_dicom_header(data: bytes, max_pixels: int) -> None:
     if n > max_pixels:
         raise HTTPException(413, f"DICOM header declares {n} pixels (rows x columns x frames), more than the limit "
                             f"of {max_pixels}")
+    return n
 
 
-async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
-    """The decoded image of an upload; 4xx with one line for anything that is not a usable image."""
-    from ..data.images import decode_image
+class PixelBudget:
+    """At most ``capacity`` pixels decoded and preprocessed at once, over all requests: a burst of large
+    valid images waits its turn instead of exhausting memory (the request count alone does not bound it)."""
 
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+        self._free = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int):
+        pixels = min(pixels, self.capacity)
+        async with self._free:
+            await self._free.wait_for(lambda: self.used + pixels <= self.capacity)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            async with self._free:
+                self.used -= pixels
+                self._free.notify_all()
+
+
+async def _checked_bytes(file: UploadFile, settings: ServeSettings) -> tuple[bytes, int]:
+    """The upload's bytes and the pixels its header declares; 4xx for anything that is not a usable image."""
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes")
@@ -69,16 +95,29 @@ async def read_upload(file: UploadFile, settings: ServeSettings) -> np.ndarray:
         raise HTTPException(415, "unsupported or unrecognised format (checked by content, not name): "
                             "expected PNG, JPEG, TIFF, BMP or DICOM")
     if kind == "dicom":
-        _check_dicom_header(data, settings.max_pixels)
-    else:
-        _check_header(data, kind, settings.max_pixels)
+        return data, _check_dicom_header(data, settings.max_pixels)
+    return data, _check_header(data, kind, settings.max_pixels)
+
+
+def _decode(data: bytes, name: str, max_pixels: int, then: Callable[[np.ndarray], T] | None) -> np.ndarray | T:
+    from ..data.images import decode_image
+
     try:
-        img = await asyncio.to_thread(decode_image, data, file.filename or "upload")
+        img = decode_image(data, name)
+        if img.size > max_pixels * 3:
+            raise HTTPException(413, f"image has more than {max_pixels} pixels")
+        return img if then is None else then(img)
     except DataError as e:
         raise HTTPException(422, str(e)) from None
-    if img.size > settings.max_pixels * 3:
-        raise HTTPException(413, f"image has more than {settings.max_pixels} pixels")
-    return img
+
+
+async def read_upload(file: UploadFile, settings: ServeSettings, budget: PixelBudget,
+                      then: Callable[[np.ndarray], T] | None = None) -> np.ndarray | T:
+    """The decoded image of an upload, or ``then(image)`` (its preprocessing, say), computed in a worker
+    thread within ``budget``; 4xx with one line for anything that is not a usable image."""
+    data, pixels = await _checked_bytes(file, settings)
+    async with budget.hold(pixels):
+        return await asyncio.to_thread(_decode, data, file.filename or "upload", settings.max_pixels, then)
 
 
 MAX_METADATA_CHARS = 64 * 1024

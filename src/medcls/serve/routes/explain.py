@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from ...errors import DataError
 from ...inference import Predictor
 from ..deps import check_key, ready_predictor
 from ..schemas import error_responses
@@ -28,7 +26,7 @@ def _explainer(request: Request, pred: Predictor) -> Predictor:
 @router.post("/explain", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "Image, heatmap and overlay; X-Predicted-Class, "
                                                        "X-Probability and X-Method headers"},
-    **error_responses(400, 401, 413, 415, 422, 503)})
+    **error_responses(400, 401, 408, 413, 415, 422, 503)})
 async def explain(request: Request, pred: Annotated[Predictor, Depends(ready_predictor)],
                   file: Annotated[UploadFile, File()], method: str = "gradcam",
                   metadata: Annotated[str | None, Form(description="Fused models: the JSON object sent to "
@@ -36,11 +34,9 @@ async def explain(request: Request, pred: Annotated[Predictor, Depends(ready_pre
                   ) -> Response:
     from ..overlay import explain_png
 
-    meta = parse_metadata(metadata)
-    img = await read_upload(file, request.app.state.settings)
-    try:
-        png, cls, prob = await asyncio.to_thread(explain_png, _explainer(request, pred), img, method, meta)
-    except DataError as e:
-        raise HTTPException(422, str(e)) from None
+    meta, state = parse_metadata(metadata), request.app.state
+    explainer = _explainer(request, pred)
+    png, cls, prob = await read_upload(file, state.settings, state.decode_budget,
+                                       then=lambda img: explain_png(explainer, img, method, meta))
     return Response(png, media_type="image/png",
                     headers={"X-Predicted-Class": cls, "X-Probability": f"{prob:.6f}", "X-Method": method})

@@ -29,22 +29,19 @@ async def predict_upload(request: Request, pred: Predictor, file: UploadFile,
             extras, used = pred.encode_inputs(1, [metadata])
         except DataError as e:
             raise HTTPException(422, str(e)) from None
-    img = await read_upload(file, request.app.state.settings)
-    try:
-        x = pred.preprocess(img)
-    except DataError as e:
-        raise HTTPException(422, str(e)) from None
+    state = request.app.state
+    x = await read_upload(file, state.settings, state.decode_budget, then=pred.preprocess)
     if extras:
         p = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0]
     else:
-        p = await request.app.state.batcher.submit(x)
+        p = await state.batcher.submit(x)
     result = pred.result(p, used=used[0] if used else None)
     result.latency_ms = (time.perf_counter() - t0) * 1000
     return result
 
 
 @router.post("/predict", response_model=Prediction, response_model_exclude_none=True,
-             responses=error_responses(400, 401, 413, 415, 422, 503))
+             responses=error_responses(400, 401, 408, 413, 415, 422, 503))
 async def predict(request: Request, pred: Ready,
                   file: Annotated[UploadFile, File(description="PNG, JPEG, 16-bit PNG, TIFF, BMP or DICOM")],
                   metadata: Annotated[str | None, Form(description="Fused models: JSON object of clinical metadata "
@@ -53,7 +50,7 @@ async def predict(request: Request, pred: Ready,
 
 
 @router.post("/predict/batch", response_model=BatchResult, response_model_exclude_none=True,
-             responses=error_responses(401, 413, 422, 503))
+             responses=error_responses(400, 401, 408, 413, 422, 503))
 async def predict_batch(request: Request, pred: Ready, files: Annotated[list[UploadFile], File()],
                         metadata: Annotated[str | None, Form(description="Fused models: JSON array with one object "
                                                              "(or null) per file, in file order")] = None
