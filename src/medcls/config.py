@@ -38,8 +38,11 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=YAML12Loader)
 
 
+MAX_STRING = 4096  # PATH_MAX on Linux: no path, source or name a config holds is longer
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, str_max_length=MAX_STRING)
 
 
 class DataConfig(_Section):
@@ -155,7 +158,8 @@ class EvalConfig(_Section):
 
 
 class Config(_Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=200,
+                      description="Run name: the run directory is NAME-YYYYmmdd-HHMMSS (file names stop at 255 bytes).")
     seed: int = Field(0, ge=0)
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -223,7 +227,8 @@ def _format_validation_error(err: ValidationError) -> str:
                 + (f" Valid keys here: {', '.join(valid)}." if valid else ""))
             continue
         value = e.get("input")
-        got[key] = repr(value) if not isinstance(value, dict) else "a mapping"
+        shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        got[key] = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(str(value))} characters)"
         parts.setdefault(key, []).append(e["msg"])
     items = [" ".join(msgs) if k not in got else f"{k or 'config'}: {'; or '.join(msgs)} (got {got[k]})"
              for k, msgs in parts.items()]

@@ -41,9 +41,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+TEMP_PATTERNS = (".*.tmp", ".bundle-*")
+
+
+def leftover_temp_files(folder: str | Path) -> list[Path]:
+    """Temporary files and staging folders that a killed atomic write left in ``folder`` and its
+    subfolders (``.name.XXXX.tmp`` from :func:`atomic_write_bytes`, ``.bundle-*`` staging folders)."""
+    folder = Path(folder)
+    return [p for pattern in TEMP_PATTERNS for p in folder.rglob(pattern)]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -98,3 +98,79 @@ def test_export_last_ships_the_calibration_of_last(evaluated_run, tmp_path):
     store = json.loads((evaluated_run.path / "postprocess.json").read_text())
     assert info["postprocess"] == store["last"] and info["source"]["checkpoint"] == "last"
     assert info["postprocess"]["checkpoint"]["name"] == "last"
+
+
+def _edited(out, tmp_path, edit, name="edited"):
+    import shutil
+
+    bad = tmp_path / name
+    shutil.copytree(out, bad)
+    info = json.loads((bad / "bundle.json").read_text())
+    edit(info)
+    (bad / "bundle.json").write_text(json.dumps(info, indent=2))
+    return bad
+
+
+@pytest.mark.parametrize("edit", [
+    lambda i: i["model"]["dataset"].update(class_names=i["model"]["dataset"]["class_names"][::-1]),
+    lambda i: i["postprocess"].update(temperature=-1.0, threshold=7.0),
+    lambda i: i["postprocess"].update(threshold=0.01),  # plausible, still not what was exported
+], ids=["swapped-classes", "nonsense-calibration", "other-threshold"])
+def test_an_edited_bundle_json_is_refused_in_one_line(bundle, tmp_path, capsys, edit):
+    out, _ = bundle
+    bad = _edited(out, tmp_path, edit)
+    with pytest.raises(RunError, match="modified after export"):
+        Predictor.load(bad, backend="onnx")
+    assert main(["predict", str(bad), str(bad / "model.onnx"), "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "modified after export" in err[0]
+
+
+def test_reformatting_bundle_json_keeps_it_valid(bundle, tmp_path):
+    """The digest is over the canonical form: re-indenting or reordering keys is not tampering."""
+    out, _ = bundle
+    same = _edited(out, tmp_path, lambda i: None)
+    info = json.loads((same / "bundle.json").read_text())
+    (same / "bundle.json").write_text(json.dumps(dict(reversed(list(info.items()))), sort_keys=False))
+    assert list(Predictor.load(same, backend="onnx").spec.class_names) == ["normal", "pneumonia"]
+
+
+def test_a_format_2_bundle_loads_with_a_warning(bundle, tmp_path, caplog):
+    out, _ = bundle
+
+    def to_v2(info):
+        info.pop("integrity")
+        info["format_version"] = 2
+
+    old = _edited(out, tmp_path, to_v2)
+    assert Predictor.load(old, backend="onnx").temperature > 0
+    assert "no integrity digest" in caplog.text
+    future = _edited(out, tmp_path, lambda i: i.update(format_version=99), "future")
+    with pytest.raises(RunError, match="format_version 99"):
+        Predictor.load(future, backend="onnx")
+
+
+def test_leftover_temporary_files_are_ignored_visibly(bundle, tmp_path, caplog):
+    out, _ = bundle
+    kept = _edited(out, tmp_path, lambda i: None)
+    (kept / ".model.onnx.k3j2.tmp").write_bytes(b"half a model")  # a killed atomic write
+    assert Predictor.load(kept, backend="onnx").temperature > 0
+    assert "ignoring" in caplog.text and ".model.onnx.k3j2.tmp" in caplog.text and "safe to delete" in caplog.text
+
+
+def test_an_onnx_head_that_disagrees_with_the_classes_is_refused(bundle, tmp_path):
+    """Files and metadata that each hash fine but do not belong together (a hand-assembled bundle)."""
+    from medcls.artefact import bundle_digest
+
+    def three_classes(info):
+        ds = info["model"]["dataset"]
+        ds["class_names"] = [*ds["class_names"], "other"]
+        ds["task"] = "multiclass"
+        ds.pop("positive_index", None)
+        info["model"]["num_classes"] = 3
+        info.pop("integrity")
+        info["integrity"] = {"sha256": bundle_digest(info)}
+
+    bad = _edited(bundle[0], tmp_path, three_classes)
+    with pytest.raises(RunError, match="outputs 2 logits but bundle.json names 3 classes"):
+        Predictor.load(bad, backend="onnx")

@@ -14,6 +14,7 @@ every file) beside ``model.safetensors`` / ``model.onnx``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 from ..errors import RunError
 from ..multimodal.inputs import TEXT_DIR
 from ..transforms import Preprocess
-from ..utils import file_sha256
+from ..utils import file_sha256, leftover_temp_files
 from .postprocess import Postprocess, read_postprocess
 from .spec import ModelSpec
 
@@ -35,6 +36,7 @@ MODEL_FILE = "model.json"
 BUNDLE_FILE = "bundle.json"
 
 CHECKPOINTS = ("best", "last")
+BUNDLE_FORMATS = (2, 3)  # 2: no digest of bundle.json itself (loads with a warning)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -42,6 +44,39 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"{path} is missing or unreadable: {e}") from None
+
+
+def bundle_digest(info: dict[str, Any]) -> str:
+    """sha256 of bundle.json's canonical form (sorted keys, no whitespace), its own ``integrity`` left out:
+    the file hashes it lists then cover every other file, so the whole bundle is checked on load."""
+    body = {k: v for k, v in info.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _check_bundle(path: Path, info: dict[str, Any]) -> None:
+    """bundle.json's own digest (format 3+); format 2 bundles, which have none, load with a warning."""
+    where = path / BUNDLE_FILE
+    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+        raise RunError(f"{where} is malformed: expected a JSON object with a 'files' table")
+    if info.get("format_version") not in BUNDLE_FORMATS:
+        raise RunError(f"{where}: format_version {info.get('format_version')!r} is not one this medcls reads "
+                       f"({', '.join(map(str, BUNDLE_FORMATS))}); export it again with this version")
+    integrity = info.get("integrity")
+    if integrity is None and info.get("format_version") == 2:
+        log.warning("%s has no integrity digest (exported before medcls checked bundle.json itself): its "
+                    "metadata cannot be verified; export it again", where)
+        return
+    if not isinstance(integrity, dict) or integrity.get("sha256") != bundle_digest(info):
+        raise RunError(f"{where} was modified after export (its contents do not match the sha256 in its "
+                       "'integrity' field): export the bundle again from its run")
+    _warn_leftovers(path)
+
+
+def _warn_leftovers(folder: Path) -> None:
+    """Temporary files of a killed write are never read as results: say so, and that they can go."""
+    for p in sorted(leftover_temp_files(folder)):
+        log.warning("ignoring %s: a temporary file left by an interrupted write (safe to delete)", p)
 
 
 class Artefact:
@@ -155,8 +190,10 @@ def open_artefact(path: str | Path) -> Artefact:
                        "from `medcls export`")
     if (p / BUNDLE_FILE).is_file():
         info = _read_json(p / BUNDLE_FILE)
+        _check_bundle(p, info)
         return Artefact(p, "bundle", ModelSpec.from_dict(info.get("model"), f"{p / BUNDLE_FILE} model"), info)
     if (p / MODEL_FILE).is_file():
+        _warn_leftovers(p)
         return Artefact(p, "run", ModelSpec.from_dict(_read_json(p / MODEL_FILE), str(p / MODEL_FILE)))
     raise RunError(f"{p} is neither a medcls run directory (model.json) nor a bundle (bundle.json)")
 

@@ -6,6 +6,7 @@ Every usage error, typer's/click's own included, is one line on stderr starting 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -99,6 +100,24 @@ def _usage_line(e: click_errors.UsageError, argv: list[str]) -> str:
     return f"{msg} (see `{where} --help`)"
 
 
+OS_HINTS = {errno.ENOSPC: "free some space, or write elsewhere with --set output_dir=... or -o",
+            errno.EDQUOT: "free some space, or write elsewhere with --set output_dir=... or -o",
+            errno.ENAMETOOLONG: "use a shorter name: at most 255 bytes per file or folder name",
+            errno.EACCES: "check the permissions, or write elsewhere", errno.EPERM: "check the permissions",
+            errno.EROFS: "that file system is read-only: write elsewhere",
+            errno.EISDIR: "a directory was given where a file is expected",
+            errno.ENOTDIR: "a file was given where a directory is expected"}
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for a failed read or write: what failed, on which file, and what to do."""
+    line = e.strerror or str(e)
+    if e.filename:
+        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = OS_HINTS.get(e.errno)
+    return line + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors become one clear line on stderr and exit status 2."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -120,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         return 130
+    except OSError as e:  # disk full, name too long, permissions ...: nothing half-written is left as valid
+        typer.echo(f"error: {_os_error_line(e)}", err=True)
+        return 2
     except FloatingPointError as e:  # training diverged (not a usage error)
         typer.echo(f"error: {e}", err=True)
         return 1

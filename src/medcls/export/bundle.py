@@ -21,6 +21,7 @@ complete or absent; an existing folder is never overwritten.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -31,17 +32,17 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..artefact import BUNDLE_FILE, Postprocess
+from ..artefact import BUNDLE_FILE, Postprocess, bundle_digest
 from ..data.sources import load_data
 from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
 from ..metrics import compute_metrics
 from ..runs import Run, load_run
-from ..utils import atomic_write_bytes, atomic_write_json, file_sha256, new_staging_dir
+from ..utils import atomic_write_bytes, atomic_write_json, file_sha256, new_staging_dir, to_json
 
 log = logging.getLogger("medcls")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: bundle.json carries the sha256 of its own canonical form
 
 
 def _tensors(run: Run, table, n: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -159,7 +160,7 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
 def _describe(run: Run, checkpoint: str, epoch, post: Postprocess, checks: dict, notes: list[str],
               tmp: Path) -> dict[str, Any]:
     files = sorted(f for f in tmp.rglob("*") if f.is_file())
-    return {
+    info = {
         "format_version": FORMAT_VERSION, "medcls_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"run": run.path.name, "checkpoint": checkpoint, "epoch": epoch},
@@ -169,6 +170,9 @@ def _describe(run: Run, checkpoint: str, epoch, post: Postprocess, checks: dict,
         "files": {f.relative_to(tmp).as_posix(): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
                   for f in files},
     }
+    info = json.loads(to_json(info))  # plain JSON values, exactly as the file will hold them
+    return {**info, "integrity": {"sha256": bundle_digest(info), "of": "bundle.json in canonical form "
+                                  "(sorted keys, no whitespace, without this field)"}}
 
 
 def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = True, quantize: str | None = None,
@@ -181,6 +185,9 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
     model, meta = run.build_model(checkpoint, device="cpu")
     post, notes = _postprocess(run, checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for old in sorted(out.parent.glob(".bundle-*")):
+        log.warning("ignoring %s: the staging folder of an interrupted (or running) export; delete it if no "
+                    "export is running", old)
     tmp = new_staging_dir(out.parent, ".bundle-")  # same filesystem as out: the final rename is atomic
     try:
         checks = _write_files(run, model, tmp, onnx=onnx, quantize=quantize, torchscript=torchscript,

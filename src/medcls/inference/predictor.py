@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..artefact import ModelSpec, Postprocess, open_artefact
 from ..data.images import decode_image, read_image
-from ..errors import ConfigError, DataError, MedclsError, did_you_mean
+from ..errors import ConfigError, DataError, MedclsError, RunError, did_you_mean
 from ..transforms import Preprocess
 from .schemas import Prediction
 
@@ -73,6 +73,10 @@ class Predictor:
         from ..export.onnx import ort_session
 
         session = ort_session(art.file(ONNX_FILES[backend]), threads=threads)
+        width = session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != art.spec.num_classes:
+            raise RunError(f"{art.path / ONNX_FILES[backend]} outputs {width} logits but bundle.json names "
+                           f"{art.spec.num_classes} classes ({', '.join(art.spec.dataset.class_names)})")
         return cls(art.spec, art.postprocess_or_default(checkpoint), session=session, backend=backend,
                    inputs=art.inputs, info=info)
 
