@@ -192,3 +192,27 @@ def test_expected_bytes_of_an_interlaced_png():
 
     assert expected_bytes(8, 8, 8, 0, 0) == 72  # 8 rows of 1 filter byte + 8 pixels
     assert expected_bytes(8, 8, 8, 0, 1) == 2 + 2 + 3 + 6 + 10 + 20 + 36  # the seven Adam7 passes
+
+
+def test_a_png_whose_image_data_does_not_inflate_is_refused():
+    """Found by the service fuzzer: a flipped byte in IDAT made zlib raise (a 500) in the completeness check."""
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    idat = data.find(b"IDAT")
+    data[idat + 4: idat + 12] = b"\xff" * 8  # the zlib header and first block: not deflate any more
+    with pytest.raises(DataError, match=r"x.png: corrupt PNG: its image data does not decompress"):
+        decode_image(bytes(data), "x.png")
+
+
+def test_a_dicom_header_with_a_corrupt_rows_element_is_refused():
+    """Found by the service fuzzer: pydicom converts Rows lazily and raised NotImplementedError (a 500)."""
+    from medcls.data.dicom import declared_pixels
+
+    from ..serve.images import dicom_bytes
+
+    data = bytearray(dicom_bytes(np.zeros((8, 8))))
+    at = data.find(b"\x28\x00\x10\x00")  # (0028,0010) Rows, explicit VR "US"
+    data[at + 4: at + 6] = b"\x55\x04"  # an unknown VR
+    with pytest.raises(DataError, match=r"unreadable or non-numeric Rows"):
+        declared_pixels(bytes(data), "x.dcm")

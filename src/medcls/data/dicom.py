@@ -141,8 +141,8 @@ def declared_pixels(data: bytes, name: str = "dicom") -> int:
     ds = read_dataset(data, name, header_only=True)
     try:
         return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(1, int(ds.get("NumberOfFrames", 1) or 1))
-    except (TypeError, ValueError):
-        raise DataError(f"{name}: DICOM header has non-numeric Rows/Columns/NumberOfFrames") from None
+    except Exception:  # pydicom converts values lazily: a corrupt element raises whatever its VR's parser does
+        raise DataError(f"{name}: DICOM header has unreadable or non-numeric Rows/Columns/NumberOfFrames") from None
 
 
 def decode_dicom(data: bytes, name: str = "dicom", *, window: Window = None) -> np.ndarray:

@@ -43,7 +43,10 @@ def check_complete(data: bytes, name: str) -> None:
         if kind == b"IDAT":
             chunk = data[pos + 8:pos + 8 + length]
             while chunk and got < want:
-                got += len(inflate.decompress(chunk, 1 << 20))
+                try:
+                    got += len(inflate.decompress(chunk, 1 << 20))
+                except zlib.error as e:
+                    raise DataError(f"{name}: corrupt PNG: its image data does not decompress ({e})") from None
                 chunk = inflate.unconsumed_tail
         pos += 12 + length
     if got < want:
