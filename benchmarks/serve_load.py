@@ -60,17 +60,18 @@ class Server:
     """``python -m medcls serve`` in a subprocess; always stopped by PID."""
 
     def __init__(self, bundle: Path, backend: str, max_batch: str, max_wait_ms: str, threads: int | None,
-                 log_dir: Path, tag: str) -> None:
+                 log_dir: Path, tag: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         cmd = [sys.executable, "-m", "medcls", "serve", str(bundle), "--host", HOST, "--port", str(self.port),
                "--backend", backend, "--max-batch", max_batch, "--max-wait-ms", max_wait_ms]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.cmd = cmd
+        self.cmd = cmd = [*cmd, *extra]
         self.log_path = log_dir / f"server-{tag}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def log_tail(self, n: int = 20) -> str:
         self.log.flush()

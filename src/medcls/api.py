@@ -17,7 +17,7 @@ from .engine.trainer import Callback, Trainer, resolve_device
 from .errors import ConfigError, RunError
 from .logs import ensure_console_logging
 from .models.factory import default_input_size
-from .runs import Run, environment, load_run, new_run_dir, standalone_config, write_run_files
+from .runs import LEAKAGE_FILE, Run, environment, load_run, new_run_dir, standalone_config, write_run_files
 from .transforms import Preprocess, PreprocessConfig
 from .utils import atomic_write_json
 
@@ -123,6 +123,26 @@ def _start_run(path: Path, cfg: Config, spec: ModelSpec, summary: dict, model, i
         log.info("%-5s %5d images  %s", s, v["n"], v["per_class"])
 
 
+LEAKAGE_SAMPLE = 20_000  # data.leakage_check=auto decodes at most this many images (sampled evenly per split)
+
+
+def _check_splits(path: Path, cfg: Config, data: LoadedData) -> None:
+    """Check the run's own splits for shared images and patients; ``leakage.json`` (report and model card state
+    it). Validation shared with train makes the checkpoint, calibration and thresholds chosen on it optimistic."""
+    if cfg.data.leakage_check == "off":
+        return
+    from .data.check import check_tables
+
+    tables = {"train": data.train, "val": data.val, "test": data.test}
+    report = check_tables(data.spec, tables, source=cfg.data.source, options=dict(cfg.data.options),
+                          max_images=LEAKAGE_SAMPLE if cfg.data.leakage_check == "auto" else None)
+    atomic_write_json(path / LEAKAGE_FILE, report.split_summary())
+    for reason in report.leakage_reasons:
+        where = "validation" if reason.startswith("train/val") else "test"
+        log.warning("the run's splits share data: %s; %s metrics (and what was chosen on them) are optimistic",
+                    reason, where)
+
+
 def train(config: Config | str | Path | dict | None = None, *, overrides: Sequence[str] | None = None,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
           callbacks: Sequence[Callback] = (), evaluate_split: str | None = None,
@@ -150,6 +170,8 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             path = Path(broadcast_object(str(path) if path else None, dist))
         if dist.is_main:
             _start_run(path, cfg, spec, summary, model, inputs, device, dist, resumed=prev is not None)
+            if prev is None:
+                _check_splits(path, cfg, data)
         trainer = Trainer(cfg, data, model, Preprocess(spec.preprocess), path, device=device, dist=dist,
                           callbacks=callbacks, inputs=inputs)
         if prev is not None:

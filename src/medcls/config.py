@@ -58,6 +58,7 @@ class DataConfig(_Section):
     cache: Literal["auto", "on", "off"] = Field("auto", description="Keep preprocessed images in memory (auto: when they fit in 2 GiB).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
     limit: int | None = Field(None, ge=1, description="Use at most this many samples per split (smoke tests).")
+    leakage_check: Literal["auto", "on", "off"] = Field("auto", description="Check the run's own splits for shared images (exact and near duplicates) and patients before training; the report and model card state it (auto: at most 20,000 images, sampled evenly; on: all).")
     splits_file: str | None = Field(None, description="CSV (id,split[,label,group]) from `medcls data split`: use exactly these train/val/test splits.")
 
 

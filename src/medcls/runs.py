@@ -99,6 +99,9 @@ def environment(device: str, world_size: int = 1) -> dict[str, Any]:
     }
 
 
+LEAKAGE_FILE = "leakage.json"
+
+
 @dataclass
 class Run:
     """A finished or running training run, loaded from its directory.
@@ -139,6 +142,15 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         p = self.path / "metrics.json"
         return json.loads(p.read_text()) if p.is_file() else {}
+
+    @property
+    def leakage(self) -> dict[str, Any] | None:
+        """The check of this run's own splits for shared images and patients (``leakage.json``), if it ran."""
+        p = self.path / LEAKAGE_FILE
+        try:
+            return json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def build_model(self, which: str = "best", device: str = "cpu"):
         """The trained model (eval mode) with weights from the ``which`` checkpoint, and its metadata."""

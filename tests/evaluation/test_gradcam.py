@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,9 @@ from medcls.errors import ConfigError
 from medcls.evaluation.gradcam import (
     METHODS,
     _select_errors,
+    cam_sanity,
     check_method,
+    choose_layer,
     compute_cam,
     mine_errors,
     overlay,
@@ -88,18 +91,24 @@ def test_methods_layer_override_and_did_you_mean():
         check_method("gradcam+")
 
 
-def test_a_1x1_last_map_falls_back_to_an_earlier_layer():
-    """ResNet-18 with its default stem has a 1x1 layer4 on 28 px MedMNIST images: a flat, useless CAM."""
+def test_coarse_maps_fall_back_to_a_7x7_layer_and_explicit_coarse_layers_are_warned(caplog):
+    """ResNet-18 with its default stem has a 1x1 layer4 on 28 px MedMNIST images: a flat, useless CAM.
+    The default is the deepest layer with a map of at least 7x7; a layer named coarser than that is kept,
+    with a warning saying how coarse it is."""
     torch.manual_seed(0)
     model = create_model("resnet18", 2, in_chans=1)
     x = torch.rand(2, 1, 28, 28)
-    assert pick_layer(model, torch.rand(1, 1, 64, 64)) == "net.layer4.1"  # 2x2 is kept
-    with pytest.warns(UserWarning, match=r"net.layer4.1 gives a 1x1 map for 28x28 inputs.*net.layer3"):
-        assert pick_layer(model, x) == "net.layer3"
-    assert pick_layer(model, x, "net.layer4") == "net.layer4"  # an explicit layer is never replaced
-    with one_thread(), pytest.warns(UserWarning):
+    assert pick_layer(model, torch.rand(1, 1, 224, 224)) == "net.layer4.1"  # 7x7 at 224 px: the usual layer
+    assert pick_layer(model, torch.rand(1, 1, 64, 64)) == "net.layer2"  # 2x2 at 64 px: layer2's 8x8 instead
+    caplog.set_level(logging.DEBUG, logger="medcls")
+    assert pick_layer(model, x) == "net.layer1"  # layer1 is 7x7 at 28 px
+    assert "net.layer4.1 gives a 1x1 map for 28x28 inputs; using net.layer1 (7x7)" in caplog.text
+    with pytest.warns(UserWarning, match=r"net.layer4 is a coarse 1x1 map for 28x28 inputs"):
+        assert pick_layer(model, x, "net.layer4") == "net.layer4"  # an explicit layer is never replaced
+    with one_thread():
         cam = compute_cam(model, x, method="eigencam")
     assert cam.shape == (2, 28, 28) and cam.std() > 0.05
+    assert choose_layer(model, x) == ("net.layer1", (7, 7))
 
 
 def test_overlay_and_figure(tmp_path):
@@ -226,7 +235,8 @@ def test_error_selection_binary_and_multiclass():
 
 
 def test_mine_errors_writes_fp_fn(tiny_run):
-    with one_thread(), pytest.warns(UserWarning, match="uses net.layer3"):  # layer4 is 1x1 at 28 px
+    with one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the 7x7 layer is chosen without a coarse-map warning
         cases = mine_errors(tiny_run, "test", k=2)  # evaluates first: no predictions.csv yet
     root = tiny_run.path / "eval-test" / "gradcam"
     df = pd.read_csv(tiny_run.path / "eval-test" / "predictions.csv")
@@ -239,3 +249,34 @@ def test_mine_errors_writes_fp_fn(tiny_run):
         assert row["label"] != c["predicted"]
         assert (c["group"] == "FN") == (row["label"] == "pneumonia")
     assert (root / "cases.csv").is_file()
+
+
+def test_explain_saves_the_raw_map_at_the_image_size(tiny_run, tmp_path, capsys, restore_logging):
+    """`medcls explain RUN IMG -o out.png --array map.npy`: float32 in [0, 1], the image's own height x width."""
+    img = tmp_path / "wide.png"
+    Image.fromarray((np.arange(40 * 60) % 251).astype(np.uint8).reshape(40, 60)).save(img)
+    with one_thread():
+        code = main(["explain", str(tiny_run.path), str(img), "-o", str(tmp_path / "cam.png"),
+                     "--array", str(tmp_path / "map.npy")])
+    out = capsys.readouterr().out
+    assert code == 0 and "net.layer1 (7x7 map)" in out and "map.npy" in out
+    cam = np.load(tmp_path / "map.npy")
+    assert cam.dtype == np.float32 and cam.shape == (40, 60) and cam.min() >= 0 and cam.max() <= 1
+    assert cam.std() > 0
+    assert main(["explain", str(tiny_run.path), str(img), "-o", str(tmp_path / "c.png"),
+                 "--array", str(tmp_path / "map.txt")]) == 2
+    assert "--array must name a .npy file" in capsys.readouterr().err
+
+
+def test_default_recipe_maps_differ_between_images_and_depend_on_the_weights(evaluated_run, pneumonia_arrays):
+    """The default recipe's model and input size (ResNet-18, small stem, 28 px): Grad-CAM at net.layer4.1 was a
+    2x2 map, the same corner on every image. Now: maps of 16 test images differ (mean pairwise correlation
+    < 0.9) and change when the weights are re-initialised (Adebayo et al.'s randomisation check)."""
+    model, pre, _ = evaluated_run.artefact.load("best")
+    x = torch.stack([pre(pneumonia_arrays["test_images"][i]) for i in range(16)])
+    with one_thread():
+        s = cam_sanity(model, x)
+    print(s)
+    assert s["layer"] == "net.layer2" and s["map_size"] == [7, 7]
+    assert s["pairwise_correlation"] < 0.9
+    assert s["randomisation_correlation"] < 0.5

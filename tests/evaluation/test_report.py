@@ -73,7 +73,15 @@ def test_report_is_self_contained_and_complete(evaluated):
     text = " ".join(page.text)
     for name, op in ops.items():
         assert name in text and fmt_threshold(op["threshold"]) in text
-    assert "chosen on val" in text
+    assert "fitted on val" in text and "fixed" in text  # provenance per rule: the 0.5 default is not "chosen"
+    transfer = metrics["threshold_transfer"]
+    assert set(transfer) == set(ops) and transfer["default"]["provenance"] == "fixed"
+    assert all(t["provenance"] == "fitted on val" for k, t in transfer.items() if k != "default")
+    assert "sensitivity (val → here)" in text and "transfer" in text
+    for t in transfer.values():  # every flag is shown; an operating point without one "held"
+        for flag in t["flags"]:
+            assert flag in text
+    assert "Leakage between this run's splits" in text
     assert "not for clinical decision making" in text.lower()
     assert f"{metrics['ci']['auc']['low']:.3f}" in text and f"{metrics['ci']['auc']['high']:.3f}" in text
     assert "--gradcam-errors 8" in text  # no gradcam folder yet: says how to make one
@@ -89,7 +97,8 @@ def test_model_card(evaluated):
     post = json.loads((run.path / "postprocess.json").read_text())["best"]
     sel = post["selected"]
     assert f"Rule **{sel}**" in card and post["operating_points"][sel]["rule"] in card
-    assert fmt_threshold(post["threshold"]) in card and "chosen on val" in card
+    assert fmt_threshold(post["threshold"]) in card and "fitted on val" in card
+    assert "shared between the run's splits" in card or "The run's splits share data" in card
     for split, v in run.data_summary["splits"].items():
         assert f"| {split} |" in card and str(v["n"]) in card
 
@@ -130,3 +139,29 @@ def test_single_class_val_fallback_is_shown(tiny_run, tmp_path):
     section = html[html.index('id="operating-points"'):html.index('id="confusion"')]
     assert 'class="banner"' in section and "falling back to 0.5" in section
     assert "falling back to 0.5" in (out / "model_card.md").read_text(encoding="utf-8")
+
+
+def test_a_run_whose_val_copies_train_says_validation_is_optimistic(pneumonia_arrays, make_cfg, tmp_path, caplog):
+    """The run checks its own splits before training: val made of train images is recorded in leakage.json,
+    warned about, and stated in the report and the model card (issue 16: the check never reached them)."""
+    a = pneumonia_arrays
+    leaky = tmp_path / "leaky.npz"
+    np.savez(leaky, train_images=a["train_images"][:96], train_labels=a["train_labels"][:96],
+             val_images=a["train_images"][:40], val_labels=a["train_labels"][:40],  # 40 copies of train images
+             test_images=a["test_images"][:48], test_labels=a["test_labels"][:48])
+    cfg = make_cfg(tmp_path / "runs", train={"epochs": 1, "warmup_epochs": 0.5}, eval={"n_bootstrap": 50})
+    cfg["data"]["options"]["path"] = str(leaky)
+    cfg["data"]["min_val_size"] = 8
+    run = train(cfg)
+    lk = json.loads((run.path / "leakage.json").read_text())
+    assert lk["leakage"] and lk["exact_duplicates"]["train/val"]["pairs"] == 40
+    assert "the run's splits share data: train/val" in caplog.text and "validation metrics" in caplog.text
+    evaluate(run, "test", device="cpu")
+    text = (run.path / "eval-test" / "report.html").read_text(encoding="utf-8")
+    card = (run.path / "eval-test" / "model_card.md").read_text(encoding="utf-8")
+    for doc in (text, card):
+        assert "40 exact duplicate pairs" in doc and "Validation is optimistic" in doc
+    off = train({**cfg, "data": {**cfg["data"], "leakage_check": "off"}})
+    assert not (off.path / "leakage.json").exists()
+    evaluate(off, "test", device="cpu")
+    assert "were not checked for shared images" in (off.path / "eval-test" / "model_card.md").read_text()

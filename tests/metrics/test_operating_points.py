@@ -236,3 +236,30 @@ def test_multilabel_threshold_inputs_are_checked():
         choose_label_thresholds(y[:, :3], p, class_names=NAMES)
     with pytest.raises(ConfigError, match="target_sensitivity"):
         choose_label_thresholds(y, p, class_names=NAMES, target_sensitivity=0)
+
+
+def test_threshold_transfer_flags_what_did_not_hold():
+    """Per rule: provenance, val value -> value here with CI, and a flag when the target (or the val value)
+    lies outside this split's CI; the fixed default is never said to be chosen."""
+    from medcls.metrics import threshold_transfer
+
+    chosen = {"chosen_on": "val", "targets": {"sensitivity": 0.95, "specificity": 0.95},
+              "default": {"threshold": 0.5, "val": {"sensitivity": 0.84, "specificity": 1.0}},
+              "youden": {"threshold": 0.09, "val": {"sensitivity": 0.97, "specificity": 0.99}},
+              "target_specificity": {"threshold": 0.04, "val": {"sensitivity": 0.98, "specificity": 0.956}}}
+
+    def ci(v, lo, hi):
+        return {"value": v, "low": lo, "high": hi}
+
+    applied = {"n": 624,
+               "default": {"threshold": 0.5, "sensitivity": ci(0.887, 0.856, 0.918), "specificity": ci(0.94, 0.91, 0.97)},
+               "youden": {"threshold": 0.09, "sensitivity": ci(0.985, 0.97, 0.995), "specificity": ci(0.735, 0.675, 0.79)},
+               "target_specificity": {"threshold": 0.04, "sensitivity": ci(0.99, 0.98, 1.0),
+                                      "specificity": ci(0.611, 0.547, 0.671)}}
+    t = threshold_transfer(chosen, applied)
+    assert t["default"]["provenance"] == "fixed" and t["default"]["flags"] == []
+    assert t["youden"]["provenance"] == "fitted on val"
+    assert t["youden"]["flags"] == ["specificity 0.990 on val outside the CI [0.675, 0.790] here"]
+    assert t["target_specificity"]["specificity"]["target"] == 0.95
+    assert t["target_specificity"]["flags"] == ["specificity target 0.95 outside the 624-case CI [0.547, 0.671]"]
+    assert t["youden"]["sensitivity"] == {"chosen": 0.97, "value": 0.985, "low": 0.97, "high": 0.995, "target": None}

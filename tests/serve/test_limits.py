@@ -76,15 +76,25 @@ def test_metrics_and_docs_can_require_the_key(bundle, monkeypatch):
 
 
 def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after():
-    """Driven at the ASGI level: the first request holds its slot while the second arrives."""
+    """Driven at the ASGI level: the first request, its body received, holds its slot while the second arrives
+    (whose body completes too: then it is refused)."""
     import asyncio
     import json
+
+    from fastapi import HTTPException
 
     from medcls.serve.limits import RequestLimits
 
     release = asyncio.Event()
 
     async def slow_app(scope, receive, send):
+        try:
+            await receive()
+        except HTTPException as e:  # what FastAPI's handlers turn into the response
+            await send({"type": "http.response.start", "status": e.status_code,
+                        "headers": [(k.encode(), v.encode()) for k, v in e.headers.items()]})
+            await send({"type": "http.response.body", "body": json.dumps({"error": {"code": "busy"}}).encode()})
+            return
         await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -115,7 +125,54 @@ def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after():
     assert first[0]["status"] == 200
     assert second[0]["status"] == 503 and (b"retry-after", b"1") in second[0]["headers"]
     assert json.loads(second[1]["body"])["error"]["code"] == "busy"
-    assert limits.in_flight == 0
+    assert limits.in_flight == 0 and limits.receiving == 0
+
+
+def test_slow_uploads_do_not_take_the_places_of_complete_requests():
+    """Bodies still arriving count against max_receiving, not max_concurrency: with max_concurrency 1, three
+    stalled uploads and then a complete request, the complete one is served."""
+    import asyncio
+
+    from medcls.serve.limits import RequestLimits
+
+    stall = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limits = RequestLimits(app, settings=ServeSettings(bundle="unused", max_concurrency=1, max_receiving=4),
+                           api_key=None)
+
+    async def call(stalled: bool):
+        sent = []
+
+        async def receive():
+            if stalled:
+                await stall.wait()
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await limits({"type": "http", "path": "/v1/predict", "headers": []}, receive, send)
+        return sent[0]["status"]
+
+    async def scenario():
+        slow = [asyncio.create_task(call(True)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert limits.receiving == 3
+        ready = await call(False)
+        fifth = asyncio.create_task(call(True))
+        await asyncio.sleep(0.05)
+        sixth = await call(True)  # 4 arriving already (3 stalled + the fifth): refused from its headers
+        stall.set()
+        return ready, sixth, await asyncio.gather(*slow, fifth)
+
+    ready, sixth, slow = asyncio.run(scenario())
+    assert ready == 200 and sixth == 503 and slow == [200] * 4
+    assert limits.in_flight == 0 and limits.receiving == 0
 
 
 def test_the_pixel_budget_holds_large_decodes_back():
@@ -213,3 +270,51 @@ def test_refusals_are_counted_in_the_metrics(keyed):
     keyed.post("/v1/predict", files={"file": ("x.png", b"x")})  # no key: 401 from the middleware
     text = keyed.get("/metrics").text
     assert 'medcls_requests_total{route="unrouted",status="401"}' in text
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408(monkeypatch):
+    """After the grace period a body must keep arriving at min_rate bytes/s on average (a client sending
+    100 bytes then 10 bytes every 0.1 s, at 100 B/s against 1000 B/s, is cut long before the 60 s deadline)."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from medcls.serve import limits
+
+    monkeypatch.setattr(limits, "RATE_GRACE", 0.2)
+
+    async def trickle():
+        first = True
+
+        async def receive():
+            nonlocal first
+            if not first:
+                await asyncio.sleep(0.1)
+            first = False
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+
+        bounded = limits._deadline_receive(receive, 60.0, 1000.0)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(HTTPException) as e:
+            while True:
+                await bounded()
+        return e.value, asyncio.get_running_loop().time() - t0
+
+    err, took = asyncio.run(trickle())
+    assert err.status_code == 408 and "slower than 1000 bytes/s" in err.detail and took < 2
+
+    async def steady():  # 2000 B/s: never cut, completes
+        n = 0
+
+        async def receive():
+            nonlocal n
+            n += 1
+            await asyncio.sleep(0.01)
+            return {"type": "http.request", "body": b"x" * 20, "more_body": n < 60}
+
+        bounded = limits._deadline_receive(receive, 60.0, 1000.0)
+        while (await bounded()).get("more_body"):
+            pass
+        return n
+
+    assert asyncio.run(steady()) == 60

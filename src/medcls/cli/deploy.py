@@ -86,15 +86,18 @@ def explain(
     layer: Annotated[str | None, typer.Option(help="Target layer, e.g. net.layer3 (default: chosen per architecture).")] = None,
     checkpoint: Checkpoint = "best",
     metadata: Annotated[str | None, typer.Option(help=METADATA_HELP)] = None,
+    array: Annotated[Path | None, typer.Option(help="Also save the raw map: float32 .npy in [0, 1] at the image's size.")] = None,
 ) -> None:
     """Save a class activation map (Grad-CAM & co) for one image and print the prediction."""
     from ..evaluation.gradcam import explain_image
     from ..runs import load_run
 
+    if array is not None and array.suffix != ".npy":
+        raise MedclsError(f"--array must name a .npy file (NumPy's format), got {array}")
     r = explain_image(load_run(run_dir), image, method=method, target_class=target_class, layer=layer,
-                      out_path=output, checkpoint=checkpoint, metadata=metadata_option(metadata))
-    typer.echo(f"predicted {r['predicted']} (p = {r['probability']:.4f}); {method} for {r['target']} "
-               f"written to {r['path']}")
+                      out_path=output, checkpoint=checkpoint, metadata=metadata_option(metadata), array_path=array)
+    typer.echo(f"predicted {r['predicted']} (p = {r['probability']:.4f}); {method} for {r['target']} at "
+               f"{r['layer']} ({r['map_size']}) written to {r['path']}" + (f"; map {r['array']}" if array else ""))
 
 
 def export(
@@ -136,13 +139,15 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="Largest accepted image (pixels).")] = 40_000_000,
     threads: Annotated[int | None, typer.Option(help="Inference threads (onnxruntime).")] = None,
-    max_concurrency: Annotated[int, typer.Option(help="Requests to /v1/ in flight at most; more get 503 + Retry-After.")] = 64,
+    max_concurrency: Annotated[int, typer.Option(help="Requests to /v1/ being decoded or predicted at most; more get 503 + Retry-After.")] = 64,
+    max_receiving: Annotated[int, typer.Option(help="Requests to /v1/ whose bodies are arriving at most; more get 503 + Retry-After.")] = 256,
     protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="Require the API key on /metrics too.")] = False,
     protect_docs: Annotated[bool, typer.Option("--protect-docs", help="Require the API key on /docs and /openapi.json too.")] = False,
     timeout_keep_alive: Annotated[float, typer.Option(help="Close idle keep-alive connections after this many seconds.")] = 5.0,
     timeout_headers: Annotated[float, typer.Option(help="408 and close when a request's headers take longer (slow clients).")] = 10.0,
     timeout_body: Annotated[float, typer.Option(help="408 and close when a request's body takes longer.")] = 60.0,
-    decode_pixels: Annotated[int, typer.Option(help="Pixels decoded at once over all requests; larger bursts wait.")] = 80_000_000,
+    min_body_rate: Annotated[float, typer.Option(help="408 and close when a body arrives slower than this (bytes/s, after 5 s).")] = 1024.0,
+    decode_pixels: Annotated[int, typer.Option(help="Pixels decoded at once over all requests; larger bursts wait.")] = 20_000_000,
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
     import uvicorn
@@ -154,8 +159,9 @@ def serve(
     settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
-                             protect_metrics=protect_metrics, protect_docs=protect_docs,
-                             header_timeout=timeout_headers, body_timeout=timeout_body, decode_pixels=decode_pixels)
+                             max_receiving=max_receiving, protect_metrics=protect_metrics, protect_docs=protect_docs,
+                             header_timeout=timeout_headers, body_timeout=timeout_body, min_body_rate=min_body_rate,
+                             decode_pixels=decode_pixels)
     predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)

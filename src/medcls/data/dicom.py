@@ -135,10 +135,40 @@ def read_dataset(data: bytes | str | Path, name: str | None = None, *, header_on
         raise DataError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
 
 
+HEADER_INFLATE_LIMIT = 1 << 20  # a deflated dataset's image attributes must lie in its first 1 MiB
+
+
+def _deflated_header(data: bytes, name: str):
+    """The image attributes of a Deflated Explicit VR Little Endian file, inflating at most
+    ``HEADER_INFLATE_LIMIT`` bytes (pydicom inflates the whole dataset, pixel data included, before it
+    reads a single element: 100 KB on the wire are 100 MB in memory); None for other transfer syntaxes."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:
+        raise DataError(f"{name}: not a readable DICOM file (file meta information)") from None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    try:
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[fp.tell():], HEADER_INFLATE_LIMIT)
+        return read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, *_: tag > 0x00280011)
+    except Exception:
+        raise DataError(f"{name}: deflated DICOM header is corrupt, or its image attributes (0028,xxxx) do not "
+                        f"lie in its first {HEADER_INFLATE_LIMIT} inflated bytes") from None
+
+
 def declared_pixels(data: bytes, name: str = "dicom") -> int:
     """Rows x Columns x NumberOfFrames as the header declares them, read without touching the pixel data
     (a few KB of deflate can declare gigabytes: bound it before decoding)."""
-    ds = read_dataset(data, name, header_only=True)
+    ds = _deflated_header(data, name)
+    if ds is None:
+        ds = read_dataset(data, name, header_only=True)
     try:
         return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except Exception:  # pydicom converts values lazily: a corrupt element raises whatever its VR's parser does

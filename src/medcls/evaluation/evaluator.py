@@ -37,6 +37,7 @@ from ..metrics import (
     calibration_report,
     compute_metrics,
     delong_auc_ci,
+    threshold_transfer,
 )
 from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
 from ..runs import Run
@@ -136,6 +137,7 @@ def _binary_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarra
     if n_bootstrap and post.operating_points:
         metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post.operating_points,
                                                        n_resamples=n_bootstrap, seed=seed)
+        metrics["threshold_transfer"] = threshold_transfer(post.operating_points, metrics["operating_points"])
 
 
 def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ figures, and galleries of the most confident errors of an evaluated split (``min
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -27,6 +28,7 @@ log = logging.getLogger("medcls")
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
 MIN_DISPLAY = 224  # images smaller than this are upscaled (nearest) in saved figures
+MIN_MAP = 7  # CAM grids coarser than 7x7 (ResNet's layer4 at 224 px) cannot localise: chosen against, warned
 
 
 def check_method(method: str) -> type:
@@ -98,17 +100,13 @@ def image_branch(model: nn.Module, extras: dict[str, torch.Tensor] | None = None
     return FixedExtras(model, {k: torch.as_tensor(v)[:1] for k, v in extras.items()})
 
 
-def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
-               extras: dict[str, torch.Tensor] | None = None) -> str:
-    """The layer :func:`compute_cam` uses for ``x``: ``layer``, else the automatic one, moved to the last
-    module whose feature map is at least 2x2 when it is smaller at this input size (e.g. 28 px images)."""
+def map_sizes(model: nn.Module, x: torch.Tensor, extras: dict[str, torch.Tensor] | None = None
+              ) -> dict[str, tuple[int, int] | None]:
+    """Spatial size of every named module's output for ``x`` (None for non-map outputs), in forward order."""
     model = image_branch(model, extras)
-    name = resolve_target_layer(model, layer)[1]
-    if layer is not None:
-        return name
-    seen: list[tuple[str, tuple | None]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: seen.append(
-        (n, tuple(o.shape[2:]) if isinstance(o, torch.Tensor) and o.ndim == 4 else None)))
+    seen: dict[str, tuple[int, int] | None] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: seen.__setitem__(
+        n, tuple(o.shape[2:]) if isinstance(o, torch.Tensor) and o.ndim == 4 else None))
         for n, m in model.named_modules() if n]
     was_training = model.training
     try:
@@ -118,13 +116,38 @@ def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
         for h in hooks:
             h.remove()
         model.train(was_training)
-    hw = dict(seen).get(name)
-    ok = [n for n, s in seen if s is not None and min(s) >= 2]
-    if hw is None or min(hw) >= 2 or not ok:
-        return name
-    warnings.warn(f"{name} gives a {hw[0]}x{hw[1]} map for {x.shape[2]}x{x.shape[3]} inputs: Grad-CAM uses "
-                  f"{ok[-1]} instead (pass a layer to choose)", stacklevel=3)
-    return ok[-1]
+    return seen
+
+
+def choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+                 extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
+    """The layer :func:`compute_cam` uses for ``x`` and its map's grid: ``layer`` when given; else the family's
+    usual layer when its map is at least ``MIN_MAP`` x ``MIN_MAP`` at this input size, otherwise the deepest
+    module whose map is (ResNet-18 on 28 px: ``net.layer2``, 7x7, instead of ``net.layer4``'s 2x2, the same
+    corner on every image). A map coarser than that is warned about."""
+    _, name, reshape = resolve_target_layer(image_branch(model, extras), layer)
+    if reshape is not None:  # a ViT block: its token grid
+        grid = getattr(getattr(getattr(model, "net", model), "patch_embed", None), "grid_size", None)
+        hw, sizes = ((int(grid[0]), int(grid[1])) if grid is not None else None), {}
+    else:
+        sizes = map_sizes(model, x, extras)
+        hw = sizes.get(name)
+    if layer is None and hw is not None and min(hw) < MIN_MAP:
+        fine = [n for n, s in sizes.items() if s is not None and min(s) >= MIN_MAP]
+        if fine:
+            log.debug("Grad-CAM: %s gives a %dx%d map for %dx%d inputs; using %s (%dx%d)",
+                      name, *hw, *x.shape[2:], fine[-1], *sizes[fine[-1]])
+            name, hw = fine[-1], sizes[fine[-1]]
+    if hw is not None and min(hw) < MIN_MAP:
+        warnings.warn(f"Grad-CAM at {name} is a coarse {hw[0]}x{hw[1]} map for {x.shape[2]}x{x.shape[3]} inputs: "
+                      f"it cannot localise finer than 1/{min(hw)} of the image (choose an earlier layer)", stacklevel=3)
+    return name, hw
+
+
+def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+               extras: dict[str, torch.Tensor] | None = None) -> str:
+    """The name of :func:`choose_layer`'s layer."""
+    return choose_layer(model, x, layer, extras)[0]
 
 
 def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", target_class: int | None = None,
@@ -153,6 +176,43 @@ def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", t
             p.requires_grad_(flag)
         model.train(was_training)
     return np.clip(np.nan_to_num(np.asarray(out, np.float32)), 0.0, 1.0)
+
+
+def _mean_offdiag_corr(maps: np.ndarray) -> float:
+    flat = maps.reshape(len(maps), -1)
+    keep = flat.std(1) > 1e-8  # constant maps have no correlation
+    c = np.corrcoef(flat[keep]) if keep.sum() > 1 else np.ones((1, 1))
+    return float(c[~np.eye(len(c), dtype=bool)].mean()) if len(c) > 1 else 1.0
+
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    r = spearmanr(a.ravel(), b.ravel()).statistic
+    return float(0.0 if np.isnan(r) else r)
+
+
+def cam_sanity(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", layer: str | None = None,
+               seed: int = 0) -> dict[str, Any]:
+    """Two checks that a CAM explains *this* model on *these* images (Adebayo et al., 2018, "Sanity checks
+    for saliency maps"): ``pairwise_correlation``, the mean Pearson correlation between the maps of different
+    images (near 1: the same blob on every image), and ``randomisation_correlation``, the mean Spearman
+    rank correlation of each map with the map of a copy of the model whose weights are re-initialised
+    (near 1: the map does not depend on what the model learned)."""
+    import copy
+
+    layer, grid = choose_layer(model, x, layer)
+    maps = compute_cam(model, x, method=method, layer=layer)
+    random_model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in random_model.modules():
+        if hasattr(m, "reset_parameters") and m is not random_model:
+            m.reset_parameters()
+    random_maps = compute_cam(random_model, x, method=method, layer=layer)
+    return {"layer": layer, "map_size": list(grid) if grid else None, "n_images": len(x),
+            "pairwise_correlation": _mean_offdiag_corr(maps),
+            "randomisation_correlation": float(np.mean([_rank_corr(a, b) for a, b in zip(maps, random_maps,
+                                                                                          strict=True)]))}
 
 
 def _upscale(a: np.ndarray, size: int = MIN_DISPLAY) -> np.ndarray:
@@ -212,9 +272,10 @@ def _decision_threshold(run: Run, checkpoint: str) -> float:
 
 def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
                   target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
-                  checkpoint: str = "best", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+                  checkpoint: str = "best", metadata: dict[str, Any] | None = None,
+                  array_path: str | Path | None = None) -> dict[str, Any]:
     """Predict one image (calibrated, at the checkpoint's operating point, as ``Predictor`` does) and save its
-    CAM figure.
+    CAM figure; with ``array_path`` also the raw map (float32 .npy in [0, 1], resized to the image's size).
 
     The CAM explains ``target_class`` (index or name), by default the predicted class.
     """
@@ -236,12 +297,29 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
     names = list(run.spec.class_names)
     pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(post.decide(p, run.spec))
     target = pred if target is None else target
-    layer = pick_layer(model, x, layer, extras)
+    layer, grid = choose_layer(model, x, layer, extras)
     cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
-    title = f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer}"
+    grid_text = f"{grid[0]}x{grid[1]} map" if grid else "map"
+    title = f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer} ({grid_text})"
     path = save_explanation(out_path, x[0].permute(1, 2, 0).numpy(), cam, title)
-    return {"predicted": names[pred], "probability": float(p[pred]), "path": str(path),
-            "target": names[target], "method": method, "layer": layer}
+    result = {"predicted": names[pred], "probability": float(p[pred]), "path": str(path), "target": names[target],
+              "method": method, "layer": layer, "map_size": grid_text}
+    if array_path is not None:
+        result["array"] = str(save_map(array_path, cam, arr.shape[:2]))
+    return result
+
+
+def save_map(path: str | Path, cam: np.ndarray, size: tuple[int, int]) -> Path:
+    """The CAM as float32 .npy at ``size`` (the image's H, W; bilinear, as the preprocessing resized it)."""
+    import cv2
+
+    from ..utils import atomic_write_bytes
+
+    full = cv2.resize(np.asarray(cam, np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    buf = io.BytesIO()
+    np.save(buf, np.clip(full, 0, 1).astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def _select_errors(df, run: Run, k: int, threshold: float) -> dict[str, Any]:

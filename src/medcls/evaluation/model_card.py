@@ -14,7 +14,7 @@ from typing import Any
 
 from ..runs import Run
 from ..utils import atomic_write_text
-from .report import fmt_threshold, operating_points, read_json, stored_postprocess
+from .report import fmt_threshold, leakage_lines, operating_points, read_json, stored_postprocess
 
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
@@ -42,8 +42,10 @@ def _caveats(run: Run) -> list[str]:
         size = run.spec.native_size
         out.append(f"MedMNIST images are heavily downsampled ({size}×{size} px); fine findings visible at full "
                    "resolution are lost and results may not transfer to full-resolution images.")
-        out.append("MedMNIST's official splits are used as provided; patient-level separation between splits "
-                   "is not verified by medcls.")
+        if run.leakage is None or run.leakage.get("group_overlap") is None:
+            out.append("MedMNIST's official splits are used as provided; they carry no patient ids, so "
+                       "patient-level separation between splits cannot be verified.")
+    out += leakage_lines(run)[0]
     if src == "medmnist:pneumoniamnist":
         out.append("Pneumonia data are paediatric chest X-rays from one hospital; performance on adults, other "
                    "sites, devices or acquisition protocols is unknown.")
@@ -175,14 +177,19 @@ def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[s
     sel = pp.get("selected", "default")
     op = (post.get("operating_points") or {}).get(sel) or {}
     val, here = op.get("val") or {}, operating_points(metrics).get(sel) or {}
+    where = "fixed in the configuration (eval.threshold), not fitted" if sel == "default" else \
+        f"fitted on {(post.get('operating_points') or {}).get('chosen_on', 'val')} (n = {post.get('n_val', '?')})"
     L = ["## Operating point in use", "",
          f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** on p({pos})",
-         f"- Provenance: chosen on {(post.get('operating_points') or {}).get('chosen_on', 'val')} "
-         f"(n = {post.get('n_val', '?')}); val sensitivity {_f(val.get('sensitivity'))}, "
+         f"- Provenance: {where}; val sensitivity {_f(val.get('sensitivity'))}, "
          f"val specificity {_f(val.get('specificity'))}"]
     if here:
         L.append(f"- On {split}: sensitivity {_f(here['sensitivity']['value'])} ({_ci(here['sensitivity'])}), "
                  f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
+    transfer = metrics.get("threshold_transfer") or {}
+    flagged = {k: v["flags"] for k, v in transfer.items() if v.get("flags")}
+    for name, flags in flagged.items():
+        L.append(f"- **Threshold transfer, {name}**: " + "; ".join(flags) + " (did not hold on " + split + ")")
     others = ", ".join(k for k in operating_points(metrics) if k != sel)
     return [*L, f"- Other rules ({others}) are listed in report.html.", ""]
 

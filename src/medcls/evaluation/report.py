@@ -52,7 +52,7 @@ img{max-width:100%;height:auto}
 .cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px}
 .gallery figure{margin:0}figcaption{font-size:12px;color:#5a6472;word-break:break-all}
-.muted{color:#5a6472}
+.muted{color:#5a6472}.warn{color:#a4420c;font-size:12px;text-align:left;display:inline-block}
 footer{margin-top:40px;border-top:1px solid #dde3ea;padding-top:10px;font-size:13px;color:#5a6472}
 @media print{body{background:#fff}main{padding:0;max-width:none}nav{display:none}
  section,figure,table,.cm{break-inside:avoid}pre{max-height:none;white-space:pre-wrap}}
@@ -132,10 +132,48 @@ def _data(run: Run) -> str:
               if run.spec.task == "binary" and run.spec.positive_index is not None else "") + "</p>"
            + _table(["split", *names, "total"], rows)
            + "<p>Preprocessing: " + escape(", ".join(f"{k}={v}" for k, v in pre.items())) + "</p>")
+    out += _leakage(run)
     notes = d.get("notes") or []
     out += ("<h3>Data notes</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>" if notes
             else '<p class="muted">No data notes were recorded (splits used as provided by the source).</p>')
     return out
+
+
+def leakage_lines(run: Run) -> tuple[list[str], bool]:
+    """What the check of the run's own splits found, as sentences, and whether it found leakage."""
+    lk = run.leakage
+    if lk is None:
+        return (["The run's splits were not checked for shared images or patients (data.leakage_check=off, or "
+                 "a run older than the check): validation and test may overlap with train."], False)
+    if not lk.get("leakage"):
+        ids = "no patient/group ids to compare" if lk.get("group_overlap") is None else "no patient/group id shared"
+        sampled = " (on an evenly spaced sample)" if (lk.get("rules") or {}).get("sampled") else ""
+        return ([f"No exact or near-duplicate images are shared between the run's splits{sampled}; {ids}."], False)
+    lines = [f"The run's splits share data: {r}." for r in lk.get("reasons", [])]
+    if any(r.startswith("train/val") for r in lk.get("reasons", [])):
+        lines.append("Validation is optimistic: the best checkpoint, the calibration and the operating points were "
+                     "chosen on a split that shares images or patients with training.")
+    if any("/test" in r.split(":")[0] for r in lk.get("reasons", [])):
+        lines.append("Test metrics are optimistic: the test split shares images or patients with the others.")
+    return lines, True
+
+
+def _leakage(run: Run) -> str:
+    lines, found = leakage_lines(run)
+    lk = run.leakage or {}
+    rows = []
+    for pair in ("train/val", "train/test", "val/test"):
+        ex, nr = (lk.get("exact_duplicates") or {}).get(pair), (lk.get("near_duplicates") or {}).get(pair)
+        go = (lk.get("group_overlap") or {}).get(pair)
+        if ex or nr:
+            rows.append([pair, _fmt((ex or {}).get("pairs")), _fmt((nr or {}).get("pairs")),
+                         _fmt(go["groups"]) if go else "not checked"])
+    body = "".join(f'<div class="banner"><b>Leakage:</b> {escape(x)}</div>' if found else f"<p>{escape(x)}</p>"
+                   for x in lines)
+    if rows:
+        body += _table(["splits", "exact duplicate pairs", "near-duplicate pairs", "shared patient/group ids"], rows)
+        body += f'<p class="muted">{escape(str((lk.get("rules") or {}).get("near_duplicate_rule", "")))}</p>'
+    return "<h3>Leakage between this run's splits</h3>" + body
 
 
 def _history(run: Run, out_dir: Path, tmp: Path) -> Path:
@@ -226,31 +264,43 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
             "(prediction = arg-max class).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
             _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
     post_all = stored_postprocess(run, metrics)
-    post = post_all.get("operating_points") or {}
-    where = post.get("chosen_on", "val")
-    selected = pp.get("selected")
+    transfer, selected, split = metrics.get("threshold_transfer") or {}, pp.get("selected"), metrics.get("split", "")
     rows, classes = [], []
     for name, op in ops.items():
-        val = (post.get(name) or {}).get("val") or {}
-        prov = f"chosen on {escape(str(where))}" + (f"<br><small>val sens {_fmt(val['sensitivity'])}, spec "
-                                                     f"{_fmt(val.get('specificity'))}</small>" if "sensitivity" in val else "")
+        tr = transfer.get(name) or {}
+        flags = tr.get("flags") or []
         cells = [escape(name) + ('<span class="tag">in use</span>' if name == selected else ""),
                  f'<span title="{op["threshold"]!r}">{fmt_threshold(op["threshold"])}</span>',
-                 f'<small>{escape(str(op.get("rule", "")))}</small>', prov]
-        cells += [_val_ci(op.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")]
+                 f'<small>{escape(str(op.get("rule", "")))}</small>', escape(tr.get("provenance", "?"))]
+        cells += [_transfer_cell(tr.get(k) or {}, op.get(k)) for k in ("sensitivity", "specificity")]
+        cells += [_val_ci(op.get(k)) for k in ("ppv", "npv")]
+        cells.append("<br>".join(f'<span class="warn">&#9888; {escape(f)}</span>' for f in flags) or "held")
         rows.append(cells)
         classes.append("selected" if name == selected else "")
+    n_flagged = sum(bool((transfer.get(n) or {}).get("flags")) for n in ops)
     if rows:
-        out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}) were fitted on the "
-                f"validation split (n = {_fmt(post_all.get('n_val'))}) and "
-                f"applied unchanged to {escape(str(metrics.get('split', '')))}; values below are on "
-                f"{escape(str(metrics.get('split', '')))} with 95% CIs.</p>"
-                + '<div class="wide">' + _table(["rule", "threshold", "definition", "provenance", "sensitivity",
-                                                  "specificity", "PPV", "NPV"], rows, classes) + "</div>")
+        out += (f'<div class="banner"><b>Threshold transfer:</b> {n_flagged} of {len(rows)} operating points did not '
+                f"hold on {escape(str(split))}: what they showed on validation lies outside the {escape(str(split))} "
+                "95% CI (or the target does). Re-check thresholds on data from the deployment site.</div>"
+                if n_flagged else "")
+        out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}): <i>fixed</i> ones come from the "
+                f"configuration; <i>fitted</i> ones were chosen on the validation split (n = "
+                f"{_fmt(post_all.get('n_val'))}) and applied unchanged to {escape(str(split))}. Sensitivity and "
+                f"specificity show the validation value, then the {escape(str(split))} value with its 95% CI.</p>"
+                + '<div class="wide">' + _table(["rule", "threshold", "definition", "provenance",
+                                                  "sensitivity (val → here)", "specificity (val → here)",
+                                                  "PPV", "NPV", "transfer"], rows, classes) + "</div>")
     else:
         out += "<p>No operating points were evaluated (bootstrap disabled or none could be chosen).</p>"
     return out + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC with operating points") + \
         _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>"
+
+
+def _transfer_cell(tr: dict[str, Any], here: Any) -> str:
+    """``val -> here [CI]`` with the target, if any."""
+    chosen = f"{_fmt(tr['chosen'])} → " if tr.get("chosen") is not None else ""
+    target = f"<br><small>target {_fmt(tr['target'], 2)}</small>" if tr.get("target") is not None else ""
+    return chosen + _val_ci(here) + target
 
 
 def stored_postprocess(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:

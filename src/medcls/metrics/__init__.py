@@ -34,7 +34,7 @@ from .classification import (
     roc_auc,
     roc_auc_many,
 )
-from .operating_points import apply_thresholds, choose_thresholds
+from .operating_points import apply_thresholds, choose_thresholds, threshold_transfer
 
 __all__ = [
     "TASKS",
@@ -62,4 +62,5 @@ __all__ = [
     "roc_auc",
     "roc_auc_many",
     "stratified_bootstrap_indices",
+    "threshold_transfer",
 ]

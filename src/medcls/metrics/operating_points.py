@@ -144,6 +144,42 @@ def apply_thresholds(y_true: Any, p_pos: Any, thresholds: dict[str, Any], *, n_r
             "chosen_on": thresholds.get("chosen_on", "unknown")}
 
 
+TARGETS = {"target_sensitivity": "sensitivity", "target_specificity": "specificity"}
+
+
+def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
+                       metrics: Sequence[str] = ("sensitivity", "specificity")) -> dict[str, Any]:
+    """Did each operating point keep, on the evaluated split, what it showed where it was chosen?
+
+    ``chosen`` is :func:`choose_thresholds`' result (per rule its ``val`` metrics, plus ``targets``),
+    ``applied`` :func:`apply_thresholds`' on another split. Per rule: ``provenance`` (``fixed`` for
+    ``default``, else ``fitted on <split>``) and per metric ``chosen`` (the value where it was fitted),
+    ``value``/``low``/``high`` (here, with its CI), ``target`` (for target rules) and ``flags``: the
+    target lying outside this split's CI, or the chosen-split value lying outside it.
+    """
+    where, targets = chosen.get("chosen_on", "val"), chosen.get("targets") or {}
+    out: dict[str, Any] = {}
+    for name, op in applied.items():
+        if not (isinstance(op, dict) and "threshold" in op and isinstance(chosen.get(name), dict)):
+            continue
+        seen = chosen[name].get("val") or {}
+        entry: dict[str, Any] = {"threshold": op["threshold"],
+                                 "provenance": "fixed" if name == "default" else f"fitted on {where}",
+                                 "flags": []}
+        for m in metrics:
+            ci = op.get(m) or {}
+            lo, hi = ci.get("low", float("nan")), ci.get("high", float("nan"))
+            target = targets.get(m) if TARGETS.get(name) == m else None
+            entry[m] = {"chosen": seen.get(m), "value": ci.get("value"), "low": lo, "high": hi, "target": target}
+            if target is not None and not lo <= target <= hi:
+                entry["flags"].append(f"{m} target {target:g} outside the {applied.get('n', '?')}-case CI "
+                                      f"[{lo:.3f}, {hi:.3f}]")
+            elif name != "default" and seen.get(m) is not None and not lo <= seen[m] <= hi:
+                entry["flags"].append(f"{m} {seen[m]:.3f} on {where} outside the CI [{lo:.3f}, {hi:.3f}] here")
+        out[name] = entry
+    return out
+
+
 # ------------------------------------------------------------------ multi-label
 RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
 _DECISION_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn")

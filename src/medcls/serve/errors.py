@@ -19,7 +19,7 @@ def error(status: int, message: str, code: str | None = None, headers: dict[str,
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return error(exc.status_code, str(exc.detail), getattr(exc, "error_code", None), getattr(exc, "headers", None))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -28,40 +28,83 @@ async def _reply(send, status: int, code: str, message: str, extra: tuple = ()) 
     await send({"type": "http.response.body", "body": body})
 
 
-def _deadline_receive(receive, seconds: float):
+RATE_GRACE = 5.0  # seconds before the minimum body rate applies (as Kestrel's MinRequestBodyDataRate)
+
+
+def _deadline_receive(receive, seconds: float, min_rate: float, on_complete=None):
     """``receive`` that answers 408 (through the app's error handlers) when the whole body has not arrived
-    ``seconds`` after the first read: a client trickling bytes cannot hold a request, a worker and its file
-    descriptor open. Reads after the last body chunk (waiting for a disconnect) are not timed."""
+    ``seconds`` after the first read, or arrives slower than ``min_rate`` bytes/s on average after a grace
+    of ``RATE_GRACE`` s: a client trickling bytes cannot hold a request, its place and its file descriptor.
+    Reads after the last body chunk (waiting for a disconnect) are not timed; ``on_complete`` runs when the
+    last chunk arrives (and may raise an HTTPException too)."""
     loop = asyncio.get_running_loop()
-    deadline, done = loop.time() + seconds, False
+    start = loop.time()
+    deadline, done, received = start + seconds, False, 0
 
     async def bounded():
-        nonlocal done
+        nonlocal done, received
         if done:
             return await receive()
+        by_rate = start + RATE_GRACE + received / min_rate
         try:
-            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            message = await asyncio.wait_for(receive(), max(min(deadline, by_rate) - loop.time(), 0))
         except TimeoutError:
-            raise HTTPException(408, f"request body not received within {seconds:g} s",
-                                headers={"connection": "close"}) from None
+            took = loop.time() - start
+            why = (f"not received within {seconds:g} s" if loop.time() >= deadline else
+                   f"arriving slower than {min_rate:g} bytes/s ({received} bytes in {took:.0f} s)")
+            raise HTTPException(408, f"request body {why}", headers={"connection": "close"}) from None
+        received += len(message.get("body", b""))
         done = message["type"] != "http.request" or not message.get("more_body", False)
+        if done and on_complete is not None:
+            on_complete()
         return message
 
     return bounded
 
 
+class _Slot:
+    """One /v1/ request's place in the two limits: ``max_receiving`` while its body arrives (cheap, but each
+    holds a connection and spools to disk), then ``max_concurrency`` once it is complete (decoding and the
+    model: the expensive part). Slow uploads thus cannot take the places of requests ready to work."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits, self.stage = limits, "receiving"
+        limits.receiving += 1
+
+    def body_complete(self) -> None:
+        lim = self.limits
+        lim.receiving -= 1
+        self.stage = None
+        if lim.in_flight >= lim.max_concurrency:
+            busy = HTTPException(503, f"{lim.in_flight} requests in flight (limit {lim.max_concurrency}); retry "
+                                 "shortly", headers={"retry-after": "1"})
+            busy.error_code = "busy"  # as the 503 answered from the headers (serve.errors reads it)
+            raise busy
+        lim.in_flight += 1
+        self.stage = "working"
+
+    def release(self) -> None:
+        if self.stage == "receiving":
+            self.limits.receiving -= 1
+        elif self.stage == "working":
+            self.limits.in_flight -= 1
+        self.stage = None
+
+
 class RequestLimits:
     """Before a body is read: 401 without the right X-API-Key (on /v1/, and on /metrics and the docs when
-    protected), 503 with Retry-After beyond ``max_concurrency`` requests in flight on /v1/, 413 for a declared
-    body over the route's limit; a body that streams past the limit is cut there, one that takes longer than
-    ``body_timeout`` gets 408."""
+    protected), 503 with Retry-After beyond ``max_receiving`` uploads arriving at once on /v1/, 413 for a
+    declared body over the route's limit; a body that streams past the limit is cut there, one that takes
+    longer than ``body_timeout`` gets 408; once complete, 503 with Retry-After beyond ``max_concurrency``
+    requests in flight."""
 
     def __init__(self, app, *, settings, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
         self.single = settings.max_upload_bytes + MULTIPART_SLACK
         self.batch = (settings.max_upload_bytes + MULTIPART_SLACK) * settings.max_files
         self.max_concurrency, self.in_flight = settings.max_concurrency, 0
-        self.body_timeout = settings.body_timeout
+        self.max_receiving, self.receiving = settings.max_receiving, 0
+        self.body_timeout, self.min_body_rate = settings.body_timeout, settings.min_body_rate
         self.protected = ("/v1/", *(("/metrics",) if settings.protect_metrics else ()),
                           *(DOCS if settings.protect_docs else ()))
 
@@ -78,16 +121,16 @@ class RequestLimits:
             return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
         if not path.startswith("/v1/"):
             return await self._bounded(scope, receive, send, path, headers)
-        if self.in_flight >= self.max_concurrency:
-            return await _reply(send, 503, "busy", f"{self.in_flight} requests in flight (limit {self.max_concurrency}); "
+        if self.receiving >= self.max_receiving:
+            return await _reply(send, 503, "busy", f"{self.receiving} uploads arriving (limit {self.max_receiving}); "
                                 "retry shortly", ((b"retry-after", b"1"),))
-        self.in_flight += 1
+        slot = _Slot(self)
         try:
-            await self._bounded(scope, receive, send, path, headers)
+            await self._bounded(scope, receive, send, path, headers, slot.body_complete)
         finally:
-            self.in_flight -= 1
+            slot.release()
 
-    async def _bounded(self, scope, receive, send, path: str, headers: dict) -> None:
+    async def _bounded(self, scope, receive, send, path: str, headers: dict, on_complete=None) -> None:
         limit = self._limit(path)
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -97,5 +140,5 @@ class RequestLimits:
                 return await _reply(send, 413, "too_large", f"request body of {int(declared)} bytes is larger than "
                                     f"the limit of {limit} bytes for {path}")
         # the streamed count is Starlette's: FastAPI answers its overflow with 413 through our handlers
-        receive = _deadline_receive(receive, self.body_timeout)
+        receive = _deadline_receive(receive, self.body_timeout, self.min_body_rate, on_complete)
         return await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)

@@ -15,13 +15,17 @@ class ServeSettings(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_files: int = Field(64, ge=1, description="Files per /v1/predict/batch request.")
     threads: int | None = Field(None, ge=1)
-    max_concurrency: int = Field(64, ge=1, description="Requests to /v1/ in flight at most; more get 503 with "
-                                 "Retry-After instead of queueing without bound.")
+    max_concurrency: int = Field(64, ge=1, description="Requests to /v1/ in flight (body received, being decoded "
+                                 "or predicted) at most; more get 503 with Retry-After instead of queueing without bound.")
+    max_receiving: int = Field(256, ge=1, description="Requests to /v1/ whose bodies are still arriving at most; "
+                               "more get 503 with Retry-After (bounds connections and spooled uploads).")
     header_timeout: float = Field(10.0, gt=0, description="Seconds a connection may take to send a request's "
                                   "headers (from connecting, or from the previous response); then 408 and close.")
     body_timeout: float = Field(60.0, gt=0, description="Seconds a request may take to send its whole body; "
                                 "then 408 and close.")
-    decode_pixels: int = Field(80_000_000, ge=1, description="Pixels being decoded and preprocessed at once, over "
+    min_body_rate: float = Field(1024.0, gt=0, description="Bytes/s a request body must arrive at on average after "
+                                 "its first 5 s; slower gets 408 and close.")
+    decode_pixels: int = Field(20_000_000, ge=1, description="Pixels being decoded and preprocessed at once, over "
                                "all requests; larger images wait their turn (bounds memory under big uploads).")
     protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
     protect_docs: bool = Field(False, description="Require the API key on /docs, /redoc and /openapi.json too.")

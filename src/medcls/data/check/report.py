@@ -81,6 +81,17 @@ class DataReport:
         d = {k: v for k, v in self.__dict__.items() if k != "tables"}
         return {"leakage": self.leakage, **d}
 
+    def split_summary(self) -> dict[str, Any]:
+        """What a run records of the check of its own splits (``RUN/leakage.json``): per pair of splits the
+        exact and near-duplicate pairs and patients/groups shared, without the listed examples."""
+        def counts(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: {f: v[f] for f in ("pairs", "clusters", "images")} for k, v in d["cross_split"].items()}
+
+        return {"leakage": self.leakage, "reasons": self.leakage_reasons, "checked": self.checked,
+                "exact_duplicates": counts(self.exact_duplicates), "near_duplicates": counts(self.near_duplicates),
+                "group_overlap": self.group_overlap, "notes": self.notes,
+                "rules": {k: self.settings[k] for k in ("exact_duplicate_rule", "near_duplicate_rule", "sampled")}}
+
     def write(self, output: str | Path | None = None, *, root: str | Path = "data-check") -> Path:
         """Write ``report.json`` and ``report.html`` into a new directory (``root/<dataset>-<time>`` by default)."""
         return write_report(self, output, root=root)
@@ -229,7 +240,7 @@ def summarise(src: SourceData, tables: dict[str, ImageTable], sc: Scanned, near:
                            f"({v['images'][s]} {s} and {v['images'][t]} {t} images)")
     if unreadable:
         warn.append(f"{_plural(len(unreadable), 'unreadable file')}: {short_list([u['id'] for u in unreadable])}")
-    notes = list(src.notes or [])
+    notes = list(getattr(src, "notes", None) or [])
     if len(tables) < 2:
         notes.append(f"only the {', '.join(tables)} split exists: nothing to compare across splits; training "
                      "carves val/test from it, so duplicates within it become leakage there")

@@ -50,6 +50,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -344,6 +345,20 @@ def check_data(source: str, *, options: dict[str, Any] | None = None, data_dir: 
     _check_settings(max_images, max_distance, min_correlation)
     opts = dict(options or {})
     src, tables, source_warnings = _load_source(source, opts, data_dir)
+    return check_tables(src.spec, tables, source=source, options=opts, source_warnings=source_warnings,
+                        max_images=max_images, max_distance=max_distance, min_correlation=min_correlation,
+                        samples_per_class=samples_per_class, workers=workers)
+
+
+def check_tables(spec, tables: dict[str, ImageTable], *, source: str, options: dict[str, Any] | None = None,
+                 source_warnings: list[str] | None = None, max_images: int | None = None,
+                 max_distance: int = MAX_DISTANCE, min_correlation: float = MIN_CORRELATION,
+                 samples_per_class: int = 4, workers: int | None = None) -> DataReport:
+    """:func:`check_data` on given split tables (a run's own train/val/test, say); ``spec`` is their
+    :class:`~medcls.data.spec.DatasetSpec`."""
+    _check_settings(max_images, max_distance, min_correlation)
+    tables = {s: t for s, t in tables.items() if t is not None and len(t)}
+    holder = SimpleNamespace(spec=spec)
     total = sum(len(t) for t in tables.values())
     rows = {s: _sample(len(t), total, max_images) for s, t in tables.items()}
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -360,9 +375,9 @@ def check_data(source: str, *, options: dict[str, Any] | None = None, data_dir: 
     settings = _settings(max_distance, min_correlation, max_images, sampled, candidates, time.perf_counter() - t0)
     readable = {s: np.array([x for x, res in zip(rows[s], results[s], strict=True) if res[0] == "ok"], np.int64)
                 for s in tables}
-    fields = summarise(src, tables, sc, near, [r for res in results.values() for r in res], unreadable=unreadable,
-                       source_warnings=source_warnings, sampled=sampled)
-    return DataReport(source=source, options=opts, dataset=src.spec.name, task=src.spec.task,
-                      classes=list(src.spec.class_names), settings=settings,
+    fields = summarise(holder, tables, sc, near, [r for res in results.values() for r in res],
+                       unreadable=unreadable, source_warnings=list(source_warnings or []), sampled=sampled)
+    return DataReport(source=source, options=dict(options or {}), dataset=spec.name, task=spec.task,
+                      classes=list(spec.class_names), settings=settings,
                       checked={s: len(rows[s]) for s in tables}, **fields,
-                      samples=_samples(tables, readable, src.spec.class_names, samples_per_class), tables=tables)
+                      samples=_samples(tables, readable, spec.class_names, samples_per_class), tables=tables)
