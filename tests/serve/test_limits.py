@@ -318,3 +318,36 @@ def test_a_body_slower_than_the_minimum_rate_gets_408(monkeypatch):
         return n
 
     assert asyncio.run(steady()) == 60
+
+
+def test_a_flood_of_large_images_is_shed_before_small_ones_wait():
+    """Budget 100, queue 150: one 60 runs, two 60s wait (120), a fourth 60 gets 503 at once; a 30 still fits
+    beside the running one and never waits."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from medcls.serve.uploads import PixelBudget
+
+    budget, release = PixelBudget(100, queue=150), asyncio.Event()
+
+    async def job(pixels: int):
+        async with budget.hold(pixels):
+            await release.wait()
+        return 200
+
+    async def scenario():
+        held = [asyncio.create_task(job(60)) for _ in range(3)]
+        await asyncio.sleep(0.02)
+        assert budget.used == 60 and budget.waiting == 120
+        with pytest.raises(HTTPException) as e:
+            await job(60)
+        small = asyncio.create_task(job(30))
+        await asyncio.sleep(0.02)
+        assert budget.used == 90  # the small one did not queue behind the large ones
+        release.set()
+        return e.value, await asyncio.gather(*held, small)
+
+    err, codes = asyncio.run(scenario())
+    assert err.status_code == 503 and err.headers["retry-after"] == "1" and err.error_code == "busy"
+    assert codes == [200] * 4 and budget.used == 0 and budget.waiting == 0

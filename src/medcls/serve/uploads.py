@@ -63,17 +63,29 @@ def _check_dicom_header(data: bytes, max_pixels: int) -> int:
 
 class PixelBudget:
     """At most ``capacity`` pixels decoded and preprocessed at once, over all requests: a burst of large
-    valid images waits its turn instead of exhausting memory (the request count alone does not bound it)."""
+    valid images waits its turn instead of exhausting memory (the request count alone does not bound it).
+    At most ``queue`` pixels wait (default 4 x capacity); an image that would wait beyond that gets 503 with
+    Retry-After, so a flood of large images is shed before it holds the places of small ones."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.used = capacity, 0
+    def __init__(self, capacity: int, queue: int | None = None) -> None:
+        self.capacity, self.used, self.waiting = capacity, 0, 0
+        self.queue = 4 * capacity if queue is None else queue
         self._free = asyncio.Condition()
 
     @asynccontextmanager
     async def hold(self, pixels: int):
         pixels = min(pixels, self.capacity)
         async with self._free:
-            await self._free.wait_for(lambda: self.used + pixels <= self.capacity)
+            if self.used + pixels > self.capacity and self.waiting + pixels > self.queue:
+                busy = HTTPException(503, f"{self.waiting} pixels already wait to be decoded (limit {self.queue}); "
+                                     "retry shortly", headers={"retry-after": "1"})
+                busy.error_code = "busy"
+                raise busy
+            self.waiting += pixels
+            try:
+                await self._free.wait_for(lambda: self.used + pixels <= self.capacity)
+            finally:
+                self.waiting -= pixels
             self.used += pixels
         try:
             yield
