@@ -44,8 +44,12 @@ def test_metrics_have_cis_operating_points_and_calibration(tiny_run):
     t = post["threshold"]
     expect = np.where(df["prob_pneumonia"] >= t, "pneumonia", "normal")
     assert (df["decision"] == expect).all()
-    for f in ("roc.png", "pr.png", "reliability.png", "confusion.png"):
+    for f in ("roc.png", "pr.png", "reliability.png", "confusion.png", "decision_curve.png"):
         assert (tiny_run.path / "eval-test" / f).stat().st_size > 1000
+    dca, band = m["decision_curve"], m["roc_band"]
+    assert len(dca["model"]) == len(dca["thresholds"]) == 99 and dca["prevalence"] == pytest.approx(
+        (df["label"] == "pneumonia").mean())
+    assert len(band["fpr"]) == 101 and all(lo <= hi for lo, hi in zip(band["tpr_low"], band["tpr_high"], strict=True))
 
 
 def test_operating_points_never_read_test(tiny_run):

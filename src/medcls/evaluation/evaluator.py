@@ -37,6 +37,8 @@ from ..metrics import (
     calibration_report,
     compute_metrics,
     delong_auc_ci,
+    net_benefit,
+    roc_band,
     threshold_transfer,
 )
 from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
@@ -138,6 +140,9 @@ def _binary_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarra
         metrics["operating_points"] = apply_thresholds(y, probs[:, pos], post.operating_points,
                                                        n_resamples=n_bootstrap, seed=seed)
         metrics["threshold_transfer"] = threshold_transfer(post.operating_points, metrics["operating_points"])
+    metrics["decision_curve"] = net_benefit(y, probs[:, pos])
+    if n_bootstrap and y.any() and (~y).any():
+        metrics["roc_band"] = roc_band(y, probs[:, pos], n_resamples=min(n_bootstrap, 500), seed=seed)
 
 
 def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -> dict[str, Any]:
@@ -151,7 +156,7 @@ def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -
 
 
 def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits, metrics, post: Postprocess) -> None:
-    from .plots import plot_confusion, plot_history, plot_pr, plot_reliability, plot_roc
+    from .plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
 
     spec, ev = run.spec, run.config.eval
     names, task, pos = list(spec.class_names), spec.task, spec.positive_index
@@ -163,7 +168,11 @@ def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits
     marks = None
     if task == "binary" and post.operating_points:
         marks = {k: v["threshold"] for k, v in post.operating_points.items() if isinstance(v, dict) and "threshold" in v}
-    plot_roc(out / "roc.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
+    plot_roc(out / "roc.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks,
+             band=metrics.get("roc_band"))
+    if "decision_curve" in metrics:
+        plot_decision_curve(out / "decision_curve.png", metrics["decision_curve"], positive=names[pos],
+                            thresholds=marks)
     plot_pr(out / "pr.png", labels, probs, task=task, class_names=names, positive_index=pos, thresholds=marks)
     if "confusion_matrix" in metrics:
         plot_confusion(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names)

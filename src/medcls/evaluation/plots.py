@@ -85,8 +85,9 @@ def _mark_points(ax: Any, y: np.ndarray, s: np.ndarray, thresholds: Mapping[str,
 
 def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
              class_names: Sequence[str], positive_index: int | None = None,
-             thresholds: Mapping[str, float] | None = None) -> Path:
-    """ROC curve(s) with AUC in the legend and the chance diagonal.
+             thresholds: Mapping[str, float] | None = None, band: Mapping[str, Any] | None = None) -> Path:
+    """ROC curve(s) with AUC in the legend and the chance diagonal; binary: ``band``
+    (:func:`medcls.metrics.roc_band`) shaded as the curve's confidence band.
 
     Binary: one curve for the positive class; multiclass: one-vs-rest per
     class; multilabel: one per label. Curves with a single class present are skipped.
@@ -99,6 +100,9 @@ def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
         if y.all() or not y.any():
             continue
         fpr, tpr, _ = roc_curve(y, s)
+        if band is not None and task == "binary":
+            ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=color, alpha=0.2, lw=0,
+                            label=f"{1 - band['alpha']:.0%} band ({band['n_resamples']} bootstrap resamples)")
         ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
         if task == "binary":
             _mark_points(ax, y, s, thresholds, "roc")
@@ -234,8 +238,38 @@ def plot_reliability(path: str | Path, y_true: Any, probs_before: Any, probs_aft
         keep = cnt > 0
         ece = expected_calibration_error(yy, pp, n_bins=n_bins)
         ax.plot(conf[keep], acc[keep], "-o", ms=4, color=color, label=f"{label} (ECE {ece:.3f})")
+    # how many cases each bin of the calibrated model holds: sparse bins are noisy
+    edges = np.linspace(0, 1, n_bins + 1)
+    counts = ax.twinx()
+    counts.bar((edges[:-1] + edges[1:]) / 2, cnt, width=0.9 / n_bins, color="tab:blue", alpha=0.15)
+    for x, c in zip((edges[:-1] + edges[1:]) / 2, cnt, strict=True):
+        if c:
+            counts.text(x, c, f"{int(c)}", ha="center", va="bottom", fontsize=7, color="tab:blue")
+    counts.set_ylim(0, max(float(cnt.max()), 1) * 4)
+    counts.set_ylabel("cases per bin (after)", fontsize=9, color="tab:blue")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Confidence", ylabel="Accuracy",
            title="Reliability diagram (temperature scaling)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_decision_curve(path: str | Path, curve: Mapping[str, Any], *, positive: str,
+                        thresholds: Mapping[str, float] | None = None) -> Path:
+    """Net benefit vs threshold probability (:func:`medcls.metrics.net_benefit`), with treat-all and
+    treat-none, and the operating points marked."""
+    t, model, everyone = (np.asarray(curve[k]) for k in ("thresholds", "model", "treat_all"))
+    prev = float(curve["prevalence"])
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    ax.plot(t, model, color="tab:blue", lw=1.8, label="model")
+    ax.plot(t, everyone, color="tab:grey", lw=1.2, ls="--", label=f"treat all (prevalence {prev:.2f})")
+    ax.axhline(0, color="black", lw=1, label="treat none")
+    for (name, th), m in zip((thresholds or {}).items(), "os^vDP*X" * 3, strict=False):
+        if 0 < th < 1:
+            ax.plot(th, np.interp(th, t, model), m, ms=7, mfc="none", mew=1.5, label=f"{name} (t={th:.3g})")
+    ax.set(xlim=(0, 1), ylim=(min(-0.05, float(np.min(model)) - 0.02), max(prev, float(np.max(model))) + 0.05),
+           xlabel=f"Threshold probability of {positive} (risk at which one would act)", ylabel="Net benefit",
+           title="Decision curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)

@@ -292,8 +292,12 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
                                                   "PPV", "NPV", "transfer"], rows, classes) + "</div>")
     else:
         out += "<p>No operating points were evaluated (bootstrap disabled or none could be chosen).</p>"
-    return out + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC with operating points") + \
-        _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>"
+    dca = ("<p>Decision curve: the net benefit of acting on the model at each threshold probability, against "
+           "treating every case and none (Vickers &amp; Elkin, 2006); where the model's curve is not above both, "
+           "using it does not help at that risk threshold.</p>") if (out_dir / "decision_curve.png").is_file() else ""
+    return out + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC with operating points and its 95% band") + \
+        _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>" + dca + \
+        '<div class="figs">' + _fig(out_dir / "decision_curve.png", "Decision curve (net benefit)") + "</div>"
 
 
 def _transfer_cell(tr: dict[str, Any], here: Any) -> str:

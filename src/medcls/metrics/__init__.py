@@ -34,6 +34,7 @@ from .classification import (
     roc_auc,
     roc_auc_many,
 )
+from .curves import net_benefit, roc_band
 from .operating_points import apply_thresholds, choose_thresholds, threshold_transfer
 
 __all__ = [
@@ -57,10 +58,12 @@ __all__ = [
     "multiclass_metrics",
     "multilabel_metrics",
     "negative_log_likelihood",
+    "net_benefit",
     "paired_bootstrap_diff",
     "reliability_curve",
     "roc_auc",
     "roc_auc_many",
+    "roc_band",
     "stratified_bootstrap_indices",
     "threshold_transfer",
 ]
