@@ -261,5 +261,12 @@ def test_threshold_transfer_flags_what_did_not_hold():
     assert t["youden"]["provenance"] == "fitted on val"
     assert t["youden"]["flags"] == ["specificity 0.990 on val outside the CI [0.675, 0.790] here"]
     assert t["target_specificity"]["specificity"]["target"] == 0.95
-    assert t["target_specificity"]["flags"] == ["specificity target 0.95 outside the 624-case CI [0.547, 0.671]"]
+    assert t["target_specificity"]["flags"] == ["specificity target 0.95 missed: CI [0.547, 0.671] on 624 cases"]
+    met = threshold_transfer({**chosen, "target_specificity": {"threshold": 0.04, "val": {"specificity": 0.96}}},
+                             {**applied, "target_specificity": {"threshold": 0.04,
+                                                                "specificity": ci(0.97, 0.955, 0.99)}})
+    assert met["target_specificity"]["flags"] == []  # above its target: held, even if the CI excludes .95
+    edge = threshold_transfer(chosen, {**applied, "youden": {**applied["youden"],
+                                                            "specificity": ci(0.99, 0.9905, 0.995)}})
+    assert edge["youden"]["flags"] == []  # outside by less than 0.001: reads as inside, not flagged
     assert t["youden"]["sensitivity"] == {"chosen": 0.97, "value": 0.985, "low": 0.97, "high": 0.995, "target": None}

@@ -271,5 +271,5 @@ def plot_decision_curve(path: str | Path, curve: Mapping[str, Any], *, positive:
            xlabel=f"Threshold probability of {positive} (risk at which one would act)", ylabel="Net benefit",
            title="Decision curve")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)

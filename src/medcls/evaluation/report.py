@@ -281,7 +281,7 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
     if rows:
         out += (f'<div class="banner"><b>Threshold transfer:</b> {n_flagged} of {len(rows)} operating points did not '
                 f"hold on {escape(str(split))}: what they showed on validation lies outside the {escape(str(split))} "
-                "95% CI (or the target does). Re-check thresholds on data from the deployment site.</div>"
+                "95% CI (or its target was missed). Re-check thresholds on data from the deployment site.</div>"
                 if n_flagged else "")
         out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}): <i>fixed</i> ones come from the "
                 f"configuration; <i>fitted</i> ones were chosen on the validation split (n = "

@@ -145,6 +145,7 @@ def apply_thresholds(y_true: Any, p_pos: Any, thresholds: dict[str, Any], *, n_r
 
 
 TARGETS = {"target_sensitivity": "sensitivity", "target_specificity": "specificity"}
+TOL = 0.001  # outside a CI by less than this is not flagged: shown to 3 decimals it would read as inside
 
 
 def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
@@ -155,7 +156,7 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
     ``applied`` :func:`apply_thresholds`' on another split. Per rule: ``provenance`` (``fixed`` for
     ``default``, else ``fitted on <split>``) and per metric ``chosen`` (the value where it was fitted),
     ``value``/``low``/``high`` (here, with its CI), ``target`` (for target rules) and ``flags``: the
-    target lying outside this split's CI, or the chosen-split value lying outside it.
+    target (a minimum) above this split's CI, or the chosen-split value outside it (by more than ``TOL``).
     """
     where, targets = chosen.get("chosen_on", "val"), chosen.get("targets") or {}
     out: dict[str, Any] = {}
@@ -171,10 +172,10 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
             lo, hi = ci.get("low", float("nan")), ci.get("high", float("nan"))
             target = targets.get(m) if TARGETS.get(name) == m else None
             entry[m] = {"chosen": seen.get(m), "value": ci.get("value"), "low": lo, "high": hi, "target": target}
-            if target is not None and not lo <= target <= hi:
-                entry["flags"].append(f"{m} target {target:g} outside the {applied.get('n', '?')}-case CI "
-                                      f"[{lo:.3f}, {hi:.3f}]")
-            elif name != "default" and seen.get(m) is not None and not lo <= seen[m] <= hi:
+            if target is not None and hi + TOL < target:  # targets are minimums: only a miss is flagged
+                entry["flags"].append(f"{m} target {target:g} missed: CI [{lo:.3f}, {hi:.3f}] on "
+                                      f"{applied.get('n', '?')} cases")
+            elif name != "default" and seen.get(m) is not None and not lo - TOL <= seen[m] <= hi + TOL:
                 entry["flags"].append(f"{m} {seen[m]:.3f} on {where} outside the CI [{lo:.3f}, {hi:.3f}] here")
         out[name] = entry
     return out
