@@ -161,6 +161,10 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     device, dist = _setup_device(cfg)
     try:
         data = load_data(cfg.data) if data is None else data
+        if cfg.eval.subgroups:  # a column that is not there fails now, not after training
+            from .evaluation.subgroups import subgroup_labels
+
+            subgroup_labels(data.test.meta, cfg.eval.subgroups)
         cfg, spec, summary, inputs = _prepare(cfg, data, prev)
         model = _build(cfg, spec, prev)
         if prev is not None:

@@ -154,6 +154,7 @@ class EvalConfig(_Section):
     operating_point: Literal["default", "youden", "max_f1", "target_sensitivity", "target_specificity"] = Field(
         "default", description="Binary decision rule chosen on validation and used by predict.")
     tta: bool = Field(False, description="Also report test-time augmentation (flips; dihedral for histology).")
+    subgroups: list[str] = Field(default_factory=list, description="Metadata columns (sex, age, centre, view, scanner ...) to report metrics per subgroup for, with CIs, n and the largest gap (numeric columns in quartile bands).")
     target_sensitivity: float = Field(0.95, gt=0, le=1)
     target_specificity: float = Field(0.95, gt=0, le=1)
 

@@ -209,6 +209,12 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
         eval_notes = _multilabel_extras(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, cfg.seed)
     elif task == "binary":
         _binary_extras(metrics, labels, probs, post, pos, ev.n_bootstrap, cfg.seed)
+    if ev.subgroups:
+        from .subgroups import subgroup_analysis
+
+        metrics["subgroups"] = subgroup_analysis(
+            task, labels, probs, table.meta, ev.subgroups, class_names=names, positive_index=pos,
+            threshold=post.threshold, n_resamples=min(ev.n_bootstrap or 200, 1000), seed=cfg.seed)
     if ev.tta:
         tta_probs = post.probabilities(split_logits(run, model, table, device, tta=True, where=f"{split} split"), task)
         tta = _scores(task, labels, tta_probs, names, pos, ev, cfg.seed)

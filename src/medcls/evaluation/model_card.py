@@ -202,11 +202,31 @@ def _limitations(run: Run, metrics: dict[str, Any]) -> list[str]:
            *(f"Data note: {n}" for n in run.data_summary.get("notes") or [])]
     return ["## Limitations", "", *(f"- {x}" for x in lim), "",
             "## Ethical considerations", "",
-            "- Subgroup performance (age, sex, device, site) was not assessed: the data carry no such labels.",
+            ("- Subgroup performance is reported above for " + ", ".join(metrics["subgroups"]["columns"]) + "; other "
+             "subgroups (age, sex, device, site) were not assessed." if metrics.get("subgroups") else
+             "- Subgroup performance (age, sex, device, site) was not assessed (set eval.subgroups to metadata "
+             "columns to report it)."),
             "- Errors have asymmetric costs (missed disease vs. false alarm); any threshold must be chosen "
             "with clinicians for a specific setting and re-validated there.",
             "- Public de-identified data; no new patient data were collected for this model.", "",
             "## Not for clinical use", "", NOT_CLINICAL, ""]
+
+
+def _subgroups(split: str, sub: dict[str, Any]) -> list[str]:
+    L = ["## Subgroup performance", "",
+         f"On {split}, per value of each metadata column, with 95% bootstrap CIs; *small* subgroups (n < "
+         f"{sub['min_n']} or fewer than {sub['min_per_class']} of a class) have wide CIs and are left out of the "
+         "largest gap.", ""]
+    for col, c in sub["columns"].items():
+        names = c["metrics"]
+        rows = [[str(g["group"]) + (" *(small)*" if g["small"] else ""), str(g["n"]),
+                 *(f"{_fd(g[m]['value'])}{_cid(g[m])}" for m in names)] for g in c["groups"]]
+        L += [f"**{col}**", "", *_md_table(["subgroup", "n", *names], rows), ""]
+        gap = c.get("largest_gap")
+        if gap:
+            L += [f"Largest AUC gap: {gap['higher']} vs {gap['lower']}, {gap['difference']:+.3f} "
+                  f"(p = {gap['p_value']:.3f}, {gap['test']}).", ""]
+    return L
 
 
 def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
@@ -218,6 +238,8 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
         L += _operating_point(run, split, metrics, post)
     if task == "multilabel":
         L += _label_sections(metrics, post, split)
+    if metrics.get("subgroups"):
+        L += _subgroups(split, metrics["subgroups"])
     L += _limitations(run, metrics)
     path = Path(out_dir) / "model_card.md"
     atomic_write_text(path, "\n".join(L))

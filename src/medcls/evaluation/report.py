@@ -307,6 +307,24 @@ def _transfer_cell(tr: dict[str, Any], here: Any) -> str:
     return chosen + _val_ci(here) + target
 
 
+def _subgroups(metrics: dict[str, Any]) -> str:
+    sub = metrics["subgroups"]
+    out = (f"<p>Per value of each metadata column, on {escape(str(metrics.get('split', '')))}, with 95% bootstrap "
+           f"CIs. <i>Small</i> subgroups (n &lt; {sub['min_n']} or fewer than {sub['min_per_class']} cases of a "
+           "class) have wide CIs and are left out of the largest gap.</p>")
+    for col, c in sub["columns"].items():
+        names = c["metrics"]
+        rows = [[escape(str(g["group"])) + (' <span class="warn">small</span>' if g["small"] else ""), _fmt(g["n"]),
+                 escape(", ".join(f"{k} {v}" for k, v in g["per_class"].items())),
+                 *(_val_ci(g[m]) for m in names)] for g in c["groups"]]
+        out += f"<h3>{escape(col)}</h3>" + _table(["subgroup", "n", "cases per class", *names], rows)
+        gap = c.get("largest_gap")
+        out += (f'<p>Largest AUC gap: <b>{escape(str(gap["higher"]))}</b> vs <b>{escape(str(gap["lower"]))}</b>, '
+                f'{gap["difference"]:+.3f} (p = {gap["p_value"]:.3f}, {escape(gap["test"])}).</p>' if gap else
+                '<p class="muted">No gap reported: fewer than two subgroups large enough.</p>')
+    return out
+
+
 def stored_postprocess(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     """The calibration stored for the evaluated checkpoint (``{}`` when there is none)."""
     post = run.postprocess(metrics.get("checkpoint", "best"))
@@ -440,6 +458,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("confusion", "Per-label counts" if run.spec.task == "multilabel" else "Confusion matrices",
              _confusions(run, out_dir, metrics, Path(tmp))),
             ("calibration", "Calibration", _calibration(out_dir, metrics)),
+            *([("subgroups", "Subgroups", _subgroups(metrics))] if metrics.get("subgroups") else []),
             ("errors", "Errors (Grad-CAM)", _errors(out_dir)),
         ]
     nav = "".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name, _ in sections)
