@@ -23,6 +23,8 @@ from .conftest import medcls
     (["predict"], "missing argument SOURCE"),
     (["export", "runs/x"], "missing option --output"),
     (["evaluate", "runs/x", "--split"], "requires an argument"),
+    (["serve", "bundle", "--max-batch", "0"], "--max-batch: input should be greater than or equal to 1 (got 0)"),
+    (["serve", "bundle", "--timeout-headers", "0"], "--timeout-headers: input should be greater than 0 (got 0.0)"),
     (["evaluate", "/nonexistent/run"], "run directory not found: /nonexistent/run"),
     (["train", "--set", "data.cache=maybe"], "data.cache: Input should be 'auto', 'on' or 'off' (got 'maybe')"),
     (["train", "--set", "train.epoch=3"], "Did you mean 'train.epochs'"),

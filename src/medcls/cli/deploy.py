@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from ..errors import DataError, MedclsError
 from .common import METADATA_HELP, Checkpoint, Device, metadata_option
@@ -128,6 +129,10 @@ def export(
         typer.echo(f"warning: {info['notes'][-1]}", err=True)
 
 
+SERVE_FLAGS = {"header_timeout": "--timeout-headers", "body_timeout": "--timeout-body",
+               "max_upload_bytes": "--max-upload-mb (in bytes)"}  # settings whose flag is not their name
+
+
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory from `medcls export` (or a run directory with --backend torch).")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -156,12 +161,16 @@ def serve(
     from ..serve import ServeSettings, create_app
     from ..serve.protocol import http_protocol
 
-    settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
-                             max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
-                             max_receiving=max_receiving, protect_metrics=protect_metrics, protect_docs=protect_docs,
-                             header_timeout=timeout_headers, body_timeout=timeout_body, min_body_rate=min_body_rate,
-                             decode_pixels=decode_pixels)
+    try:
+        settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
+                                 max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                                 max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
+                                 max_receiving=max_receiving, protect_metrics=protect_metrics,
+                                 protect_docs=protect_docs, header_timeout=timeout_headers, body_timeout=timeout_body,
+                                 min_body_rate=min_body_rate, decode_pixels=decode_pixels)
+    except ValidationError as e:
+        raise MedclsError("; ".join(f"{SERVE_FLAGS.get(str(x['loc'][0]), '--' + str(x['loc'][0]).replace('_', '-'))}: "
+                                    f"{x['msg'].lower()} (got {x['input']!r})" for x in e.errors())) from None
     predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
