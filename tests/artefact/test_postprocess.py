@@ -28,7 +28,11 @@ def test_binary_decision_at_the_threshold_and_temperature_scaling():
     assert p[1] == pytest.approx(1 / (1 + np.exp(-1.0)))  # softmax of logits / 2
     assert post.decide(np.array([0.69, 0.31]), BINARY) == "pneumonia"
     assert post.decide(np.array([0.71, 0.29]), BINARY) == "normal"
-    assert post.decision(BINARY, "pneumonia") == {"operating_point": "youden", "threshold": 0.3}
+    assert post.decision(BINARY, "pneumonia") == {"operating_point": "youden", "threshold": 0.3,
+                                                  "positive_class": "pneumonia", "provenance": "set by hand"}
+    fitted = Postprocess(temperature=2.0, selected="youden", threshold=0.3, fitted_on="val")
+    assert fitted.decision(BINARY, "pneumonia")["provenance"] == "fitted on val"
+    assert Postprocess().decision(BINARY, "normal")["provenance"] == "fixed"
 
 
 def test_multilabel_decision_per_label():

@@ -149,3 +149,22 @@ def test_metrics_exposed(client):
     assert "medcls_requests_total" in text and "medcls_request_latency_seconds_bucket" in text
     assert "medcls_batch_size_bucket" in text and "medcls_queue_depth" in text
     assert 'status="415"' in text
+
+
+def test_explain_views_and_map_headers(client, pneumonia_arrays):
+    """The page lays the heatmap (RGBA, transparent where cold) over the image the model saw; the headers
+    say which layer and how coarse the map is."""
+    data = png_bytes(pneumonia_arrays["test_images"][0])
+    heat = client.post("/v1/explain?view=heatmap", files={"file": ("x.png", data)})
+    assert heat.status_code == 200 and heat.headers["x-map-size"] == "7x7" and heat.headers["x-coarse-map"] == "0"
+    assert heat.headers["x-layer"].startswith("net.layer")
+    with Image.open(io.BytesIO(heat.content)) as im:
+        assert im.mode == "RGBA" and im.size[0] >= 224
+        alpha = np.asarray(im)[..., 3]
+        assert alpha.min() < 64 < alpha.max()  # cold regions see-through, hot ones opaque
+    image = client.post("/v1/explain?view=image", files={"file": ("x.png", data)})
+    assert image.status_code == 200 and "x-map-size" not in image.headers
+    with Image.open(io.BytesIO(image.content)) as im:
+        assert im.mode == "RGB" and im.size == (224, 224)
+    bad = client.post("/v1/explain?view=poster", files={"file": ("x.png", data)})
+    assert bad.status_code == 422 and "view" in bad.json()["error"]["message"]

@@ -79,8 +79,18 @@ def test_web_page_in_headless_chromium(server, pneumonia_arrays, tmp_path):
         page.wait_for_selector("#result[data-ready='1']", timeout=60_000)
         bars = page.locator("#bars .bar")
         assert bars.count() == 2
-        assert "Decision:" in page.inner_text("#decision")
-        assert page.eval_on_selector("#overlay", "el => el.naturalWidth") >= 224
+        decision = page.inner_text("#decision")
+        assert "Decision:" in decision and "the threshold" in decision
+        assert "fitted on val (operating point youden)" in decision  # the provenance, in words
+        for img_id in ("image", "base", "heat"):  # original and overlay side by side
+            assert page.eval_on_selector(f"#{img_id}", "el => el.naturalWidth") >= 224, img_id
+        assert page.is_visible(".scale") and "map" in page.inner_text("#cam-layer")
+        page.fill("#opacity", "20")
+        page.dispatch_event("#opacity", "input")
+        assert page.eval_on_selector("#heat", "el => getComputedStyle(el).opacity") == "0.2"
+        page.fill("#opacity", "60")
+        page.dispatch_event("#opacity", "input")
+        assert page.is_hidden("#coarse")  # the default 7x7 layer: no coarse-map warning
         page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000

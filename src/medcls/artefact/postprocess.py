@@ -108,7 +108,10 @@ class Postprocess:
     def decision(self, spec: DatasetSpec, predicted: str | list[str]) -> dict[str, Any]:
         """The ``decision`` block of a prediction: operating point and threshold(s)."""
         if spec.task == "binary":
-            return {"operating_point": self.selected, "threshold": self.threshold}
+            return {"operating_point": self.selected, "threshold": self.threshold,
+                    "positive_class": spec.class_names[spec.positive_index],
+                    "provenance": "fixed" if self.selected == "default" else
+                    f"fitted on {self.fitted_on}" if self.fitted else "set by hand"}
         if spec.task == "multilabel":
             return {"operating_point": self.selected, "thresholds": self.label_thresholds(spec.class_names),
                     "findings": list(predicted), "no_finding": not predicted}

@@ -14,6 +14,9 @@ class Decision(BaseModel):
 
     operating_point: str = Field(..., description="Rule chosen on validation (default = fixed 0.5).")
     threshold: float | None = Field(None, description="Binary: p(positive) >= threshold -> positive class.")
+    positive_class: str | None = Field(None, description="Binary: the class the threshold applies to.")
+    provenance: str | None = Field(None, description="Binary: where the threshold came from: 'fixed' (the "
+                                   "configuration's default) or 'fitted on val'.")
     thresholds: dict[str, float] | None = Field(None, description="Multilabel: one threshold per label.")
     findings: list[str] | None = Field(None, description="Multilabel: labels at or above their threshold.")
     no_finding: bool | None = Field(None, description="Multilabel: no label reached its threshold.")
