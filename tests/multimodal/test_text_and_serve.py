@@ -217,7 +217,8 @@ def test_rest_explain_takes_the_same_metadata_as_predict(client, text_run):
     for bad, expect in ((json.dumps({"agee": 1}), "'agee'"), ("[1]", "JSON object"), ("{", "JSON object")):
         r = c.post("/v1/explain", files=files, data={"metadata": bad})
         assert r.status_code == 422 and expect in r.json()["error"]["message"], (bad, r.text)
-    assert 'form2.append("metadata"' in c.get("/").text  # the web page explains what it predicted
+    page = c.get("/").text  # the web page explains what it predicted: the same metadata goes to /v1/explain
+    assert 'explain(file, form.get("metadata"))' in page and 'form.append("metadata", metadata)' in page
 
 
 def test_cli_explain_with_metadata(text_run, tmp_path, capsys):

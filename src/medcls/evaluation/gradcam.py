@@ -241,13 +241,16 @@ def save_explanation(path: str | Path, image01: np.ndarray, cam: np.ndarray, tit
     panels = [(big_img, "image", {"cmap": "gray"} if img.ndim == 2 else {}),
               (big_cam, "heatmap", {"cmap": "jet", "vmin": 0, "vmax": 1}),
               (overlay(big_img, big_cam), "overlay", {})]
-    fig = Figure(figsize=(10.5, 3.9))
+    fig = Figure(figsize=(10.5, 4.1))
     axes = fig.subplots(1, 3)
     for ax, (a, name, kw) in zip(axes, panels, strict=True):
-        ax.imshow(a, interpolation="nearest", **kw)
-        ax.set_title(name, fontsize=10)
+        shown = ax.imshow(a, interpolation="nearest", **kw)
+        ax.set_title(name, fontsize=13)
         ax.axis("off")
-    fig.suptitle(title, fontsize=11)
+        if name == "heatmap":  # the colour scale: what red and blue mean
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
+            bar.ax.set_yticklabels(["low", "", "high"], fontsize=11)
+    fig.suptitle(title, fontsize=14)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,12 +384,13 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
                                   f"(data changed since evaluation?); re-run `medcls evaluate`")
             x = pre(table.load(index[cid])).unsqueeze(0)
             extras = run.inputs.encode_table(table.subset([index[cid]]), f"{split} split") if run.inputs else None
-            layer = pick_layer(model, x, layer, extras)  # chosen (and warned about) once
+            layer, grid = choose_layer(model, x, layer, extras)  # chosen (and warned about) once
             cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer, extras=extras)[0]
             path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
             prob = float(r[f"prob_{pred}"])
+            at = f" · {layer} ({grid[0]}x{grid[1]})" if grid else ""
             save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam,
-                             f"{group} · {cid} · true {r['label']} · predicted {pred} (p = {prob:.3f})")
+                             f"{group} · {cid} · true {r['label']} · predicted {pred} (p = {prob:.3f}){at}")
             written.append({"id": cid, "group": group, "label": r["label"], "predicted": pred,
                             "probability": prob, "path": str(path)})
     pd.DataFrame(written).to_csv(root / "cases.csv", index=False)

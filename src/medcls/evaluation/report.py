@@ -50,7 +50,7 @@ img{max-width:100%;height:auto}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.figs figure{margin:0;flex:1 1 300px;max-width:520px}
 .cms{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
 .cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}
 .gallery figure{margin:0}figcaption{font-size:12px;color:#5a6472;word-break:break-all}
 .muted{color:#5a6472}.warn{color:#a4420c;font-size:12px;text-align:left;display:inline-block}
 footer{margin-top:40px;border-top:1px solid #dde3ea;padding-top:10px;font-size:13px;color:#5a6472}
