@@ -18,6 +18,13 @@ def error(status: int, message: str, code: str | None = None, headers: dict[str,
                         content={"error": {"code": code or CODES.get(status, "error"), "message": message}})
 
 
+def busy(message: str) -> HTTPException:
+    """A 503 with Retry-After and the code ``busy``: load shed by a limit; the client may retry shortly."""
+    exc = HTTPException(503, f"{message}; retry shortly", headers={"retry-after": "1"})
+    exc.error_code = "busy"  # read by _http_error: not the "not_ready" of a 503 before the model loads
+    return exc
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error(exc.status_code, str(exc.detail), getattr(exc, "error_code", None), getattr(exc, "headers", None))
 

@@ -15,6 +15,8 @@ import secrets
 from fastapi import HTTPException  # (FastAPI turns other exceptions raised while parsing a form into a 400)
 from starlette.middleware.body_limit import RequestBodyLimitResponder
 
+from .errors import busy
+
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form around the file(s)
 
 
@@ -76,10 +78,7 @@ class _Slot:
         lim.receiving -= 1
         self.stage = None
         if lim.in_flight >= lim.max_concurrency:
-            busy = HTTPException(503, f"{lim.in_flight} requests in flight (limit {lim.max_concurrency}); retry "
-                                 "shortly", headers={"retry-after": "1"})
-            busy.error_code = "busy"  # as the 503 answered from the headers (serve.errors reads it)
-            raise busy
+            raise busy(f"{lim.in_flight} requests in flight (limit {lim.max_concurrency})")
         lim.in_flight += 1
         self.stage = "working"
 

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import HTTPException, UploadFile
 
 from ..errors import DataError
+from .errors import busy
 from .settings import ServeSettings
 
 T = TypeVar("T")
@@ -77,10 +78,7 @@ class PixelBudget:
         pixels = min(pixels, self.capacity)
         async with self._free:
             if self.used + pixels > self.capacity and self.waiting + pixels > self.queue:
-                busy = HTTPException(503, f"{self.waiting} pixels already wait to be decoded (limit {self.queue}); "
-                                     "retry shortly", headers={"retry-after": "1"})
-                busy.error_code = "busy"
-                raise busy
+                raise busy(f"{self.waiting} pixels already wait to be decoded (limit {self.queue})")
             self.waiting += pixels
             try:
                 await self._free.wait_for(lambda: self.used + pixels <= self.capacity)
