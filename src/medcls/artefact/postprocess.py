@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data.spec import DatasetSpec
 from ..errors import ConfigError, RunError, did_you_mean
+from ..metrics.operating_points import provenance
 from ..utils import atomic_write_json, file_sha256
 
 log = logging.getLogger("medcls")
@@ -110,8 +111,7 @@ class Postprocess:
         if spec.task == "binary":
             return {"operating_point": self.selected, "threshold": self.threshold,
                     "positive_class": spec.class_names[spec.positive_index],
-                    "provenance": "fixed" if self.selected == "default" else
-                    f"fitted on {self.fitted_on}" if self.fitted else "set by hand"}
+                    "provenance": provenance(self.selected, self.fitted_on)}
         if spec.task == "multilabel":
             return {"operating_point": self.selected, "thresholds": self.label_thresholds(spec.class_names),
                     "findings": list(predicted), "no_finding": not predicted}

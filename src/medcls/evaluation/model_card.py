@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..metrics.operating_points import provenance
 from ..runs import Run
 from ..utils import atomic_write_text
 from .report import fmt_threshold, leakage_lines, operating_points, read_json, stored_postprocess
@@ -177,8 +178,9 @@ def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[s
     sel = pp.get("selected", "default")
     op = (post.get("operating_points") or {}).get(sel) or {}
     val, here = op.get("val") or {}, operating_points(metrics).get(sel) or {}
-    where = "fixed in the configuration (eval.threshold), not fitted" if sel == "default" else \
-        f"fitted on {(post.get('operating_points') or {}).get('chosen_on', 'val')} (n = {post.get('n_val', '?')})"
+    where = provenance(sel, (post.get("operating_points") or {}).get("chosen_on", "val"))
+    where = "fixed in the configuration (eval.threshold), not fitted" if where == "fixed" else \
+        f"{where} (n = {post.get('n_val', '?')})"
     L = ["## Operating point in use", "",
          f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** on p({pos})",
          f"- Provenance: {where}; val sensitivity {_f(val.get('sensitivity'))}, "

@@ -144,6 +144,14 @@ def apply_thresholds(y_true: Any, p_pos: Any, thresholds: dict[str, Any], *, n_r
             "chosen_on": thresholds.get("chosen_on", "unknown")}
 
 
+def provenance(rule: str, fitted_on: str | None) -> str:
+    """Where a binary threshold came from: ``fixed`` (the configured default rule), ``fitted on <split>``, or
+    ``set by hand`` (a rule whose threshold no calibration step fitted)."""
+    if rule == "default":
+        return "fixed"
+    return f"fitted on {fitted_on}" if fitted_on not in (None, "none") else "set by hand"
+
+
 TARGETS = {"target_sensitivity": "sensitivity", "target_specificity": "specificity"}
 TOL = 0.001  # outside a CI by less than this is not flagged: shown to 3 decimals it would read as inside
 
@@ -165,7 +173,7 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
             continue
         seen = chosen[name].get("val") or {}
         entry: dict[str, Any] = {"threshold": op["threshold"],
-                                 "provenance": "fixed" if name == "default" else f"fitted on {where}",
+                                 "provenance": provenance(name, where),
                                  "flags": []}
         for m in metrics:
             ci = op.get(m) or {}
