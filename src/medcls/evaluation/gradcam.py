@@ -376,6 +376,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     model, _ = run.build_model(checkpoint)
     names, pre = list(run.spec.class_names), run.preprocess
     written: list[dict[str, Any]] = []
+    chosen: tuple[str, tuple[int, int] | None] | None = None
     for group, rows in groups.items():
         for rank, r in enumerate(rows.to_dict("records"), 1):
             cid, pred = str(r["id"]), str(r["_pred"])
@@ -384,7 +385,9 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
                                   f"(data changed since evaluation?); re-run `medcls evaluate`")
             x = pre(table.load(index[cid])).unsqueeze(0)
             extras = run.inputs.encode_table(table.subset([index[cid]]), f"{split} split") if run.inputs else None
-            layer, grid = choose_layer(model, x, layer, extras)  # chosen (and warned about) once
+            if chosen is None:  # chosen (and warned about) on the first case: the input size is the same for all
+                chosen = choose_layer(model, x, layer, extras)
+            layer, grid = chosen
             cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer, extras=extras)[0]
             path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
             prob = float(r[f"prob_{pred}"])
