@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ["MEDCLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="medcls-test-cache-")  # never the user's ~/.cache
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [ROOT / "data" / "pneumoniamnist.npz", ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"]

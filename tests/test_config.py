@@ -120,5 +120,5 @@ def test_yaml_file_with_off_and_yes(tmp_path):
 def test_a_bad_choice_still_says_what_is_allowed():
     from medcls.config import load_config
 
-    with pytest.raises(ConfigError, match=r"data.cache.*'auto', 'on' or 'off'.*got 'maybe'"):
+    with pytest.raises(ConfigError, match=r"data.cache.*'auto', 'memory', 'disk', 'off' or 'on'.*got 'maybe'"):
         load_config(None, ["data.cache=maybe"])

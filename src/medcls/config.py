@@ -55,8 +55,15 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0)
     positive_class: str | None = Field(None, description="Binary tasks: the class name treated as positive (default: the second class).")
     strict: bool = Field(False, description="Fail on unreadable images instead of warning and skipping them.")
-    cache: Literal["auto", "on", "off"] = Field("auto", description="Keep preprocessed images in memory (auto: when they fit in 2 GiB).")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    cache: Literal["auto", "memory", "disk", "off", "on"] = Field(
+        "auto", description="Keep the model-size images (uint8/uint16) of each split: memory, disk (shared by runs, "
+        "trials, folds and DDP ranks; in cache_dir), off (decode every epoch); auto: memory within cache_memory_gb, "
+        "else disk when it has room, else off. on = memory.")
+    cache_memory_gb: float | Literal["auto"] = Field(
+        "auto", description="Memory the caches of a run may use, in GiB; auto: half the available memory, shared among a node's DDP ranks.")
+    cache_dir: str | None = Field(None, description="Where disk caches go (default: $MEDCLS_CACHE_DIR, else ~/.cache/medcls).")
+    num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = Field(
+        "auto", description="Decoding processes for cache builds and uncached epochs (0 = the main process); auto: the cores (shared among a node's DDP ranks, at most 8) for image files and HDF5, 0 for in-memory arrays.")
     limit: int | None = Field(None, ge=1, description="Use at most this many samples per split (smoke tests).")
     leakage_check: Literal["auto", "on", "off"] = Field("auto", description="Check the run's own splits for shared images (exact and near duplicates) and patients before training; the report and model card state it (auto: at most 20,000 images, sampled evenly; on: all).")
     splits_file: str | None = Field(None, description="CSV (id,split[,label,group]) from `medcls data split`: use exactly these train/val/test splits.")

@@ -26,7 +26,7 @@ from .conftest import medcls
     (["serve", "bundle", "--max-batch", "0"], "--max-batch: input should be greater than or equal to 1 (got 0)"),
     (["serve", "bundle", "--timeout-headers", "0"], "--timeout-headers: input should be greater than 0 (got 0.0)"),
     (["evaluate", "/nonexistent/run"], "run directory not found: /nonexistent/run"),
-    (["train", "--set", "data.cache=maybe"], "data.cache: Input should be 'auto', 'on' or 'off' (got 'maybe')"),
+    (["train", "--set", "data.cache=maybe"], "data.cache: Input should be 'auto', 'memory', 'disk', 'off' or 'on' (got 'maybe')"),
     (["train", "--set", "train.epoch=3"], "Did you mean 'train.epochs'"),
     (["config", "show", "--no-data", "--set", "train.epochs=abc"], "train.epochs"),
     (["train", "--set", "epochs"], "--set expects KEY=VALUE"),

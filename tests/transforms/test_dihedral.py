@@ -59,7 +59,7 @@ def test_tta_logits_are_the_mean_over_the_eight_views():
                       batch_size=4, cache="off")
     views = tta_views("histology")
     got = predict_logits(model, batches, torch.device("cpu"), views=views)
-    x = torch.stack([batches.dataset[i][0] for i in range(5)])
+    x = torch.stack([batches.preprocess(batches.table.load(i)) for i in range(5)])
     with torch.no_grad():
         per_view = torch.stack([model(v) for v in dihedral(x)])
     np.testing.assert_allclose(got, per_view.mean(0).numpy(), atol=1e-6)

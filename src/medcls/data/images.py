@@ -36,8 +36,14 @@ def _from_pil(img, name: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (PNG/JPEG/TIFF/BMP/..., or DICOM) into (H, W) or (H, W, 3) uint8/uint16."""
+def decode_image(data: bytes, name: str = "image", *, draft: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (PNG/JPEG/TIFF/BMP/..., or DICOM) into (H, W) or (H, W, 3) uint8/uint16.
+
+    ``draft``: the size the image will be resized to. A JPEG larger than twice that is decoded at a reduced
+    scale (libjpeg's DCT scaling, 1/2 to 1/8, never below ``draft`` on either side), which is several times
+    faster for full-size radiographs and the same low-pass a resize would apply. Only artefacts whose
+    preprocessing says so use it (``PreprocessConfig.jpeg_draft``), so training and serving decode alike.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -53,6 +59,8 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            if draft and img.format == "JPEG" and min(img.size) >= 2 * draft:
+                img.draft(img.mode, (draft, draft))
             img.load()
             return _from_pil(img, name)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
@@ -64,9 +72,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, draft: int | None = None) -> np.ndarray:
     """Read an image file into (H, W) or (H, W, 3), uint8 or uint16. Raises DataError if unreadable."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image not found: {p}")
-    return decode_image(p.read_bytes(), str(p))
+    return decode_image(p.read_bytes(), str(p), draft=draft)

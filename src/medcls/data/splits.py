@@ -164,8 +164,8 @@ class ConcatTable(ImageTable):
 
             self.meta = pd.concat(metas, ignore_index=True).iloc[flat].reset_index(drop=True)
 
-    def load(self, i: int) -> np.ndarray:
-        return self.parts[self.part_of[i]].load(int(self.row_of[i]))
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
+        return self.parts[self.part_of[i]].load(int(self.row_of[i]), draft=draft)
 
     def describe(self, i: int) -> str:
         return self.parts[self.part_of[i]].describe(int(self.row_of[i]))

@@ -21,18 +21,43 @@ from ..errors import DataError
 
 
 class ImageTable:
-    """Base class. ``labels`` is ``(N,)`` int64 class indices or ``(N, K)`` float32 multi-hot."""
+    """Base class. ``labels`` is ``(N,)`` int64 class indices or ``(N, K)`` float32 multi-hot.
+
+    A table made by ``subset`` remembers the table it came from first (``base``) and its rows there
+    (``base_rows``), so caches can be shared by every split, fold and trial cut from one source table.
+    """
 
     labels: np.ndarray
     ids: list[str]
     groups: np.ndarray | None
     meta: pd.DataFrame | None = None
+    base: ImageTable | None = None
+    base_rows: np.ndarray | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("subset")
+        if own is not None and not getattr(own, "_records_base", False):
+            def subset(self, idx, _own=own):
+                new = _own(self, idx)
+                rows = np.asarray(idx, dtype=np.int64)
+                new.base = self if self.base is None else self.base
+                new.base_rows = rows if self.base is None else self.base_rows[rows]
+                return new
+
+            subset._records_base = True
+            subset.__doc__ = own.__doc__
+            cls.subset = subset
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, i: int) -> np.ndarray:
-        """Return image ``i`` as (H, W) or (H, W, C), uint8 or uint16."""
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
+        """Return image ``i`` as (H, W) or (H, W, C), uint8 or uint16.
+
+        ``draft``: the size the image is going to (see :func:`medcls.data.images.decode_image`); tables
+        that do not decode JPEGs ignore it.
+        """
         raise NotImplementedError
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> ImageTable:
@@ -78,7 +103,7 @@ class ArrayTable(ImageTable):
         _check_lengths(len(self.labels), self.ids, groups)
         self._set_meta(meta)
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return self.images[i]
 
     def subset(self, idx):
@@ -100,10 +125,10 @@ class FileTable(ImageTable):
         _check_lengths(len(self.labels), self.ids, groups)
         self._set_meta(meta)
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         from .images import read_image
 
-        return read_image(self.paths[i])
+        return read_image(self.paths[i], draft=draft)
 
     def subset(self, idx):
         idx = np.asarray(idx, dtype=np.int64)
@@ -139,8 +164,21 @@ class H5Table(ImageTable):
             self._pid = os.getpid()
         return self._file[self.key]
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return np.asarray(self._dataset()[int(self.rows[i])])
+
+    def load_many(self, idx: Sequence[int], *, draft: int | None = None) -> list[np.ndarray]:
+        """Images ``idx`` in one read per run of consecutive rows (a cache build reads whole chunks, not one
+        row per HDF5 call)."""
+        rows = self.rows[np.asarray(idx, dtype=np.int64)]
+        ds, out, lo = self._dataset(), [], 0
+        while lo < len(rows):
+            hi = lo + 1
+            while hi < len(rows) and rows[hi] == rows[hi - 1] + 1:
+                hi += 1
+            out.extend(ds[int(rows[lo]) : int(rows[hi - 1]) + 1])
+            lo = hi
+        return out
 
     def subset(self, idx):
         idx = np.asarray(idx, dtype=np.int64)

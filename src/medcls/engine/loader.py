@@ -1,80 +1,48 @@
-"""Batches for training and evaluation: preprocessed tensors, seeded index order, optional cache."""
+"""Batches for training and evaluation: stored images finished on the device, seeded index order, caches."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..data.table import ImageTable
-from ..errors import DataError
 from ..transforms import Preprocess
+from .cache import MemoryBudget, StoredImages, build_cache, collate, memory_budget, resolve_workers
+from .cache import cache_dir as cache_dir_of
 
 log = logging.getLogger(__name__)
-
-CACHE_BYTES = 2 << 30
-
-
-class ImageDataset(Dataset):
-    """(preprocessed image, label, index) for each row of an :class:`ImageTable`."""
-
-    def __init__(self, table: ImageTable, preprocess: Preprocess) -> None:
-        self.table = table
-        self.preprocess = preprocess
-        self.labels = torch.as_tensor(table.labels)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, i: int):
-        try:
-            x = self.preprocess(self.table.load(i))
-        except DataError as e:
-            raise DataError(f"{self.table.describe(i)}: {e}") from None
-        return x, self.labels[i], i
-
-
-def _nbytes(n: int, preprocess: Preprocess) -> int:
-    c = preprocess.cfg
-    return n * c.in_chans * c.size * c.size * 4
 
 
 class Batches:
     """Iterates (x, y, idx) batches over a table (``extras_for(idx)``: the batch's metadata/text inputs).
 
-    With ``cache`` the whole split is preprocessed once into one tensor and
-    batches are sliced from it (no per-image work per epoch); otherwise a
-    DataLoader (optionally with worker processes) preprocesses on the fly.
-    Both paths give identical tensors.
+    ``x`` is float32 in [0, 1] with the model's channels, on ``device``: what moves from the host is the
+    stored form (uint8 at model size, see :meth:`Preprocess.stored`), finished on the device. Stored images
+    come from a cache (``cache``: memory within ``budget``, disk beyond it, see :mod:`medcls.engine.cache`)
+    or, uncached, from a DataLoader decoding on ``num_workers`` processes. All paths give identical tensors.
     """
 
     def __init__(self, table: ImageTable, preprocess: Preprocess, *, batch_size: int, cache: str = "auto",
-                 num_workers: int = 0, inputs=None, where: str = "data") -> None:
-        self.dataset = ImageDataset(table, preprocess)
+                 num_workers: int | str = "auto", inputs=None, where: str = "data", budget: MemoryBudget | None = None,
+                 cache_dir: str | None = None, device: torch.device | str = "cpu") -> None:
+        self.table, self.preprocess = table, preprocess
+        self.labels = torch.as_tensor(table.labels)
         # extra model inputs (metadata, text) of every row, from a medcls.multimodal.InputEncoder
         self.extras: dict[str, torch.Tensor] | None = inputs.encode_table(table, where) if inputs is not None else None
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        want = cache == "on" or (cache == "auto" and _nbytes(len(table), preprocess) <= CACHE_BYTES)
-        self.x: torch.Tensor | None = self._materialise() if want else None
-
-    def _materialise(self) -> torch.Tensor:
-        n = len(self.dataset)
-        c = self.dataset.preprocess.cfg
-        out = torch.empty((n, c.in_chans, c.size, c.size), dtype=torch.float32)
-        for i in range(n):
-            out[i] = self.dataset[i][0]
-        return out
+        self.num_workers = resolve_workers(num_workers, table)
+        self.device = torch.device(device)
+        budget = budget or MemoryBudget(memory_budget("auto"))
+        self.cache = build_cache(table, preprocess, mode=cache, budget=budget, folder=cache_dir_of(cache_dir),
+                                 workers=self.num_workers, what=where)
 
     def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.dataset.labels
+        return len(self.table)
 
     def extras_for(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """The extra inputs of rows ``idx`` (a batch's indices) on ``device``; ``{}`` for image-only data."""
@@ -85,18 +53,72 @@ class Batches:
 
     def iterate(self, order: np.ndarray | None = None, *, drop_last: bool = False) -> Iterator[tuple]:
         """Yield batches following ``order`` (default: 0..N-1)."""
+        for x, bt in self.stored_batches(order, drop_last=drop_last):
+            x = self.preprocess.finish(x.to(self.device, non_blocking=True))
+            yield x, self.labels[bt], bt
+
+    def stored_batches(self, order: np.ndarray | None = None, *, drop_last: bool = False) -> Iterator[tuple]:
+        """(stored images, row indices) batches on the host: what :meth:`iterate` sends to the device."""
         idx = np.arange(len(self)) if order is None else np.asarray(order)
         bs = self.batch_size
         stop = len(idx) - (len(idx) % bs if drop_last and len(idx) >= bs else 0)
         chunks = [idx[i : i + bs] for i in range(0, stop, bs)]
-        if self.x is not None:
-            for b in chunks:
-                bt = torch.from_numpy(b)
-                yield self.x[bt], self.labels[bt], bt
+        if self.cache is not None:
+            yield from prefetch((self.cache.read(b), torch.from_numpy(b)) for b in chunks)
             return
-        loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=self.num_workers,
-                            persistent_workers=False)
-        yield from loader
+        yield from DataLoader(StoredImages(self.table, self.preprocess), batch_sampler=[c.tolist() for c in chunks],
+                              num_workers=self.num_workers, collate_fn=collate, persistent_workers=False,
+                              pin_memory=self.device.type == "cuda")
+
+
+class Waited:
+    """Wraps a batch iterator and adds up the time its consumer waited for batches (``seconds``): the data
+    path's share of an epoch, when the rest is compute."""
+
+    def __init__(self, batches: Iterator[tuple]) -> None:
+        self.batches, self.seconds = iter(batches), 0.0
+
+    def __iter__(self) -> Waited:
+        return self
+
+    def __next__(self) -> tuple:
+        t0 = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def prefetch(batches: Iterator[tuple], depth: int = 2) -> Iterator[tuple]:
+    """Read the next ``depth`` batches in a thread while the caller computes (reads release the GIL)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                if stop.is_set():
+                    return
+                q.put(b)
+            q.put(done)
+        except BaseException as e:  # re-raised in the caller's thread
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True, name="medcls-prefetch")
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()
 
 
 def epoch_order(labels: np.ndarray, *, sampler: str, seed: int, epoch: int, rank: int = 0,

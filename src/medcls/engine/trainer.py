@@ -38,7 +38,8 @@ from .checkpoint import (
     with_prefix,
 )
 from .distributed import DistInfo, check_in_sync
-from .loader import Batches, epoch_order
+from .cache import MemoryBudget, memory_budget
+from .loader import Batches, Waited, epoch_order
 from .losses import build_loss, class_weights
 from .mixing import mix_batch
 from .predict import predict_logits, probabilities
@@ -104,10 +105,12 @@ class Trainer:
             set_backbone_trainable(self.model, False)
         self.amp = amp_dtype(t.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        self.train_batches = Batches(data.train, preprocess, batch_size=t.batch_size, cache=cfg.data.cache,
-                                     num_workers=cfg.data.num_workers, inputs=inputs, where="train split")
-        self.val_batches = Batches(data.val, preprocess, batch_size=cfg.eval.batch_size, cache=cfg.data.cache,
-                                   num_workers=cfg.data.num_workers, inputs=inputs, where="val split")
+        d = cfg.data
+        budget = MemoryBudget(memory_budget(d.cache_memory_gb))  # the splits draw on one budget
+        self.train_batches, self.val_batches = (
+            Batches(table, preprocess, batch_size=bs, cache=d.cache, num_workers=d.num_workers, inputs=inputs,
+                    where=where, budget=budget, cache_dir=d.cache_dir, device=device)
+            for table, bs, where in ((data.train, t.batch_size, "train split"), (data.val, cfg.eval.batch_size, "val split")))
         self.augment = build_augment(cfg.transforms.preset, cfg.transforms.strength, cfg.transforms.hflip)
         w = class_weights(data.train.labels, data.spec.num_classes, t.class_weights)
         self.criterion = build_loss(t.loss, self.task, weights=w, label_smoothing=t.label_smoothing,
@@ -194,7 +197,8 @@ class Trainer:
         total_loss, seen, t0 = 0.0, 0, time.perf_counter()
         bar = self._progress(n_batches, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y, idx) in enumerate(self.train_batches.iterate(order)):
+        batches = Waited(self.train_batches.iterate(order))
+        for i, (x, y, idx) in enumerate(batches):
             extras = self.train_batches.extras_for(idx, self.device)
             x = self.augment(x.to(self.device, non_blocking=True), g)
             if t.channels_last:
@@ -240,7 +244,8 @@ class Trainer:
             bar.close()
         dt = time.perf_counter() - t0
         return {"train_loss": total_loss / max(seen, 1), "train_seconds": dt,
-                "train_img_per_s": seen * self.dist.world_size / dt, "lr": self.optimizer.param_groups[0]["lr"],
+                "train_img_per_s": seen * self.dist.world_size / dt, "data_seconds": batches.seconds,
+                "lr": self.optimizer.param_groups[0]["lr"],
                 "head_only": head_only}
 
     def _progress(self, total: int, epoch: int):
@@ -326,9 +331,10 @@ class Trainer:
                 save_checkpoint(ckpt / "last.safetensors", tensors, {**meta, **extra})
                 self._write_history()
                 eta = (t.epochs - epoch - 1) * stats["train_seconds"]
-                log.info("epoch %d/%d  loss %.4f  val_loss %.4f  val_%s %.4f%s  (%.0fs, %.0f img/s, ETA %.0fs)",
-                         epoch + 1, t.epochs, stats["train_loss"], val["loss"], mon, value if value is not None else float("nan"),
-                         "  *" if improved else "", stats["train_seconds"], stats["train_img_per_s"], eta)
+                log.info("epoch %d/%d  loss %.4f  val_loss %.4f  val_%s %.4f%s  (%.0fs, %.0f img/s, waiting for data "
+                         "%.0f%%, ETA %.0fs)", epoch + 1, t.epochs, stats["train_loss"], val["loss"], mon,
+                         value if value is not None else float("nan"), "  *" if improved else "", stats["train_seconds"],
+                         stats["train_img_per_s"], 100 * stats["data_seconds"] / max(stats["train_seconds"], 1e-9), eta)
             for cb in self.callbacks:
                 cb(self, epoch, row)
             if stop:

@@ -47,7 +47,7 @@ def split_logits(run, model: torch.nn.Module, table, device: torch.device, *, tt
     from ..transforms.tta import tta_views
 
     batches = Batches(table, run.preprocess, batch_size=run.config.eval.batch_size, cache="off",
-                      num_workers=run.config.data.num_workers, inputs=run.inputs, where=where)
+                      num_workers=run.config.data.num_workers, inputs=run.inputs, where=where, device=device)
     views = tta_views(run.model_spec.preset) if tta else None
     return predict_logits(model, batches, device, views=views)
 

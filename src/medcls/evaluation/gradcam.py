@@ -286,8 +286,9 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
 
     check_method(method)
     target = _class_index(run, target_class)
-    arr = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
     model, preprocess, post = run.artefact.load(checkpoint)
+    is_file = isinstance(image, str | Path)
+    arr = read_image(image, draft=preprocess.draft) if is_file else np.asarray(image)  # decoded as in training
     x = preprocess(arr).unsqueeze(0)
     extras = None
     if run.inputs is not None:  # fused models: the metadata held fixed (None: the learned "missing" inputs)
@@ -308,7 +309,8 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
     result = {"predicted": names[pred], "probability": float(p[pred]), "path": str(path), "target": names[target],
               "method": method, "layer": layer, "map_size": grid_text}
     if array_path is not None:
-        result["array"] = str(save_map(array_path, cam, arr.shape[:2]))
+        size = read_image(image).shape[:2] if is_file and preprocess.draft else arr.shape[:2]  # the file's own size
+        result["array"] = str(save_map(array_path, cam, size))
     return result
 
 
@@ -383,7 +385,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
             if cid not in index:
                 raise DataError(f"case {cid!r} of predictions.csv is not in the {split} split any more "
                                   f"(data changed since evaluation?); re-run `medcls evaluate`")
-            x = pre(table.load(index[cid])).unsqueeze(0)
+            x = pre(table.load(index[cid], draft=pre.draft)).unsqueeze(0)
             extras = run.inputs.encode_table(table.subset([index[cid]]), f"{split} split") if run.inputs else None
             if chosen is None:  # chosen (and warned about) on the first case: the input size is the same for all
                 chosen = choose_layer(model, x, layer, extras)

@@ -29,7 +29,7 @@ class HeldOutTable(ImageTable):
         self.groups = None
         self.reason = reason
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         raise RunError(f"{self.reason}: refusing to read test image {i}")
 
     def subset(self, idx) -> ImageTable:

@@ -43,7 +43,8 @@ log = logging.getLogger("medcls")
 
 NO_TEST = "test split never read by tune (trials train and select on train/val only)"
 # Keys that may differ when a study is resumed (where and how fast it runs, not what it computes).
-RUNTIME = ("train.progress", "train.device", "train.threads", "data.num_workers", "data.data_dir", "data.cache")
+RUNTIME = ("train.progress", "train.device", "train.threads", "data.num_workers", "data.data_dir", "data.cache",
+           "data.cache_dir", "data.cache_memory_gb")
 
 
 # ------------------------------------------------------------------ pruning

@@ -48,7 +48,7 @@ FORMAT_VERSION = 3  # 3: bundle.json carries the sha256 of its own canonical for
 def _tensors(run: Run, table, n: int) -> tuple[torch.Tensor, np.ndarray]:
     idx = np.linspace(0, len(table) - 1, min(n, len(table))).astype(int)
     pre = run.preprocess
-    return torch.stack([pre(table.load(int(i))) for i in idx]), idx
+    return torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx]), idx
 
 
 def _extras(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -109,7 +109,8 @@ def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dic
     spec = run.spec
     x_cal, _ = _tensors(run, data.train, n_calibration)
     quantize_static_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal.numpy())
-    x_all = torch.stack([run.preprocess(data.val.load(i)) for i in range(len(data.val))]).numpy()
+    pre = run.preprocess
+    x_all = torch.stack([pre(data.val.load(i, draft=pre.draft)) for i in range(len(data.val))]).numpy()
     y = np.asarray(data.val.labels)
     auc32 = _auc(spec, y, probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_all), spec.task))
     auc8 = _auc(spec, y, probabilities(ort_logits(ort_session(tmp / "model.int8.onnx"), x_all), spec.task))

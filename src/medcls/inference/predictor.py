@@ -147,9 +147,9 @@ class Predictor:
 
     def _read(self, item: Any) -> tuple[str, np.ndarray]:
         if isinstance(item, str | Path):
-            return str(item), read_image(item)
+            return str(item), read_image(item, draft=self.preprocess.draft)
         if isinstance(item, bytes | bytearray):
-            return "<bytes>", decode_image(bytes(item))
+            return "<bytes>", decode_image(bytes(item), draft=self.preprocess.draft)
         if isinstance(item, np.ndarray):
             return "<array>", item
         raise DataError(f"expected an image path, bytes or a numpy array, got {type(item).__name__}")

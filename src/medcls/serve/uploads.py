@@ -109,11 +109,12 @@ async def _checked_bytes(file: UploadFile, settings: ServeSettings) -> tuple[byt
     return data, _check_header(data, kind, settings.max_pixels)
 
 
-def _decode(data: bytes, name: str, max_pixels: int, then: Callable[[np.ndarray], T] | None) -> np.ndarray | T:
+def _decode(data: bytes, name: str, max_pixels: int, then: Callable[[np.ndarray], T] | None,
+            draft: int | None) -> np.ndarray | T:
     from ..data.images import decode_image
 
     try:
-        img = decode_image(data, name)
+        img = decode_image(data, name, draft=draft)
         if img.size > max_pixels * 3:
             raise HTTPException(413, f"image has more than {max_pixels} pixels")
         return img if then is None else then(img)
@@ -122,12 +123,13 @@ def _decode(data: bytes, name: str, max_pixels: int, then: Callable[[np.ndarray]
 
 
 async def read_upload(file: UploadFile, settings: ServeSettings, budget: PixelBudget,
-                      then: Callable[[np.ndarray], T] | None = None) -> np.ndarray | T:
+                      then: Callable[[np.ndarray], T] | None = None, draft: int | None = None) -> np.ndarray | T:
     """The decoded image of an upload, or ``then(image)`` (its preprocessing, say), computed in a worker
-    thread within ``budget``; 4xx with one line for anything that is not a usable image."""
+    thread within ``budget``; 4xx with one line for anything that is not a usable image. ``draft``: the
+    model's ``Preprocess.draft``, so a JPEG is decoded as in training."""
     data, pixels = await _checked_bytes(file, settings)
     async with budget.hold(pixels):
-        return await asyncio.to_thread(_decode, data, file.filename or "upload", settings.max_pixels, then)
+        return await asyncio.to_thread(_decode, data, file.filename or "upload", settings.max_pixels, then, draft)
 
 
 MAX_METADATA_CHARS = 64 * 1024

@@ -173,7 +173,7 @@ def test_pcam_label_semantics_are_documented(capsys):
 
 
 def test_compressed_pcam_stays_lazy_through_stain_preprocessing(tmp_path, read_spy):
-    """Real PCam files are gzip-chunked; batches with a stain step still read one row per image."""
+    """Real PCam files are gzip-chunked; batches with a stain step read at most a batch of rows at a time."""
     from medcls.engine.loader import Batches
     from medcls.transforms import Preprocess, PreprocessConfig
 
@@ -190,8 +190,10 @@ def test_compressed_pcam_stays_lazy_through_stain_preprocessing(tmp_path, read_s
     assert [c for c in read_spy if c[0] == "/x"] == []
     pre = Preprocess(PreprocessConfig(size=32, in_chans=3, stain="reinhard",
                                       stain_params={"lab_mean": [60.0, 30.0, -20.0], "lab_std": [20.0, 15.0, 12.0]}))
-    batches = Batches(data.train, pre, batch_size=5, cache="off")
+    batches = Batches(data.train, pre, batch_size=5, cache="off", num_workers=0)  # reads seen in this process
     xs = torch.cat([b[0] for b in batches.iterate()])
     assert xs.shape == (12, 3, 32, 32)
-    assert read_spy.count(("/x", (96, 96, 3))) == 12 and all(c[1] == (96, 96, 3) for c in read_spy if c[0] == "/x")
+    reads = [c[1] for c in read_spy if c[0] == "/x"]
+    rows = [1 if len(s) == 3 else s[0] for s in reads]
+    assert sum(rows) == 12 and max(rows) <= 5 and all(s[-3:] == (96, 96, 3) for s in reads)
     assert torch.equal(xs[3], pre(x[3]))

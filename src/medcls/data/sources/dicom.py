@@ -38,7 +38,7 @@ class DicomTable(FileTable):
         super().__init__(paths, labels, ids, groups)
         self.window = window
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return dcm.read_dicom(self.paths[i], window=self.window)
 
     def subset(self, idx):

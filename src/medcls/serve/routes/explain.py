@@ -41,7 +41,8 @@ async def explain(request: Request, pred: Annotated[Predictor, Depends(ready_pre
     meta, state = parse_metadata(metadata), request.app.state
     explainer = _explainer(request, pred)
     ex = await read_upload(file, state.settings, state.decode_budget,
-                           then=lambda img: explain_png(explainer, img, method, meta, view))
+                           then=lambda img: explain_png(explainer, img, method, meta, view),
+                           draft=explainer.preprocess.draft)
     # header values are latin-1: a class name that is not travels percent-encoded
     headers = {"X-Predicted-Class": quote(ex.predicted, safe=" -_.()"), "X-Probability": f"{ex.probability:.6f}",
                "X-Method": method}

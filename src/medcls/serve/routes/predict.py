@@ -30,7 +30,8 @@ async def predict_upload(request: Request, pred: Predictor, file: UploadFile,
         except DataError as e:
             raise HTTPException(422, str(e)) from None
     state = request.app.state
-    x = await read_upload(file, state.settings, state.decode_budget, then=pred.preprocess)
+    x = await read_upload(file, state.settings, state.decode_budget, then=pred.preprocess,
+                          draft=pred.preprocess.draft)
     if extras:
         p = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0]
     else:
