@@ -211,7 +211,7 @@ def spawn(pipeline: str, root: Path, args, **extra) -> dict:
 
 
 def machine() -> str:
-    flags = open("/proc/cpuinfo").read()
+    flags = Path("/proc/cpuinfo").read_text()
     isa = "AVX-512 BF16 + VNNI" if "avx512_bf16" in flags and "avx512_vnni" in flags else "AVX2 only (no AVX-512 BF16/VNNI)"
     return f"{cores()} cores, {isa}"
 

@@ -52,7 +52,7 @@ def test_stored_is_uint8_gray_once_and_finish_matches_call():
     x = pre(img)
     assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
     assert torch.equal(pre.finish(s.unsqueeze(0))[0], x)
-    s16 = pre.stored((img.astype(np.uint16) * 200))
+    s16 = pre.stored(img.astype(np.uint16) * 200)
     assert s16.dtype == torch.uint16
 
 

@@ -29,6 +29,7 @@ from ..metrics import compute_metrics
 from ..models import Classifier, param_groups, set_backbone_trainable
 from ..transforms import Preprocess, build_augment
 from ..utils import atomic_write_json, atomic_write_text
+from .cache import MemoryBudget, memory_budget
 from .checkpoint import (
     load_checkpoint,
     optimizer_from_flat,
@@ -38,7 +39,6 @@ from .checkpoint import (
     with_prefix,
 )
 from .distributed import DistInfo, check_in_sync
-from .cache import MemoryBudget, memory_budget
 from .loader import Batches, Waited, epoch_order
 from .losses import build_loss, class_weights
 from .mixing import mix_batch
