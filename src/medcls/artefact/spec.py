@@ -49,7 +49,7 @@ class ModelSpec:
             raise ModelError("a fused model needs both its fusion options and its inputs (or neither)")
         if self.pruning is not None and not (isinstance(self.pruning, dict)
                                              and isinstance(self.pruning.get("history"), list)):
-            raise ModelError("a pruned model spec needs a 'pruning' object with its 'history' (a list)")
+            raise ModelError("a pruned model spec needs its pruning history: a 'pruning' object with a 'history' list")
 
     @property
     def num_classes(self) -> int:
