@@ -86,3 +86,22 @@ def test_missing_torch_pruning_names_the_extra(evaluated_run, tmp_path, monkeypa
     with pytest.raises(ModelError, match=r"medcls\[prune\]"):
         export_bundle(evaluated_run, tmp_path / "b", prune=0.5)
     assert not (tmp_path / "b").exists()
+
+
+def test_fine_tune_that_lowers_val_auc_is_not_kept(evaluated_run, monkeypatch):
+    from medcls.data.sources import load_data
+    from medcls.export import prune as prune_mod
+
+    def ruin(run, model, data, epochs, lr_scale, device):  # a "fine-tune" that destroys the classifier
+        for p in model.net.get_classifier().parameters():
+            p.data.zero_()
+        return {"epochs": epochs}
+
+    monkeypatch.setattr(prune_mod, "_fine_tune", ruin)
+    model, _ = evaluated_run.build_model("best")
+    out = prune_mod.prune_for_export(evaluated_run, model, load_data(evaluated_run.config.data), ratio=0.3, epochs=1)
+    r = out.report
+    assert "before fine-tuning" in r["fine_tune"]["kept"]
+    assert r["val_auc_after"] == r["val_auc_pruned_before_fine_tune"] > 0.5
+    assert out.model.net.get_classifier().weight.abs().sum() > 0  # the untuned weights are back
+    assert out.postprocess.fitted_on == "val"

@@ -255,6 +255,7 @@ def pruning_lines(report: dict[str, Any]) -> list[str]:
     tune = report.get("fine_tune") or {}
     how = (f"fine-tuned {report.get('fine_tune_epochs')} epoch(s) on the training split (lr {tune.get('lr')}, "
            f"{tune.get('scheduler')}; best val {tune.get('monitor')} at epoch {tune.get('best_epoch')})"
+           + (f"; kept {tune['kept']}" if tune.get("kept") else "")
            if report.get("fine_tune_epochs") else "not fine-tuned")
     return ["## Model compression (pruning)", "",
             f"- **Method:** {report.get('method', '?')}; {_f(report.get('ratio'), 2)} of the channels removed",

@@ -191,6 +191,19 @@ def _prune(run: Run, model, checkpoint: str, epoch, ratio: float, epochs: int):
     return pruned, data, pruned_card(run, checkpoint, pruned.report)
 
 
+def _source(run: Run | str | Path, prune: float | None, prune_epochs: int) -> Run:
+    """The run to export; asked to prune a bundle that is pruned already, say that rather than "not a run"."""
+    if isinstance(run, Run):
+        return run
+    if prune is not None:
+        art = open_artefact(run)
+        if art.kind == "bundle":
+            from .prune import check_prune_request
+
+            check_prune_request(art.spec, prune, prune_epochs)
+    return load_run(run)
+
+
 def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = True, quantize: str | None = None,
                   torchscript: bool = False, checkpoint: str = "best", parity_tol: float = 1e-4,
                   n_parity: int = 64, n_calibration: int = 256, max_int8_auc_drop: float = 0.01,
@@ -200,21 +213,18 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
     ``prune``: first remove that fraction of the channels, fine-tune ``prune_epochs`` epochs on the run's
     training split and re-fit the calibration on val (:mod:`medcls.export.prune`).
     """
-    from .prune import check_prune_request
-
-    if prune is not None and not isinstance(run, Run):  # a pruned bundle: say that it is pruned already
-        art = open_artefact(run)
-        if art.kind == "bundle":
-            check_prune_request(art.spec, prune, prune_epochs)
-    run = run if isinstance(run, Run) else load_run(run)
+    run = _source(run, prune, prune_epochs)
     out = Path(out_dir)
     _check_request(out, onnx, quantize, torchscript, run.inputs is not None)
     if prune is not None:
+        from .prune import check_prune_request
+
         check_prune_request(run.model_spec, prune, prune_epochs)
     model, meta = run.build_model(checkpoint, device="cpu")
-    post, notes = _postprocess(run, checkpoint)
     spec, data, report, card = run.model_spec, None, None, None
-    if prune is not None:
+    if prune is None:
+        post, notes = _postprocess(run, checkpoint)
+    else:  # the run's calibration belongs to the unpruned model: re-fitted on val
         pruned, data, card = _prune(run, model, checkpoint, meta.get("epoch"), prune, prune_epochs)
         model, spec, post, report = pruned.model, pruned.spec, pruned.postprocess, pruned.report
         notes = list(post.notes)

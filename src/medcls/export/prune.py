@@ -110,25 +110,39 @@ def _refit(run: Run, logits: np.ndarray, data, ratio: float, checkpoint: str, ep
     return post
 
 
+def _tune_or_keep(run: Run, model: nn.Module, data, epochs: int, lr_scale: float, auc_pruned: float,
+                  logits: np.ndarray) -> tuple[dict[str, Any], float, np.ndarray]:
+    """Fine-tune ``model`` in place; keep the untuned weights if val AUC fell (val selection, like the trainer's
+    best epoch, with "no fine-tune" a candidate). Returns the fine-tune report, val AUC and val logits."""
+    from ..engine.trainer import resolve_device
+
+    cpu = torch.device("cpu")
+    untuned = {k: v.clone() for k, v in model.state_dict().items()}
+    tune = _fine_tune(run, model, data, epochs, lr_scale, resolve_device(run.config.train.device))
+    model.to(cpu).to(memory_format=torch.contiguous_format).eval()
+    tuned_auc, tuned_logits = _val_auc(run, model, data, cpu)
+    if tuned_auc < auc_pruned:
+        model.load_state_dict(untuned)
+        tune["kept"] = f"the pruned weights before fine-tuning (val AUC {tuned_auc:.4f} after it)"
+        return tune, auc_pruned, logits
+    return tune, tuned_auc, tuned_logits
+
+
 def prune_for_export(run: Run, model: nn.Module, data, *, ratio: float, epochs: int, checkpoint: str = "best",
                      epoch: Any = None, lr_scale: float = LR_SCALE) -> Pruned:
     """Prune ``model`` (``run``'s ``checkpoint``, on the CPU) by ``ratio``, fine-tune, re-calibrate."""
-    from ..engine.trainer import resolve_device
-
     ratio, epochs = check_prune_request(run.model_spec, ratio, epochs)
     cpu = torch.device("cpu")
     before, auc_before = count_parameters(model), _val_auc(run, model, data, cpu)[0]
     pre = run.preprocess_cfg
     history = prune_channels(model, ratio, in_chans=pre.in_chans, size=pre.size)
     after = count_parameters(model)
-    auc_pruned = _val_auc(run, model, data, cpu)[0]
+    auc_pruned, logits = _val_auc(run, model, data, cpu)
     log.info("pruned %.0f%% of the channels: %d -> %d parameters; val AUC %.4f -> %.4f before fine-tuning",
              100 * ratio, before, after, auc_before, auc_pruned)
-    tune = None
+    tune, auc_after = None, auc_pruned
     if epochs:
-        tune = _fine_tune(run, model, data, epochs, lr_scale, resolve_device(run.config.train.device))
-    model = model.to(cpu).to(memory_format=torch.contiguous_format).eval()
-    auc_after, logits = _val_auc(run, model, data, cpu)
+        tune, auc_after, logits = _tune_or_keep(run, model, data, epochs, lr_scale, auc_pruned, logits)
     spec = run.model_spec.with_(pruning={"ratio": ratio, "method": METHOD, "library": f"torch-pruning "
                                          f"{metadata.version('torch-pruning')}", "history": history})
     report = {"ratio": ratio, "method": METHOD, "params_before": before, "params_after": after,
