@@ -127,8 +127,8 @@ def export(
     if "pruning" in info:
         p = info["pruning"]
         typer.echo(f"pruned {p['ratio']:.0%} of the channels: {p['params_before']:,} -> {p['params_after']:,} "
-                   f"parameters; val AUC {p['val_auc_before']:.4f} -> {p['val_auc_after']:.4f} after "
-                   f"{p['fine_tune_epochs']} fine-tune epoch(s)")
+                   f"parameters; val AUC {p['val_auc_before']:.4f} -> {p['val_auc_after']:.4f} as exported "
+                   f"({p['fine_tune_epochs']} fine-tune epoch(s))")
     for name, f in info["files"].items():
         typer.echo(f"{name:<20} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:12]}")
     if "onnx_parity" in info["checks"]:

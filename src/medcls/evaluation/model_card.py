@@ -256,14 +256,15 @@ def pruning_lines(report: dict[str, Any]) -> list[str]:
     how = (f"fine-tuned {report.get('fine_tune_epochs')} epoch(s) on the training split (lr {tune.get('lr')}, "
            f"{tune.get('scheduler')}; best val {tune.get('monitor')} at epoch {tune.get('best_epoch')})"
            + (f"; kept {tune['kept']}" if tune.get("kept") else "")
-           if report.get("fine_tune_epochs") else "not fine-tuned")
+           + "; same preprocessing and augmentation as training" if report.get("fine_tune_epochs")
+           else "none (0 fine-tune epochs)")
     return ["## Model compression (pruning)", "",
             f"- **Method:** {report.get('method', '?')}; {_f(report.get('ratio'), 2)} of the channels removed",
             f"- **Parameters:** {before:,} → {after:,}{share}" if before and after else "- **Parameters:** —",
-            f"- **Fine-tuning:** {how}; same preprocessing and augmentation as training",
+            f"- **Fine-tuning:** {how}",
             f"- **Val AUC:** {_f(report.get('val_auc_before'), 4)} before pruning → "
             f"{_f(report.get('val_auc_pruned_before_fine_tune'), 4)} right after → "
-            f"{_f(report.get('val_auc_after'), 4)} after fine-tuning",
+            f"{_f(report.get('val_auc_after'), 4)} as exported",
             "- Temperature and operating points were re-fitted on val for the pruned model.", ""]
 
 
