@@ -26,12 +26,26 @@ def test_round_trip_and_build():
     (lambda d: d.update(format_version=99), "format_version 99 is not supported"),
     (lambda d: d.update(num_classes=3), "num_classes is 3 but"),
     (lambda d: d.update(stem="huge"), "stem must be one of"),
+    (lambda d: d.update(pruning={"ratio": 0.5}), "pruning history"),
+    (lambda d: d.update(pruning=[1, 2]), "pruning history"),
 ])
 def test_bad_documents_say_what_is_wrong(edit, match):
     d = SPEC.to_dict()
     edit(d)
     with pytest.raises((RunError, ModelError), match=match):
         ModelSpec.from_dict(d, "model.json")
+
+
+def test_pruned_spec_round_trips_and_builds_the_pruned_shapes():
+    from medcls.models.pruning import count_parameters, prune_channels
+
+    model = SPEC.build()
+    history = prune_channels(model, 0.3, in_chans=1, size=28)
+    pruned = SPEC.with_(pruning={"ratio": 0.3, "history": history})
+    assert "pruning" not in SPEC.to_dict() and ModelSpec.from_dict(pruned.to_dict()) == pruned
+    rebuilt = ModelSpec.from_dict(pruned.to_dict()).build()
+    assert count_parameters(rebuilt) == count_parameters(model) < count_parameters(SPEC.build())
+    rebuilt.load_state_dict(model.state_dict())  # the pruned weights fit the rebuilt shapes
 
 
 def test_auto_stem():

@@ -27,7 +27,8 @@ class ModelSpec:
     ``fusion`` (fused image + metadata/text models) holds the fusion head's options and
     ``inputs`` the fitted metadata/text encoding (:class:`~medcls.multimodal.InputEncoder`
     as a dict); both are None for image-only models. ``preset`` is the modality preset
-    (augmentation at training, test-time-augmentation views at evaluation).
+    (augmentation at training, test-time-augmentation views at evaluation). ``pruning``
+    (pruned models only) holds the ratio and torch-pruning's history, replayed by :meth:`build`.
     """
 
     architecture: str
@@ -38,6 +39,7 @@ class ModelSpec:
     preset: str = "generic"
     fusion: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
+    pruning: dict[str, Any] | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -45,6 +47,9 @@ class ModelSpec:
             raise ModelError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         if (self.fusion is None) != (self.inputs is None):
             raise ModelError("a fused model needs both its fusion options and its inputs (or neither)")
+        if self.pruning is not None and not (isinstance(self.pruning, dict)
+                                             and isinstance(self.pruning.get("history"), list)):
+            raise ModelError("a pruned model spec needs its pruning history: a 'pruning' object with a 'history' list")
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +78,10 @@ class ModelSpec:
 
         model = create_model(self.architecture, self.num_classes, in_chans=self.in_chans, pretrained=pretrained,
                              weights=weights, stem=self.stem, drop_rate=self.drop_rate)
+        if self.pruning is not None:
+            from ..models.pruning import replay_pruning
+
+            replay_pruning(model, self.pruning["history"], in_chans=self.in_chans, size=self.preprocess.size)
         if self.fusion is None:
             return model
         from ..multimodal import build_fused
@@ -87,7 +96,8 @@ class ModelSpec:
         return {"format_version": self.format_version, "architecture": self.architecture, "stem": self.stem,
                 "drop_rate": self.drop_rate, "preset": self.preset, "num_classes": self.num_classes,
                 "in_chans": self.in_chans, "dataset": self.dataset.to_dict(), "preprocess": self.preprocess.to_dict(),
-                "fusion": self.fusion, "inputs": self.inputs}
+                "fusion": self.fusion, "inputs": self.inputs,
+                **({"pruning": self.pruning} if self.pruning is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model spec") -> ModelSpec:
@@ -101,7 +111,7 @@ class ModelSpec:
             spec = cls(architecture=str(d["architecture"]), dataset=DatasetSpec.from_dict(d["dataset"]),
                        preprocess=PreprocessConfig.from_dict(d["preprocess"]), stem=d.get("stem", "default"),
                        drop_rate=float(d.get("drop_rate", 0.0)), preset=d.get("preset", "generic"),
-                       fusion=d.get("fusion"), inputs=d.get("inputs"))
+                       fusion=d.get("fusion"), inputs=d.get("inputs"), pruning=d.get("pruning"))
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{where} is incomplete or malformed: {type(e).__name__}: {e}") from None
         for key, have in (("num_classes", spec.num_classes), ("in_chans", spec.in_chans)):

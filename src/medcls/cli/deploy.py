@@ -109,14 +109,26 @@ def export(
     torchscript: Annotated[bool, typer.Option("--torchscript", help="Also write model.ts (TorchScript).")] = False,
     checkpoint: Checkpoint = "best",
     max_int8_auc_drop: Annotated[float, typer.Option(help="Refuse INT8 if validation AUC drops more than this.")] = 0.01,
+    prune: Annotated[float | None, typer.Option(help="Remove this fraction (0-0.95] of the channels first "
+                                                     "(torch-pruning), fine-tune, re-calibrate on val.")] = None,
+    prune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after --prune (0 = none).")] = 3,
 ) -> None:
-    """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json."""
+    """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json.
+
+    With --prune: channel pruning, a short fine-tune on the run's training split, calibration re-fitted on val.
+    """
     from ..export import export_bundle
 
     if format not in ("onnx", "safetensors"):
         raise MedclsError(f"--format must be onnx or safetensors, got {format!r}")
     info = export_bundle(run_dir, output, onnx=format == "onnx", quantize=quantize, torchscript=torchscript,
-                         checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop)
+                         checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop, prune=prune,
+                         prune_epochs=prune_epochs)
+    if "pruning" in info:
+        p = info["pruning"]
+        typer.echo(f"pruned {p['ratio']:.0%} of the channels: {p['params_before']:,} -> {p['params_after']:,} "
+                   f"parameters; val AUC {p['val_auc_before']:.4f} -> {p['val_auc_after']:.4f} as exported "
+                   f"({p['fine_tune_epochs']} fine-tune epoch(s))")
     for name, f in info["files"].items():
         typer.echo(f"{name:<20} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:12]}")
     if "onnx_parity" in info["checks"]:

@@ -246,3 +246,34 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
     path = Path(out_dir) / "model_card.md"
     atomic_write_text(path, "\n".join(L))
     return path
+
+
+def pruning_lines(report: dict[str, Any]) -> list[str]:
+    """The "Model compression" section: what pruning removed and what it cost on val."""
+    before, after = report.get("params_before"), report.get("params_after")
+    share = f" ({after / before:.0%} of the original)" if before and after else ""
+    tune = report.get("fine_tune") or {}
+    how = (f"fine-tuned {report.get('fine_tune_epochs')} epoch(s) on the training split (lr {tune.get('lr')}, "
+           f"{tune.get('scheduler')}; best val {tune.get('monitor')} at epoch {tune.get('best_epoch')})"
+           + (f"; kept {tune['kept']}" if tune.get("kept") else "")
+           + "; same preprocessing and augmentation as training" if report.get("fine_tune_epochs")
+           else "none (0 fine-tune epochs)")
+    return ["## Model compression (pruning)", "",
+            f"- **Method:** {report.get('method', '?')}; {_f(report.get('ratio'), 2)} of the channels removed",
+            f"- **Parameters:** {before:,} → {after:,}{share}" if before and after else "- **Parameters:** —",
+            f"- **Fine-tuning:** {how}",
+            f"- **Val AUC:** {_f(report.get('val_auc_before'), 4)} before pruning → "
+            f"{_f(report.get('val_auc_pruned_before_fine_tune'), 4)} right after → "
+            f"{_f(report.get('val_auc_after'), 4)} as exported",
+            "- Temperature and operating points were re-fitted on val for the pruned model.", ""]
+
+
+def pruned_card(run: Run, checkpoint: str, report: dict[str, Any]) -> str:
+    """The model card of a pruned bundle: its source, the compression section, where the full card is."""
+    ms = run.model_spec
+    return "\n".join([f"# Model card: {run.spec.name} · {ms.architecture}, pruned", "", f"> {NOT_CLINICAL}", "",
+                      f"- **Source run:** `{run.path.name}`, checkpoint `{checkpoint}`; data, training, intended use "
+                      "and limitations are those of the source run's model card (`eval-<split>/model_card.md`, "
+                      "whose performance numbers are for the unpruned model).",
+                      f"- **Classes:** {', '.join(run.spec.class_names)}", "", *pruning_lines(report),
+                      "## Not for clinical use", "", NOT_CLINICAL, ""])

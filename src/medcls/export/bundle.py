@@ -13,6 +13,10 @@
     text_encoder/        fused models with text: tokenizer files and the encoder's config.json
     model.int8.onnx      optional static INT8 (QDQ), calibrated on training images
     model.ts             optional TorchScript
+    model_card.md        pruned bundles (``prune=``): what pruning did (ratio, parameters, val AUC before/after)
+
+Pruned bundles (``export_bundle(run, out, prune=0.5)``, :mod:`medcls.export.prune`) hold the pruned,
+fine-tuned weights; ``model.pruning`` in bundle.json rebuilds the architecture, ``pruning`` reports it.
 
 It is read back by the same loader as a run (:func:`medcls.artefact.open_artefact`).
 The bundle is assembled in a temporary folder and renamed into place, so it is
@@ -32,13 +36,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..artefact import BUNDLE_FILE, Postprocess, bundle_digest
+from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_artefact
 from ..data.sources import load_data
 from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
 from ..metrics import compute_metrics
 from ..runs import Run, load_run
-from ..utils import atomic_write_bytes, atomic_write_json, file_sha256, new_staging_dir, to_json
+from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, new_staging_dir, to_json
 
 log = logging.getLogger("medcls")
 
@@ -131,7 +135,8 @@ def _torchscript(model, x: torch.Tensor, path: Path) -> None:
 
 
 def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None, torchscript: bool,
-                 parity_tol: float, n_parity: int, n_calibration: int, max_int8_auc_drop: float) -> dict[str, Any]:
+                 parity_tol: float, n_parity: int, n_calibration: int, max_int8_auc_drop: float,
+                 data=None) -> dict[str, Any]:
     """Weights, ONNX (parity-checked), INT8 and TorchScript into ``tmp``; returns the checks."""
     from safetensors.torch import save
 
@@ -144,7 +149,7 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
     checks: dict[str, Any] = {}
     if not (onnx or torchscript):
         return checks
-    data = load_data(run.config.data)
+    data = data if data is not None else load_data(run.config.data)
     x_val, idx_val = _tensors(run, data.val, n_parity)
     ex_val = _extras(run, data.val, idx_val)
     with torch.no_grad():
@@ -158,33 +163,72 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
     return checks
 
 
-def _describe(run: Run, checkpoint: str, epoch, post: Postprocess, checks: dict, notes: list[str],
-              tmp: Path) -> dict[str, Any]:
+def _describe(run: Run, spec: ModelSpec, checkpoint: str, epoch, post: Postprocess, checks: dict, notes: list[str],
+              tmp: Path, pruning: dict[str, Any] | None = None) -> dict[str, Any]:
     files = sorted(f for f in tmp.rglob("*") if f.is_file())
     info = {
         "format_version": FORMAT_VERSION, "medcls_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"run": run.path.name, "checkpoint": checkpoint, "epoch": epoch},
-        "model": run.model_spec.to_dict(), "postprocess": post.to_dict(), "calibrated": post.fitted,
+        "model": spec.to_dict(), "postprocess": post.to_dict(), "calibrated": post.fitted,
         "training_data": run.data_summary.get("splits"), "checks": checks, "notes": notes,
         "onnx_inputs": ["image", *run.inputs.names] if run.inputs is not None else ["image"],
         "files": {f.relative_to(tmp).as_posix(): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
                   for f in files},
+        **({"pruning": pruning} if pruning is not None else {}),
     }
     info = json.loads(to_json(info))  # plain JSON values, exactly as the file will hold them
     return {**info, "integrity": {"sha256": bundle_digest(info), "of": "bundle.json in canonical form "
                                   "(sorted keys, no whitespace, without this field)"}}
 
 
+def _prune(run: Run, model, checkpoint: str, epoch, ratio: float, epochs: int):
+    """The pruned model (with its spec, re-fitted post-processing and report), the data, the model card text."""
+    from ..evaluation.model_card import pruned_card
+    from .prune import prune_for_export
+
+    data = load_data(run.config.data)
+    pruned = prune_for_export(run, model, data, ratio=ratio, epochs=epochs, checkpoint=checkpoint, epoch=epoch)
+    return pruned, data, pruned_card(run, checkpoint, pruned.report)
+
+
+def _source(run: Run | str | Path, prune: float | None, prune_epochs: int) -> Run:
+    """The run to export; asked to prune a bundle that is pruned already, say that rather than "not a run"."""
+    if isinstance(run, Run):
+        return run
+    if prune is not None:
+        art = open_artefact(run)
+        if art.kind == "bundle":
+            from .prune import check_prune_request
+
+            check_prune_request(art.spec, prune, prune_epochs)
+    return load_run(run)
+
+
 def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = True, quantize: str | None = None,
                   torchscript: bool = False, checkpoint: str = "best", parity_tol: float = 1e-4,
-                  n_parity: int = 64, n_calibration: int = 256, max_int8_auc_drop: float = 0.01) -> dict[str, Any]:
-    """Export ``run``'s ``checkpoint`` with its calibration to ``out_dir``; returns the bundle.json contents."""
-    run = run if isinstance(run, Run) else load_run(run)
+                  n_parity: int = 64, n_calibration: int = 256, max_int8_auc_drop: float = 0.01,
+                  prune: float | None = None, prune_epochs: int = 3) -> dict[str, Any]:
+    """Export ``run``'s ``checkpoint`` with its calibration to ``out_dir``; returns the bundle.json contents.
+
+    ``prune``: first remove that fraction of the channels, fine-tune ``prune_epochs`` epochs on the run's
+    training split and re-fit the calibration on val (:mod:`medcls.export.prune`).
+    """
+    run = _source(run, prune, prune_epochs)
     out = Path(out_dir)
     _check_request(out, onnx, quantize, torchscript, run.inputs is not None)
+    if prune is not None:
+        from .prune import check_prune_request
+
+        check_prune_request(run.model_spec, prune, prune_epochs)
     model, meta = run.build_model(checkpoint, device="cpu")
-    post, notes = _postprocess(run, checkpoint)
+    spec, data, report, card = run.model_spec, None, None, None
+    if prune is None:
+        post, notes = _postprocess(run, checkpoint)
+    else:  # the run's calibration belongs to the unpruned model: re-fitted on val
+        pruned, data, card = _prune(run, model, checkpoint, meta.get("epoch"), prune, prune_epochs)
+        model, spec, post, report = pruned.model, pruned.spec, pruned.postprocess, pruned.report
+        notes = list(post.notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     for old in sorted(out.parent.glob(".bundle-*")):
         log.warning("ignoring %s: the staging folder of an interrupted (or running) export; delete it if no "
@@ -193,8 +237,10 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
     try:
         checks = _write_files(run, model, tmp, onnx=onnx, quantize=quantize, torchscript=torchscript,
                               parity_tol=parity_tol, n_parity=n_parity, n_calibration=n_calibration,
-                              max_int8_auc_drop=max_int8_auc_drop)
-        info = _describe(run, checkpoint, meta.get("epoch"), post, checks, notes, tmp)
+                              max_int8_auc_drop=max_int8_auc_drop, data=data)
+        if card:
+            atomic_write_text(tmp / "model_card.md", card)
+        info = _describe(run, spec, checkpoint, meta.get("epoch"), post, checks, notes, tmp, report)
         atomic_write_json(tmp / BUNDLE_FILE, info)
         if out.exists():
             out.rmdir()
