@@ -204,3 +204,16 @@ def test_splits_and_folds_of_one_source_share_one_disk_file(tmp_path):
     for batches, rows in ((a, np.arange(12)), (b, np.arange(8, 20))):
         ref = torch.stack([pre(source.load(i, draft=pre.draft)) for i in rows])
         assert torch.equal(_all(batches), ref)
+
+
+def test_a_build_killed_midway_is_rebuilt_not_trusted(tmp_path):
+    table = _files(tmp_path / "img", n=8)
+    pre, d = _pre(), tmp_path / "c"
+    first = Batches(table, pre, batch_size=4, cache="disk", cache_dir=str(d))
+    first.cache.path.with_suffix(".done.npy").unlink()  # as if killed before the rows were recorded
+    with open(first.cache.path, "r+b") as f:  # and the rows half written
+        f.seek(200)
+        f.write(b"\xff" * 500)
+    again = Batches(table, pre, batch_size=4, cache="disk", cache_dir=str(d))
+    assert again.cache.built
+    assert torch.equal(_all(again), torch.stack([pre(table.load(i, draft=pre.draft)) for i in range(8)]))

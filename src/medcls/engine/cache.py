@@ -313,7 +313,8 @@ class DiskCache:
         done = np.load(done_path) if done_path.is_file() and self.path.is_file() else None
         if done is not None and done[self.rows].all():
             return False
-        if done is None:
+        fresh = done is None  # no record of finished rows: whatever file is there is rewritten
+        if fresh:
             shape, dtype = probe(base, preprocess)
             done = np.zeros(len(base), bool)
         else:
@@ -325,7 +326,6 @@ class DiskCache:
             _check_space(self.path.parent, split_bytes(len(missing), shape, dtype), what)
             log.info("caching %s on disk: %d images (%s) in %s", what, len(missing),
                      _size(split_bytes(len(missing), shape, dtype)), self.path)
-            fresh = not self.path.is_file()
             out = np.lib.format.open_memmap(self.path, mode="w+" if fresh else "r+", dtype=_np_dtype(dtype),
                                             shape=(len(base), *shape))
             try:
@@ -334,7 +334,7 @@ class DiskCache:
                 del out
                 self.path.unlink()
                 done[:] = False
-                missing = np.unique(self.rows)
+                fresh, missing = True, np.unique(self.rows)
                 shape, dtype = (w.channels, *shape[1:]), w.dtype
                 continue
             out.flush()
