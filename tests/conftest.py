@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,26 @@ os.environ["MEDCLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="medcls-test-cache-")  
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [ROOT / "data" / "pneumoniamnist.npz", ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"]
+
+
+def pytest_sessionstart(session):
+    """Tests of optional features skip when their extra is missing (``pytest.importorskip``), so a core-only
+    install passes the core tests; with MEDCLS_REQUIRE_ALL=1 (``make test``, CI) a missing extra fails the
+    session instead, so a broken install cannot pass as skipped tests."""
+    if os.environ.get("MEDCLS_REQUIRE_ALL") != "1":
+        return
+    from medcls.extras import EXTRA_OF
+
+    missing = []
+    for module, extra in EXTRA_OF.items():
+        if extra == "bench":  # benchmarks only, not in medcls[all]
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(f"{module} ('{extra}' extra)")
+    if missing:
+        pytest.exit("MEDCLS_REQUIRE_ALL=1 but not installed: " + ", ".join(missing), returncode=3)
 
 
 def find_pneumonia() -> Path | None:

@@ -44,7 +44,9 @@ def test_two_ranks_share_one_disk_cache_and_match_one_process(tmp_path, pneumoni
     ranks = [json.loads((tmp_path / f"rank{k}-epoch1.json").read_text()) for k in (0, 1)]
     for split in ("train", "val"):
         assert sorted(rk["built"][split] for rk in ranks) == [False, True]  # exactly one build per split
-    assert len(list(cache.glob("*.npy"))) == 2 and not list(cache.glob("*partial*"))
+    images = [f for f in cache.glob("*.npy") if not f.name.endswith(".done.npy")]
+    assert len(images) == 2 and len(list(cache.glob("*.done.npy"))) == 2  # one image file (+ row map) per split
+    assert not list(cache.glob("*partial*"))
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
 
     seen = []

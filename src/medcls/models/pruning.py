@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..extras import require
 
 MAX_RATIO = 0.95
 METHOD = "L2-magnitude group channel pruning (torch-pruning MetaPruner, DependencyGraph-aware; classifier head kept)"
@@ -22,11 +23,7 @@ METHOD = "L2-magnitude group channel pruning (torch-pruning MetaPruner, Dependen
 
 def torch_pruning():
     """The ``torch_pruning`` module, or one line saying which extra to install."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise ModelError("pruning needs torch-pruning, which is not installed: pip install 'medcls[prune]'") from None
-    return tp
+    return require("torch_pruning", "pruning")
 
 
 def check_ratio(ratio: Any) -> float:
