@@ -2,20 +2,35 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.medcls-installed
+CONSTRAINTS = requirements/constraints.txt
+PIP     = $(BIN)/pip install -q -c $(CONSTRAINTS)
+CORE    = $(VENV)/.medcls-core
+FULL    = $(VENV)/.medcls-all
 SHARED ?= ../shared/data/medmnist
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: install demo test lint data browser-deps bench bench-speed bench-accuracy bench-ablation clean
+.PHONY: install install-all demo test lint data browser-deps constraints bench bench-speed bench-accuracy bench-ablation bench-data clean
 
-$(STAMP): pyproject.toml
+# The core package only (trains, evaluates, exports, predicts): what `make demo` needs, no test tools.
+$(CORE): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,prune]'
-	touch $(STAMP)
+	$(PIP) torch torchvision
+	$(PIP) -e .
+	touch $(CORE)
 
-install: $(STAMP)
+# Every extra (serve, text, tune, prune, dicom, tracking) and the test tools: what `make test` needs.
+$(FULL): $(CORE)
+	$(PIP) -e '.[all,dev]'
+	touch $(FULL)
+
+install: $(CORE)
+install-all: $(FULL)
+
+# Pin what is installed now as the tested set (after changing a range in pyproject.toml).
+constraints: $(FULL)
+	@{ sed -n '1,2p' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | grep -v '^-e\|^medcls'; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 
 # Link the shared copy of PneumoniaMNIST when it exists; otherwise download it (official record, MD5-checked).
 # Best effort: offline, one line says where to put the file; the tests that need it are skipped (pytest lists them).
@@ -35,10 +50,11 @@ demo: install data
 	@[ -e data/pneumoniamnist.npz ] || exit 2   # the data step said where to put it
 	$(BIN)/medcls train --config configs/pneumoniamnist.yaml
 
-test: install data browser-deps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+# MEDCLS_REQUIRE_ALL: a missing extra fails the run instead of skipping its tests.
+test: install-all data browser-deps
+	MEDCLS_REQUIRE_ALL=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-lint: install
+lint: install-all
 	$(BIN)/ruff check src tests benchmarks
 
 bench: bench-speed bench-accuracy
@@ -48,6 +64,10 @@ bench-speed: install data
 
 bench-accuracy: install data
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/accuracy.py --seeds 0 1 2
+
+bench-data: install-all data   # issue 15's data-path benchmark (MONAI for the side-by-side)
+	$(PIP) -e '.[bench]'
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/data_scale.py
 
 bench-ablation: install data   # ~8 min per run on 2 CPU cores; resumable (results in runs/ablation)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ablation.py --out runs/ablation --seeds 0 1 2

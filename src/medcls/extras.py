@@ -31,3 +31,12 @@ def require(module: str, feature: str) -> ModuleType:
         extra = EXTRA_OF.get(module, "all")
         raise MissingExtraError(f"{feature} needs the '{extra}' extra ({e.name or module} is not installed): "
                                 f"pip install 'medcls[{extra}]'") from None
+
+
+def require_all(feature: str, *modules: str) -> None:
+    """:func:`require` each of ``modules`` (the first missing one is named)."""
+    for module in modules:
+        require(module, feature)
+
+
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")

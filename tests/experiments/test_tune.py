@@ -8,9 +8,10 @@ import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pandas as pd
 import pytest
+
+optuna = pytest.importorskip("optuna")  # the 'tune' extra
 import yaml
 
 from medcls.config import build_config, load_config

@@ -7,6 +7,9 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
+pytest.importorskip("transformers")  # the 'text' extra
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image

@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
 from fastapi.testclient import TestClient
 from PIL import Image
 

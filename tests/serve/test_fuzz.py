@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings

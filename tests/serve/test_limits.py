@@ -4,6 +4,8 @@ from its headers, and a body that streams past the limit is cut there (nothing s
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
 from fastapi.testclient import TestClient
 
 from medcls import Predictor

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
 from fastapi.testclient import TestClient
 from PIL import Image
 

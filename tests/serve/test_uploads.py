@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 import pytest
+
+pytest.importorskip("fastapi")  # the 'serve' extra
 from fastapi.testclient import TestClient
 
 from medcls import Predictor

@@ -167,6 +167,9 @@ def serve(
     decode_pixels: Annotated[int, typer.Option(help="Pixels decoded at once over all requests; larger bursts wait.")] = 20_000_000,
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
+    from ..extras import SERVE_MODULES, require_all
+
+    require_all("medcls serve", *SERVE_MODULES)
     import uvicorn
 
     from ..inference import Predictor

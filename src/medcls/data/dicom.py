@@ -83,7 +83,8 @@ def _decode_error(ds, name: str, err: Exception) -> DataError:
     if missing:
         pkgs = sorted({_PLUGIN_PACKAGES.get(m.split(" ")[0], m.split(" ")[0]) for m in missing})
         return DataError(f"{name}: cannot decode DICOM pixel data compressed as {ts_text}: no installed pixel-data "
-                         f"handler supports it. Install one of: {'; '.join(pkgs)} (pydicom plugins: "
+                         f"handler supports it. Install the codecs: pip install 'medcls[dicom]', or one of: {'; '.join(pkgs)} "
+                         f"(pydicom plugins: "
                          f"{'; '.join(missing)})")
     return DataError(f"{name}: cannot decode DICOM pixel data ({ts_text}): {type(err).__name__}: {err}")
 

@@ -33,6 +33,7 @@ from ..data.sources import load_data
 from ..defaults import resolve_auto
 from ..engine.trainer import monitor_mode
 from ..errors import ConfigError, MedclsError, RunError, did_you_mean
+from ..extras import require
 from ..utils import atomic_write_json, atomic_write_text
 from ._common import as_config, without_test
 from .space import DEFAULT_SPACE, Param, load_space, parse_budget, parse_space, trial_config
@@ -311,7 +312,7 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
          study_dir: str | Path | None = None, name: str | None = None, seed: int | None = None,
          pruner: str = "median") -> TuneResult:
     """Search hyperparameters of ``config`` on validation; see the module doc. Returns the best trial's config."""
-    import optuna
+    optuna = require("optuna", "medcls tune")
 
     cfg = as_config(config, list(overrides or []) + ([f"seed={seed}"] if seed is not None else []))
     seconds, name = _check_request(cfg, budget, trials, name, pruner)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from ..extras import require
 
 log = logging.getLogger("medcls")
 
@@ -54,6 +55,7 @@ def _load(kind: str, name: str, fn):
 
 
 def load_tokenizer(name: str):
+    require("transformers", "text inputs (inputs.text)")
     from transformers import AutoTokenizer
 
     return _load("tokenizer", name, AutoTokenizer.from_pretrained)
@@ -61,6 +63,7 @@ def load_tokenizer(name: str):
 
 def load_text_model(name: str, *, pretrained: bool = True):
     """The encoder with its weights (``pretrained``) or only its architecture from ``config.json``."""
+    require("transformers", "text inputs (inputs.text)")
     from transformers import AutoConfig, AutoModel
 
     if pretrained:
@@ -103,6 +106,7 @@ def make_tiny_bert(path: str | Path, *, hidden_size: int = 32, layers: int = 1, 
                    max_position: int = 64, seed: int = 0, words: Sequence[str] = TINY_WORDS) -> Path:
     """A tiny randomly initialised BERT (weights + WordPiece tokenizer) in ``path`` — no download."""
     import torch
+    require("transformers", "text inputs (inputs.text)")
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     out = Path(path)

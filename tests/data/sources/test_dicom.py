@@ -139,13 +139,20 @@ def test_jpeg2000_is_decoded_by_an_installed_handler(tmp_path, pneumonia_arrays)
     np.testing.assert_array_equal(np.round(img / 65535 * (hi - lo) + lo).astype(np.uint8), arr)  # lossless
 
 
-@pytest.mark.skipif(not _jpeg_ls_missing(), reason="a JPEG-LS decoder is installed")
-def test_missing_codec_names_file_syntax_and_packages(tmp_path):
+def test_missing_codec_names_file_syntax_and_packages(tmp_path, monkeypatch):
+    from pydicom.pixels import get_decoder
+
+    decoder = get_decoder(JPEG_LS)  # as without the 'dicom' extra: pydicom sorts its plugins once, at import
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {**decoder._unavailable,
+                                                  "pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    assert _jpeg_ls_missing()
     p = write_dicom(tmp_path / "jls.dcm", _ramp(8, 8), transfer_syntax=JPEG_LS, encapsulated=b"\xff\xd8" + b"\0" * 64)
     with pytest.raises(DataError) as e:
         read_dicom(p)
     msg = str(e.value)
-    for part in (str(p), "JPEG-LS Lossless", JPEG_LS, "python-gdcm", "pylibjpeg", "no installed pixel-data handler"):
+    for part in (str(p), "JPEG-LS Lossless", JPEG_LS, "python-gdcm", "pylibjpeg", "no installed pixel-data handler",
+                 "pip install 'medcls[dicom]'"):
         assert part in msg
 
 
