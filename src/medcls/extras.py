@@ -13,9 +13,8 @@ from .errors import MedclsError
 
 # module -> extra that provides it (the names in pyproject's [project.optional-dependencies])
 EXTRA_OF = {
-    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
-    "transformers": "text", "optuna": "tune", "mlflow": "tracking", "torch.utils.tensorboard": "tracking",
-    "tensorboard": "tracking", "torch_pruning": "prune", "pylibjpeg": "dicom", "monai": "bench",
+    "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "prometheus_client": "serve",
+    "transformers": "text", "optuna": "tune", "torch_pruning": "prune", "pylibjpeg": "dicom", "monai": "bench",
 }
 
 
@@ -39,4 +38,4 @@ def require_all(feature: str, *modules: str) -> None:
         require(module, feature)
 
 
-SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart", "prometheus_client")

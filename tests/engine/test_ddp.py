@@ -58,6 +58,8 @@ def test_two_ranks_share_one_disk_cache_and_match_one_process(tmp_path, pneumoni
     train(cfg, run_dir=tmp_path / "one" / "run", callbacks=[lambda t, e, row: seen.append((t, row))])
     trainer, row = seen[-1]
     assert not trainer.train_batches.cache.built and not trainer.val_batches.cache.built  # reused
-    # same samples per optimiser step; BatchNorm sees 16 per rank instead of 32, hence a tolerance
-    assert abs(row["train_loss"] - ranks[0]["train_loss"]) < 0.05
+    # same samples per optimiser step; each rank's loss is over its own shard, and BatchNorm sees 16 per rank
+    # instead of 32, hence the mean over ranks and a tolerance
+    print("one process", row["train_loss"], "ranks", [rk["train_loss"] for rk in ranks])
+    assert abs(row["train_loss"] - sum(rk["train_loss"] for rk in ranks) / 2) < 0.05
     assert abs(row["val_auc"] - ranks[0]["val_auc"]) < 0.15

@@ -10,8 +10,8 @@ import pytest
 from medcls import Predictor
 from medcls.artefact import open_artefact
 from medcls.cli.main import main
-from medcls.errors import ModelError
 from medcls.export import export_bundle
+from medcls.extras import MissingExtraError
 from medcls.models.pruning import count_parameters
 
 
@@ -83,7 +83,7 @@ def test_missing_torch_pruning_names_the_extra(evaluated_run, tmp_path, monkeypa
     import sys
 
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
-    with pytest.raises(ModelError, match=r"medcls\[prune\]"):
+    with pytest.raises(MissingExtraError, match=r"medcls\[prune\]"):
         export_bundle(evaluated_run, tmp_path / "b", prune=0.5)
     assert not (tmp_path / "b").exists()
 
