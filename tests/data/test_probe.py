@@ -57,7 +57,7 @@ def test_unreadable_files_are_named(tmp_path):
     good = _write(tmp_path / "good.jpeg", noise, "JPEG").read_bytes()
     png = _write(tmp_path / "good.png", noise, "PNG").read_bytes()
     (tmp_path / "half.jpeg").write_bytes(good[: len(good) // 2])
-    (tmp_path / "half.png").write_bytes(png[: len(png) - 20])
+    (tmp_path / "half.png").write_bytes(png[: len(png) // 2])
     (tmp_path / "junk.jpeg").write_bytes(b"this is not a jpeg")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tif")
@@ -69,7 +69,8 @@ def test_unreadable_files_are_named(tmp_path):
             probe_image(tmp_path / name)
 
 
-def test_padding_after_the_jpeg_end_marker_is_accepted(tmp_path):
+@pytest.mark.parametrize("trailer", [300, 5000])  # within the searched tail; beyond it (then decoded once)
+def test_data_after_the_jpeg_end_marker_is_accepted(tmp_path, trailer):
     data = _write(tmp_path / "a.jpeg", np.full((32, 32), 9, np.uint8), "JPEG").read_bytes()
-    (tmp_path / "a.jpeg").write_bytes(data + b"\0" * 300)
+    (tmp_path / "a.jpeg").write_bytes(data + b"\0" * trailer)
     assert probe_image(tmp_path / "a.jpeg").channels == 1

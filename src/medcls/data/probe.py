@@ -79,8 +79,19 @@ def probe_image(path: str | Path) -> ImageInfo:
         raise DataError(f"{p}: cannot decode image: not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{p}: cannot decode image ({type(e).__name__}: {e})") from None
-    if fmt == "JPEG" and b"\xff\xd9" not in _tail(p):
-        raise DataError(f"{p}: truncated JPEG: no end-of-image marker")
-    if fmt == "PNG" and b"IEND" not in _tail(p):
-        raise DataError(f"{p}: truncated PNG: no IEND chunk")
+    end = {"JPEG": (b"\xff\xd9", "truncated JPEG: no end-of-image marker"),
+           "PNG": (b"IEND", "truncated PNG: no IEND chunk")}.get(fmt)
+    if end and end[0] not in _tail(p):
+        _decodes_or(p, end[1])
     return ImageInfo(size[0], size[1], channels, fmt)
+
+
+def _decodes_or(path: Path, problem: str) -> None:
+    """The end marker is missing: decode this one file to tell a cut-off download (raise ``problem``) from
+    a complete image followed by more than ``TAIL`` bytes of trailer (some cameras append data)."""
+    from .images import read_image
+
+    try:
+        read_image(path)
+    except DataError:
+        raise DataError(f"{path}: {problem}") from None
