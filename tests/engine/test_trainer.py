@@ -127,6 +127,57 @@ def test_head_only_and_frozen_backbone_keep_backbone_weights(tiny_cfg):
     assert not torch.equal(a["model/net.fc.weight"], b["model/net.fc.weight"])
 
 
+def _two_stage(tiny_cfg, epochs: int = 3) -> dict:
+    """head_only_epochs=2 then all layers, backbone at 0.1 x lr, EMA off (so the raw weights are checked)."""
+    return {**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": epochs, "head_only_epochs": 2,
+                                  "backbone_lr_scale": 0.1, "ema": False}}
+
+
+def test_two_stage_freezes_backbone_then_trains_all_layers_at_scaled_lr(tiny_cfg, tmp_path):
+    states, lrs = [], []
+
+    def snapshot(trainer, epoch, row):
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        lrs.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
+
+    train(_two_stage(tiny_cfg), run_dir=tmp_path / "run", callbacks=[snapshot])
+    head = {k for k in states[0] if k.startswith("net.fc.")}
+    backbone = [k for k in states[0] if k not in head and states[0][k].is_floating_point()]
+    assert head and any("running_mean" in k for k in backbone)
+
+    def changed(a, b, keys):
+        return {k for k in keys if not torch.equal(a[k], b[k])}
+
+    assert changed(states[0], states[1], backbone) == set()  # stage 1: weights and BN statistics fixed
+    assert changed(states[0], states[1], head) == head
+    assert changed(states[1], states[2], head) == head  # stage 2: every layer learns
+    assert {k for k in changed(states[1], states[2], backbone) if k.endswith(".weight")} == {
+        k for k in backbone if k.endswith(".weight")}
+    for lr in lrs:  # the backbone groups run at 0.1 x the head's LR through the whole schedule
+        assert lr["backbone"] == pytest.approx(0.1 * lr["head"]) and lr["backbone_nowd"] == pytest.approx(
+            0.1 * lr["head_nowd"])
+
+
+@pytest.mark.parametrize("stop_after", [0, 1])  # inside stage 1; at the switch to stage 2
+def test_two_stage_resume_matches_uninterrupted_run(tiny_cfg, tmp_path, stop_after):
+    cfg = _two_stage(tiny_cfg)
+    full = train(cfg, run_dir=tmp_path / "full")
+
+    def stop(trainer, epoch, row):
+        if epoch == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir=tmp_path / "part", callbacks=[stop])
+    resumed = train(resume=tmp_path / "part")
+    a, _ = _weights(full, prefix="")
+    b, meta = _weights(resumed, prefix="")
+    assert a.keys() == b.keys() and any(k.startswith("optim/") for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    _, full_meta = _weights(full)
+    assert meta["optimizer"]["param_groups"] == full_meta["optimizer"]["param_groups"]
+
+
 def test_bad_monitor_is_reported_before_training(tiny_cfg):
     with pytest.raises(ConfigError, match="Did you mean 'auc'"):
         train(tiny_cfg, overrides=["train.monitor=auk"])

@@ -151,18 +151,24 @@ class H5Table(ImageTable):
         self.groups = groups
         _check_lengths(len(self.labels), self.ids, groups)
         self._set_meta(meta)
-        self._file = None
-        self._pid = None
+        self._files: dict[int, object] = {}  # pid -> this process's h5py.File
 
     def _dataset(self):
+        """The dataset through this process's own handle, opened on first use.
+
+        Keyed by pid: a forked DataLoader worker inherits the parent's dict but opens its own handle (HDF5
+        state shared across fork reads wrong rows or hangs) and leaves the parent's entry alone, so the
+        inherited handle is never closed from the child either.
+        """
         import os
 
         import h5py
 
-        if self._file is None or self._pid != os.getpid():  # reopen after fork (DataLoader workers)
-            self._file = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._file[self.key]
+        pid = os.getpid()
+        f = self._files.get(pid)
+        if f is None or not f.id.valid:
+            f = self._files[pid] = h5py.File(self.path, "r")
+        return f[self.key]
 
     def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return np.asarray(self._dataset()[int(self.rows[i])])
@@ -186,5 +192,5 @@ class H5Table(ImageTable):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_file"] = None
+        state["_files"] = {}  # handles never travel to another process
         return state

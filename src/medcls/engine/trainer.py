@@ -26,7 +26,7 @@ from ..data.sources import LoadedData
 from ..defaults import resolve_auto
 from ..errors import ConfigError
 from ..metrics import compute_metrics
-from ..models import Classifier, param_groups, set_backbone_trainable
+from ..models import Classifier, freeze_backbone_norms, param_groups, set_backbone_trainable
 from ..transforms import Preprocess, build_augment
 from ..utils import atomic_write_json, atomic_write_text
 from .cache import MemoryBudget, memory_budget
@@ -191,6 +191,8 @@ class Trainer:
         if not self.cfg.model.freeze_backbone and t.head_only_epochs:
             set_backbone_trainable(self.model, not head_only)
         self.ddp_model.train()
+        if head_only or self.cfg.model.freeze_backbone:
+            freeze_backbone_norms(self.model)
         order = epoch_order(self.data.train.labels, sampler=t.sampler, seed=self.cfg.seed, epoch=epoch,
                             rank=self.dist.rank, world_size=self.dist.world_size)
         n_batches = math.ceil(len(order) / t.batch_size)

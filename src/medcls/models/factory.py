@@ -157,6 +157,15 @@ def set_backbone_trainable(model: Classifier, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+def freeze_backbone_norms(model: Classifier) -> None:
+    """Put the backbone's batch-norm layers in eval mode (call after ``model.train()``): a frozen backbone
+    keeps its running statistics too, so the head learns on the features it will be served with."""
+    head = {id(p) for p in model.head_parameters()}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and not any(id(p) in head for p in m.parameters(False)):
+            m.eval()
+
+
 def param_groups(model: Classifier, lr: float, backbone_lr_scale: float, weight_decay: float) -> list[dict]:
     """Head at ``lr``, backbone at ``lr * backbone_lr_scale``; no weight decay on norms and biases."""
     head = {id(p) for p in model.head_parameters()}

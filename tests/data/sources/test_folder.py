@@ -252,3 +252,26 @@ def test_custom_patient_regex_matching_nothing_warns(tmp_path):
     with pytest.warns(UserWarning, match="matched none"):
         src = folder_source(str(root), patient_regex=r"patient(\d+)")
     assert src.splits["train"].groups is None
+
+
+def test_scan_reads_headers_not_pixels(tmp_path, monkeypatch):
+    root = make_kaggle(tmp_path / "chest_xray")
+    _add_bad_files(root)
+    decoded: list[str] = []
+    import medcls.data.images as images
+
+    original = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda data, name="image", **kw: decoded.append(name) or original(
+        data, name, **kw))
+    with pytest.warns(UserWarning, match=r"2 of 42 image\(s\) cannot be read"):
+        src = folder_source(str(root))
+    assert decoded == [] and len(src.splits["train"]) == 40 and src.spec.channels == 1
+    with pytest.warns(UserWarning, match=r"2 of 42 image\(s\) cannot be read"):
+        folder_source(str(root), verify="decode")
+    assert len(decoded) == 42 + 4 + 8  # every file of train (bad ones included), val and test
+
+
+def test_bad_verify_value(tmp_path):
+    root = make_flat(tmp_path / "flat")
+    with pytest.raises(ConfigError, match=r"option verify must be one of header, decode, off.*got 'quick'"):
+        load_data(DataConfig(source=f"folder:{root}", options={"verify": "quick"}))

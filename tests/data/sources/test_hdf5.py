@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -82,6 +83,36 @@ def test_h5table_pickles_and_subsets(tmp_path):
     assert isinstance(sub, H5Table) and list(sub.labels) == [1, 0]
     np.testing.assert_array_equal(sub.load(0), arrays["train"][0][9])
     assert sub.describe(1).endswith("_train_x.h5[2]")
+
+
+class _RowsWithPid(torch.utils.data.Dataset):
+    """(image, pid of the reading process, pid its handle was opened in) for each row of a table."""
+
+    def __init__(self, table: H5Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int):
+        img = self.table.load(i)
+        return torch.from_numpy(img), os.getpid(), sorted(self.table._files)
+
+
+def test_h5table_in_two_forked_dataloader_workers(tmp_path):  # spawned workers: see the pickling test above
+    arrays = make_pcam(tmp_path / "pcam", {"train": 12})
+    table = hdf5_source(str(tmp_path / "pcam")).splits["train"]
+    parent = table.load(0)  # the parent holds an open handle before the workers start
+    loader = torch.utils.data.DataLoader(_RowsWithPid(table), batch_size=3, num_workers=2,
+                                         multiprocessing_context="fork", collate_fn=list)
+    rows = [r for batch in loader for r in batch]
+    np.testing.assert_array_equal(np.stack([r[0].numpy() for r in rows]), arrays["train"][0])
+    workers = {r[1] for r in rows}
+    assert len(workers) == 2 and os.getpid() not in workers
+    for _, pid, opened in rows:  # each worker reads through a handle it opened itself
+        assert pid in opened and all(p in (pid, os.getpid()) for p in opened)
+    assert list(table._files) == [os.getpid()] and table._files[os.getpid()].id.valid  # parent's handle intact
+    np.testing.assert_array_equal(table.load(0), parent)
 
 
 def test_single_file_is_train_only(tmp_path):

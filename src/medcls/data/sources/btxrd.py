@@ -101,7 +101,7 @@ def _locate(arg: str) -> tuple[Path, Path]:
 
 @SOURCES.register("btxrd")
 def btxrd_source(arg: str, *, split: str = "random", test_centers: list[int] | None = None, sheet: str | int = 0,
-                 verify: bool = True, strict: bool = False) -> SourceData:
+                 verify: bool | str = "header", strict: bool = False) -> SourceData:
     """BTXRD bone tumours: BTXRD/dataset.xlsx + images/ -> normal/benign/malignant, metadata, split by centre.
 
     ``split``: ``random`` (held-out splits drawn from all images; BTXRD has no patient ids) or

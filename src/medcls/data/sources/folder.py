@@ -28,6 +28,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..groups import KAGGLE_PATIENT_PATTERNS, patient_groups  # noqa: F401 (re-exported)
 from ..images import IMAGE_SUFFIXES, read_image
+from ..probe import probe_image
 from ..spec import DatasetSpec
 from ..table import FileTable
 from .registry import SOURCES, SourceData
@@ -61,37 +62,55 @@ def check_channels(channels: int | None) -> None:
         raise ConfigError(f"option channels must be 1 (gray) or 3 (RGB), got {channels!r}")
 
 
-def check_images(paths: Sequence[Path], *, verify: bool, strict: bool, where: str) -> tuple[np.ndarray, int | None]:
-    """Decode every image (when ``verify``) and return (mask of good files, channel guess).
+VERIFY_MODES = ("header", "decode", "off")
 
-    The channel guess comes from the first readable image: 1 for a 2D array,
-    3 otherwise (``None`` when nothing could be read). Unreadable files raise a
-    :class:`DataError` listing them when ``strict``; otherwise they are reported
-    with ``warnings.warn`` and masked out.
+
+def verify_mode(verify: bool | str) -> str:
+    """``options.verify``: ``header`` (default; also ``true``), ``decode`` or ``off`` (also ``false``)."""
+    if isinstance(verify, bool):
+        return "header" if verify else "off"
+    if isinstance(verify, str) and verify.strip().lower() in VERIFY_MODES:
+        return verify.strip().lower()
+    raise ConfigError(f"option verify must be one of {', '.join(VERIFY_MODES)} (or true/false), got {verify!r}")
+
+
+def _check_one(path: Path, mode: str) -> int:
+    """Channels (1 or 3) of one image, from its header or (``decode``) its pixels; DataError if unreadable."""
+    if mode == "decode":
+        return 1 if read_image(path).ndim == 2 else 3
+    return probe_image(path).channels
+
+
+def check_images(paths: Sequence[Path], *, verify: bool | str, strict: bool,
+                 where: str) -> tuple[np.ndarray, int | None]:
+    """Check every image (``verify``, see :func:`verify_mode`) and return (mask of good files, channel guess).
+
+    ``header`` reads headers only (:func:`medcls.data.probe.probe_image`: not an image, empty, truncated
+    JPEG/PNG), ``decode`` decodes every image, ``off`` checks none. The channel guess (1 or 3) comes from
+    the first readable image (``None`` when nothing could be read). Unreadable files raise a
+    :class:`DataError` listing them when ``strict``; otherwise they are reported with ``warnings.warn``
+    and masked out.
     """
+    mode = verify_mode(verify)
     ok = np.ones(len(paths), dtype=bool)
     guess: int | None = None
     failures: list[str] = []
-    to_read = range(len(paths)) if verify else range(min(1, len(paths)))
-    if verify and len(paths) > 500:
-        log.info("verifying %d images in %s (options.verify=false skips this)", len(paths), where)
-    for i in to_read:
+    if mode == "decode" and len(paths) > 500:
+        log.info("decoding %d images in %s (options.verify=header reads headers only)", len(paths), where)
+    for i in range(len(paths)) if mode != "off" else ():
         try:
-            img = read_image(paths[i])
+            ch = _check_one(paths[i], mode)
         except DataError as e:
             ok[i] = False
             failures.append(str(e))
             continue
-        if guess is None:
-            guess = 1 if img.ndim == 2 else 3
-    if not verify and guess is None and len(paths):  # the first file was bad: try a few more
-        for p in paths[1:20]:
-            try:
-                img = read_image(p)
-            except DataError:
-                continue
-            guess = 1 if img.ndim == 2 else 3
+        guess = ch if guess is None else guess
+    for p in paths[:20] if mode == "off" else ():  # unchecked: the first readable header gives the channels
+        try:
+            guess = probe_image(p).channels
             break
+        except DataError:
+            continue
     if failures:
         msg = f"{where}: {len(failures)} of {len(paths)} image(s) cannot be read: " + "; ".join(failures[:MAX_LISTED])
         if len(failures) > MAX_LISTED:
@@ -164,16 +183,18 @@ def _scan_split(folder: Path, where: str) -> dict[str, list[Path]]:
 
 
 @SOURCES.register("folder")
-def folder_source(arg: str, *, verify: bool = True, strict: bool = False, patient_regex: str | None = None,
-                  channels: int | None = None) -> SourceData:
+def folder_source(arg: str, *, verify: bool | str = "header", strict: bool = False,
+                  patient_regex: str | None = None, channels: int | None = None) -> SourceData:
     """Class-per-folder images: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*.
 
-    ``verify`` decodes every image once at scan time (unreadable ones are skipped
-    with a warning, or raise with ``strict``); ``patient_regex`` extracts a patient
+    ``verify``: ``header`` (default) reads every image's header at scan time, ``decode``
+    decodes every image, ``off`` checks none (unreadable ones are skipped with a warning,
+    or raise with ``strict``; what a header cannot show fails when the image is read); ``patient_regex`` extracts a patient
     id from file names (first capture group) for group-aware splits; ``channels``
     overrides the channel count guessed from the first image.
     """
     check_channels(channels)
+    verify_mode(verify)  # a bad value fails before the scan
     root = Path(arg).expanduser()
     if not root.exists():
         raise DataError(f"folder source: {root} does not exist (expected a folder with class or split sub-folders)")

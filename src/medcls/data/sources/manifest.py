@@ -278,15 +278,17 @@ def csv_source(arg: str, *, path_col: str = "path", label_col: str | None = "lab
                label_cols: list[str] | None = None, group_col: str | None = None, split_col: str | None = None,
                image_root: str | None = None, sheet: str | int = 0, classes: list[str] | None = None,
                multilabel: bool = False, none_label: str | None = "normal", image_ext: str | None = None,
-               verify: bool = True, strict: bool = False, channels: int | None = None,
+               verify: bool | str = "header", strict: bool = False, channels: int | None = None,
                table: pd.DataFrame | None = None) -> SourceData:
     """Images listed in a CSV/TSV/Excel table with a label column or one-hot label columns.
 
     ``classes`` fixes the class order (other labels are errors); ``image_ext`` is
     appended to ids without an extension (default: try .jpeg, .jpg, .png). ``table``
-    (Python callers only) is the manifest already read with :func:`read_manifest`.
+    (Python callers only) is the manifest already read with :func:`read_manifest`. ``verify``: as the
+    ``folder`` source (``header``, ``decode`` or ``off``).
     """
     folder.check_channels(channels)
+    folder.verify_mode(verify)
     path = Path(arg).expanduser()
     _check_options(label_col, label_cols, multilabel, table)
     df = read_manifest(path, sheet) if table is None else table
