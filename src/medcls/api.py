@@ -18,6 +18,7 @@ from .errors import ConfigError, RunError
 from .logs import ensure_console_logging
 from .models.factory import default_input_size
 from .runs import LEAKAGE_FILE, Run, environment, load_run, new_run_dir, standalone_config, write_run_files
+from .tracking import check_tracking, start_tracking, summary_metrics
 from .transforms import Preprocess, PreprocessConfig
 from .utils import atomic_write_json
 
@@ -158,7 +159,9 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     """
     ensure_console_logging()
     prev, cfg = _resume_config(resume, config, overrides) if resume is not None else (None, as_config(config, overrides))
+    check_tracking(cfg)
     device, dist = _setup_device(cfg)
+    tracker = None
     try:
         data = load_data(cfg.data) if data is None else data
         if cfg.eval.subgroups:  # a column that is not there fails now, not after training
@@ -176,8 +179,9 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             _start_run(path, cfg, spec, summary, model, inputs, device, dist, resumed=prev is not None)
             if prev is None:
                 _check_splits(path, cfg, data)
+            tracker = start_tracking(cfg, path)
         trainer = Trainer(cfg, data, model, Preprocess(spec.preprocess), path, device=device, dist=dist,
-                          callbacks=callbacks, inputs=inputs)
+                          callbacks=[*callbacks, *([tracker] if tracker is not None else [])], inputs=inputs)
         if prev is not None:
             trainer.resume(path / "checkpoints" / "last.safetensors")
         try:
@@ -192,7 +196,11 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
         for which in CHECKPOINTS:
             calibrate(run, which, data=data, device=device)
         if evaluate_split:
-            evaluate(run, split=evaluate_split, data=data)
+            m = evaluate(run, split=evaluate_split, data=data)
+            if tracker is not None:
+                tracker.log_summary(summary_metrics(m, evaluate_split))
+        if tracker is not None:
+            tracker.finish(path)
     return run
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, did_you_mean
 
@@ -166,6 +166,21 @@ class EvalConfig(_Section):
     target_specificity: float = Field(0.95, gt=0, le=1)
 
 
+class TrackingConfig(_Section):
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="Experiment tracking (the 'tracking' extra): mlflow (params, per-epoch metrics, the run's "
+        "artefacts, each exported bundle as a registered model version) or tensorboard; none/off: no tracking.")
+    uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db); default: "
+                            "sqlite:///<output_dir>/mlflow.db. TensorBoard: the log directory; default <output_dir>/tensorboard.")
+    experiment: str | None = Field(None, description="MLflow experiment and registered model name (default: the run name).")
+    register_model: bool = Field(True, description="MLflow: register each bundle `medcls export` writes as a new model version.")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:  # `tracking.backend: off` / false / no mean none
+        return "none" if v is False or v is None or (isinstance(v, str) and v.lower() in {"off", "no", "false"}) else v
+
+
 class Config(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=200,
                       description="Run name: the run directory is NAME-YYYYmmdd-HHMMSS (file names stop at 255 bytes).")
@@ -177,6 +192,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:

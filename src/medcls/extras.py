@@ -14,7 +14,9 @@ from .errors import MedclsError
 # module -> extra that provides it (the names in pyproject's [project.optional-dependencies])
 EXTRA_OF = {
     "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "prometheus_client": "serve",
-    "transformers": "text", "optuna": "tune", "torch_pruning": "prune", "pylibjpeg": "dicom", "monai": "bench",
+    "transformers": "text", "optuna": "tune", "mlflow": "tracking", "sqlalchemy": "tracking",
+    "tensorboard": "tracking", "torch.utils.tensorboard": "tracking", "torch_pruning": "prune",
+    "pylibjpeg": "dicom", "monai": "bench",
 }
 
 

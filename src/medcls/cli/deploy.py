@@ -137,6 +137,10 @@ def export(
         c = info["checks"]["int8"]
         typer.echo(f"INT8: val AUC {c['val_auc_fp32']:.4f} -> {c['val_auc_int8']:.4f} "
                    f"(calibrated on {c['calibration_images']} train images)")
+    from ..tracking import log_bundle
+
+    if (line := log_bundle(run_dir, output)) is not None:
+        typer.echo(line)
     if not info["calibrated"]:
         typer.echo(f"warning: {info['notes'][-1]}", err=True)
 

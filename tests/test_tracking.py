@@ -1,0 +1,88 @@
+"""Experiment tracking: a run appears in a local MLflow store (params, per-epoch metrics, artefacts, the
+bundle as a registered model version) or as TensorBoard event files; off by default; never loses a run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from medcls import train
+from medcls.cli.main import main
+from medcls.config import build_config
+from medcls.errors import ConfigError
+from medcls.extras import MissingExtraError
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _cfg(make_cfg, root, **tracking):
+    cfg = make_cfg(root, limit=64, stem="small", eval={"n_bootstrap": 0})
+    cfg["tracking"] = tracking
+    return cfg
+
+
+def test_mlflow_run_has_params_epoch_metrics_artefacts_and_versioned_bundles(make_cfg, tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    caplog.set_level(logging.INFO, logger="medcls")
+    run = train(_cfg(make_cfg, tmp_path, backend="mlflow"), evaluate_split="test")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert any("MLflow run" in r.message and uri in r.message for r in caplog.records)  # one line: where it went
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tiny")
+    (r,) = client.search_runs([exp.experiment_id])
+    assert r.info.status == "FINISHED"
+    assert r.data.params["train.epochs"] == "2" and r.data.params["model.name"] == "resnet18"
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")] == [1, 2]
+    assert "train_loss" in r.data.metrics and "test_auc" in r.data.metrics
+    logged = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.yaml", "history.csv", "eval-test"} <= logged and "checkpoints" not in logged
+
+    for k in (1, 2):  # each export is a new version of the run's registered model
+        assert main(["export", str(run.path), "-o", str(tmp_path / f"bundle{k}")]) == 0
+    versions = client.search_model_versions("name='tiny'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert {v.run_id for v in versions} == {r.info.run_id}
+    assert "bundle.json" in {a.path.split("/")[-1] for a in client.list_artifacts(r.info.run_id, "bundle")}
+
+
+def test_tensorboard_writes_one_scalar_per_epoch(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_cfg(make_cfg, tmp_path, backend="tensorboard"))
+    logdir = tmp_path / "tensorboard" / run.path.name
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val_auc")] == [1, 2]
+    assert len(acc.Scalars("train_loss")) == 2
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_off_by_default_and_off_means_none(make_cfg, tmp_path):
+    assert build_config({}).tracking.backend == "none"
+    assert build_config({}, ["tracking.backend=off"]).tracking.backend == "none"
+    assert build_config({"tracking": {"backend": False}}).tracking.backend == "none"
+    with pytest.raises(ConfigError, match="backend"):
+        build_config({}, ["tracking.backend=mlfow"])
+    run = train(make_cfg(tmp_path, limit=32, stem="small", train={"epochs": 1}))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "tensorboard").exists()
+    assert not (run.path / "tracking.json").exists()
+
+
+def test_a_store_that_fails_warns_once_and_the_run_completes(make_cfg, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="medcls")
+    (tmp_path / "a-file").write_text("not a directory")
+    cfg = _cfg(make_cfg, tmp_path, backend="mlflow", uri=f"sqlite:///{tmp_path / 'a-file' / 'm.db'}")
+    run = train(cfg)
+    assert (run.path / "checkpoints" / "best.safetensors").is_file()
+    warnings = [r.message for r in caplog.records if r.message.startswith("tracking:")]
+    assert len(warnings) == 1 and "without tracking" in warnings[0]
+
+
+def test_missing_extra_is_one_line_before_training(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'medcls\[tracking\]'"):
+        train(_cfg(make_cfg, tmp_path / "runs", backend="mlflow"))
+    assert not (tmp_path / "runs").exists()  # nothing was started
