@@ -2,8 +2,7 @@
 
 For each pruning ratio (default 0, 0.3, 0.5, 0.7) the run is exported with ``export_bundle(..., prune=r,
 prune_epochs=E, quantize="int8")`` (ratio 0: the plain export), then both ONNX models (fp32 and static
-INT8) are timed with onnxruntime on real validation images, all variants in one interleaved loop (each round
-times every model once, in a random order, so load from other processes falls on all alike): median latency over ``--iters`` calls at
+INT8) are timed with onnxruntime on real validation images: median latency over ``--iters`` calls at
 batch 1 and over ``--iters32`` calls at batch ``--batch``, images/s at that batch relative to the
 unpruned fp32 model, and test AUC with its drop from the unpruned fp32 model. Writes a markdown table.
 
@@ -57,42 +56,31 @@ def split_inputs(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), np.asarray(table.labels)
 
 
-def interleaved_medians(sessions: dict[Any, Any], x: np.ndarray, warmup: int, iters: int,
-                        rng: np.random.Generator) -> dict[Any, float]:
-    """Median wall time of one ``run`` on ``x`` per session. The calls are interleaved (every round times each
-    session once, in a new random order, right after one untimed call that brings its weights back into the
-    caches), so that load from other processes on a shared machine falls on every variant alike and the ratios
-    between rows hold even when the absolute times do not."""
-    keys = list(sessions)
+def median_seconds(session, x: np.ndarray, warmup: int, iters: int) -> float:
+    """Median wall time of one ``session.run`` on ``x`` over ``iters`` calls after ``warmup``."""
     for _ in range(warmup):
-        for k in keys:
-            sessions[k].run([OUTPUT], {INPUT: x})
-    times = {k: np.empty(iters) for k in keys}
+        session.run([OUTPUT], {INPUT: x})
+    times = np.empty(iters)
     for i in range(iters):
-        for j in rng.permutation(len(keys)):
-            sessions[keys[j]].run([OUTPUT], {INPUT: x})
-            t0 = time.perf_counter()
-            sessions[keys[j]].run([OUTPUT], {INPUT: x})
-            times[keys[j]][i] = time.perf_counter() - t0
-    return {k: float(np.median(v)) for k, v in times.items()}
+        t0 = time.perf_counter()
+        session.run([OUTPUT], {INPUT: x})
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times))
 
 
-def measure(bundles: dict[float, Path], run: Run, pool: np.ndarray, test: tuple[np.ndarray, np.ndarray],
-            args: argparse.Namespace) -> dict[tuple[float, str], dict[str, Any]]:
-    """Per (ratio, ONNX variant): file size, median latency at batch 1 and ``args.batch``, test AUC."""
-    spec, out, rng = run.spec, {}, np.random.default_rng(0)
-    sessions = {(r, name): ort_session(b / fname, threads=args.threads)
-                for r, b in bundles.items() for name, fname in VARIANTS}
-    b1 = interleaved_medians(sessions, pool[:1], args.warmup, args.iters, rng)
-    bn = interleaved_medians(sessions, pool[: args.batch], max(1, args.warmup // 10), args.iters32, rng)
-    for (r, name), sess in sessions.items():
+def measure(bundle: Path, run: Run, pool: np.ndarray, test: tuple[np.ndarray, np.ndarray],
+            args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per ONNX variant: file size, median latency at batch 1 and ``args.batch``, test AUC."""
+    spec, out = run.spec, {}
+    for name, fname in VARIANTS:
+        sess = ort_session(bundle / fname, threads=args.threads)
+        b1 = median_seconds(sess, pool[:1], args.warmup, args.iters)
+        bn = median_seconds(sess, pool[: args.batch], max(1, args.warmup // 10), args.iters32)
         p = probabilities(ort_logits(sess, test[0]), spec.task)
         m = compute_metrics(spec.task, test[1], p, class_names=list(spec.class_names),
                             positive_index=spec.positive_index)
-        fname = dict(VARIANTS)[name]
-        out[r, name] = {"file_bytes": (bundles[r] / fname).stat().st_size, "b1_ms": 1000 * b1[r, name],
-                        "batch_ms": 1000 * bn[r, name], "img_per_s": args.batch / bn[r, name],
-                        "test_auc": float(m["auc"])}
+        out[name] = {"file_bytes": (bundle / fname).stat().st_size, "b1_ms": 1000 * b1, "batch_ms": 1000 * bn,
+                     "img_per_s": args.batch / bn, "test_auc": float(m["auc"])}
     return out
 
 
@@ -146,24 +134,22 @@ def main() -> None:
         run = load_run(args.run) if args.run else train_default(out / "runs")
         val, test = split_inputs(run, "val"), split_inputs(run, "test")
         pool = np.ascontiguousarray(np.resize(val[0], (max(args.batch, 64), *val[0].shape[1:])))
-        infos, bundles = {}, {}
-        for ratio in sorted(args.ratios):  # every bundle first, then all are timed together (interleaved)
-            bundles[ratio] = out / f"bundle-p{round(100 * ratio):02d}"
-            infos[ratio] = export(run, bundles[ratio], ratio, args)
-        unpruned = sum(p.numel() for p in run.build_model(args.checkpoint)[0].parameters())
         rows = []
-        for (ratio, variant), m in measure(bundles, run, pool, test, args).items():
-            info, seconds = infos[ratio]
-            params = info["pruning"]["params_after"] if ratio else unpruned
-            rows.append({"ratio": ratio, "variant": variant, "params": params, "export_seconds": seconds,
-                         "pruning": info.get("pruning"), **m})
+        for ratio in sorted(args.ratios):
+            bundle = out / f"bundle-p{round(100 * ratio):02d}"
+            info, seconds = export(run, bundle, ratio, args)
+            params = info["pruning"]["params_after"] if ratio else sum(
+                p.numel() for p in run.build_model(args.checkpoint)[0].parameters())
+            for variant, m in measure(bundle, run, pool, test, args).items():
+                rows.append({"ratio": ratio, "variant": variant, "params": params, "export_seconds": seconds,
+                             "pruning": info.get("pruning"), **m})
     finally:
         if tmp is not None:
             tmp.cleanup()
     head = (f"### Pruning + INT8: {run.model_spec.architecture} ({run.model_spec.stem} stem), input "
             f"{run.preprocess_cfg.in_chans}x{run.preprocess_cfg.size}x{run.preprocess_cfg.size}, {args.threads} threads")
     foot = (f"\nrun {run.path.name}; fine-tune {args.prune_epochs} epoch(s) per ratio; ORT medians of {args.iters} "
-            f"(batch 1) and {args.iters32} (batch {args.batch}) interleaved calls on val images; test AUC on {len(test[1])} test "
+            f"(batch 1) and {args.iters32} (batch {args.batch}) calls on val images; test AUC on {len(test[1])} test "
             f"images (ORT). CPU {cpu_name()}, load average {load0:.2f} before / {os.getloadavg()[0]:.2f} after, "
             f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     md = "\n".join([head, "", *table(rows, args.batch), foot, ""])

@@ -236,16 +236,19 @@ def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "b
 
 def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str = "best", device: str = "auto",
             backend: str = "torch", metadata: Sequence[dict[str, Any] | None] | None = None,
-            text: Sequence[str | None] | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+            text: Sequence[str | None] | None = None, on_error: str = "raise",
+            refuse_ood: bool = False) -> list[dict[str, Any]]:
     """Calibrated class probabilities and decisions for image files, bytes or arrays.
 
     ``source`` is a run (directory) or an exported bundle; preprocessing and post-processing come
     from it. Fused models also take ``metadata`` and ``text`` (one entry per image; None = unknown).
     ``on_error="skip"``: an unreadable image gives ``{"file", "error": {"message"}}`` and the rest
-    are predicted (default ``"raise"``).
+    are predicted (default ``"raise"``). Every result has ``ood``: the bundle's out-of-distribution check;
+    ``refuse_ood=True`` treats a flagged image as an error instead of answering it.
     """
     from .inference import Predictor
 
     path = source.path if isinstance(source, Run) else source
-    pred = Predictor.load(path, backend=backend, checkpoint=checkpoint, device=resolve_device(device))
+    pred = Predictor.load(path, backend=backend, checkpoint=checkpoint, device=resolve_device(device),
+                          refuse_ood=refuse_ood)
     return pred.predict(images, metadata=metadata, text=text, on_error=on_error)

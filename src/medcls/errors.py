@@ -36,3 +36,7 @@ def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class OutOfDistributionError(DataError):
+    """An input the model's out-of-distribution gate flags, refused (``refuse_ood``) rather than answered."""

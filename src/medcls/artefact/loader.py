@@ -127,6 +127,16 @@ class Artefact:
         return self._inputs
 
     @property
+    def ood(self):
+        """The bundle's out-of-distribution gate (:class:`~medcls.artefact.ood.OodGate`), None when it has none
+        (a run directory, a fused model, a bundle exported before the gate existed)."""
+        from .ood import OOD_FILE, OodGate
+
+        if self.kind != "bundle" or OOD_FILE not in self.info.get("files", {}):
+            return None
+        return OodGate.load(self.file(OOD_FILE))
+
+    @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.spec.preprocess)
 

@@ -30,13 +30,19 @@ def expand_images(paths: list[Path]) -> list[str]:
     return out
 
 
+def _ood_text(r: dict) -> str:
+    """The out-of-distribution column: flagged / ok, or n/a for a model without a gate."""
+    ood = r.get("ood") or {}
+    return "n/a" if not ood.get("available") else ("flagged" if ood["flagged"] else "ok")
+
+
 def _write_csv(path: Path, results: list[dict]) -> None:
     import pandas as pd
 
     from ..utils import atomic_write_text
 
     rows = [{"file": r["file"], **{f"prob_{k}": v for k, v in r["probabilities"].items()},
-             "predicted": r["predicted"]} for r in results]
+             "predicted": r["predicted"], "ood": _ood_text(r), "ood_score": r["ood"].get("score")} for r in results]
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
@@ -48,6 +54,8 @@ def predict(
     device: Device = "auto",
     backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
     metadata: Annotated[str | None, typer.Option(help=METADATA_HELP + " Used for every image.")] = None,
+    refuse_ood: Annotated[bool, typer.Option("--refuse-ood", help="Report images the bundle's out-of-distribution "
+                                             "gate flags as errors (exit 2) instead of predicting them.")] = False,
 ) -> int:
     """Calibrated class probabilities and the decision at the operating point for each image (tab-separated).
 
@@ -59,16 +67,18 @@ def predict(
     files = expand_images(images)
     obj = metadata_option(metadata)
     results = api.predict(source, files, checkpoint=checkpoint, device=device, backend=backend,
-                          metadata=None if obj is None else [obj] * len(files), on_error="skip")
+                          metadata=None if obj is None else [obj] * len(files), on_error="skip",
+                          refuse_ood=refuse_ood)
     failed = [r for r in results if "error" in r]
     good = [r for r in results if "error" not in r]
     for r in good:  # multilabel: the labels at or above their thresholds, ";"-joined, or "no finding"
         r["predicted"] = r["predicted"] if isinstance(r["predicted"], str) else findings_text(r["predicted"])
     if good:
         names = list(good[0]["probabilities"])
-        typer.echo("\t".join(["file", *names, "predicted"]))
+        typer.echo("\t".join(["file", *names, "predicted", "ood"]))
         for r in good:
-            typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), r["predicted"]]))
+            typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), r["predicted"],
+                                  _ood_text(r)]))
     if csv and good:
         _write_csv(csv, good)
         typer.echo(f"written to {csv}")
@@ -162,6 +172,7 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="Inference threads (onnxruntime).")] = None,
     max_concurrency: Annotated[int, typer.Option(help="Requests to /v1/ being decoded or predicted at most; more get 503 + Retry-After.")] = 64,
     max_receiving: Annotated[int, typer.Option(help="Requests to /v1/ whose bodies are arriving at most; more get 503 + Retry-After.")] = 256,
+    refuse_ood: Annotated[bool, typer.Option("--refuse-ood", help="Refuse (422) images the bundle's out-of-distribution gate flags instead of answering with ood.flagged.")] = False,
     protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="Require the API key on /metrics too.")] = False,
     protect_docs: Annotated[bool, typer.Option("--protect-docs", help="Require the API key on /docs and /openapi.json too.")] = False,
     timeout_keep_alive: Annotated[float, typer.Option(help="Close idle keep-alive connections after this many seconds.")] = 5.0,
@@ -186,11 +197,11 @@ def serve(
                                  max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
                                  max_receiving=max_receiving, protect_metrics=protect_metrics,
                                  protect_docs=protect_docs, header_timeout=timeout_headers, body_timeout=timeout_body,
-                                 min_body_rate=min_body_rate, decode_pixels=decode_pixels)
+                                 min_body_rate=min_body_rate, decode_pixels=decode_pixels, refuse_ood=refuse_ood)
     except ValidationError as e:
         raise MedclsError("; ".join(f"{SERVE_FLAGS.get(str(x['loc'][0]), '--' + str(x['loc'][0]).replace('_', '-'))}: "
                                     f"{x['msg'].lower()} (got {x['input']!r})" for x in e.errors())) from None
-    predictor = Predictor.load(bundle, backend=backend, threads=threads)  # fail fast, before binding the port
+    predictor = Predictor.load(bundle, backend=backend, threads=threads, refuse_ood=refuse_ood)  # fail fast, before binding
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,

@@ -37,6 +37,7 @@ import torch
 
 from .. import __version__
 from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_artefact
+from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
 from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
@@ -90,19 +91,57 @@ def _postprocess(run: Run, checkpoint: str) -> tuple[Postprocess, list[str]]:
     return Postprocess.uncalibrated(note), [note]
 
 
-def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float) -> dict[str, Any]:
+def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float, gate: OodGate | None
+                 ) -> dict[str, Any]:
     from ..engine.predict import probabilities
-    from .onnx import export_onnx, ort_logits, ort_session
+    from .onnx import OUTPUT, export_onnx, ort_outputs, ort_session
 
     pre, task = run.preprocess_cfg, run.spec.task
-    export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, extras=ex_val or None)
-    p_onnx = probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_val.numpy(),
-                                      extras={k: v.numpy() for k, v in ex_val.items()}), task)
+    export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, extras=ex_val or None,
+                features=gate is not None)
+    outs = ort_outputs(ort_session(tmp / "model.onnx"), x_val.numpy(), [OUTPUT, *([FEATURES] if gate else [])],
+                       extras={k: v.numpy() for k, v in ex_val.items()})
+    p_onnx = probabilities(outs[0], task)
     diff = float(np.abs(p_onnx - p_torch).max())
     if diff > tol:
         raise ModelError(f"ONNX and torch disagree: max |p_onnx - p_torch| = {diff:.2e} > {tol:g}")
-    return {"max_abs_prob_diff": diff, "tolerance": tol, "n_images": len(x_val),
-            "images": "val split" + (" with their metadata/text" if ex_val else "")}
+    out = {"max_abs_prob_diff": diff, "tolerance": tol, "n_images": len(x_val),
+           "images": "val split" + (" with their metadata/text" if ex_val else "")}
+    if gate is not None:  # the gate must flag the same images whichever runtime computes its features
+        with torch.no_grad():
+            s_torch = gate.score(logits_and_features(model, x_val)[1].numpy())
+        rel = float(np.max(np.abs(gate.score(outs[1]) - s_torch) / np.maximum(s_torch, 1e-6)))
+        if rel > 1e-3:
+            raise ModelError(f"ONNX and torch disagree on the out-of-distribution score: max relative diff {rel:.2e}")
+        out["max_rel_ood_score_diff"] = rel
+    return out
+
+
+OOD_FIT_IMAGES = 5000  # per split: enough for a shrunk covariance of 2048 features, seconds to compute
+
+
+def _features(run: Run, model, table) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features (and labels) of up to ``OOD_FIT_IMAGES`` images of ``table``, evenly spaced."""
+    idx = np.linspace(0, len(table) - 1, min(OOD_FIT_IMAGES, len(table))).astype(int)
+    pre, feats = run.preprocess, []
+    with torch.no_grad():
+        for lo in range(0, len(idx), 256):
+            x = torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx[lo : lo + 256]])
+            feats.append(logits_and_features(model, x)[1].numpy())
+    return np.concatenate(feats), np.asarray(table.labels)[idx]
+
+
+def _fit_ood(run: Run, model, data, tmp: Path) -> tuple[OodGate | None, dict[str, Any] | None]:
+    """The out-of-distribution gate, fitted on train with its threshold on val (image-only models)."""
+    if run.inputs is not None or not has_features(model):
+        return None, None
+    f_train, y_train = _features(run, model, data.train)
+    f_val, _ = _features(run, model, data.val)
+    gate, info = fit_gate(f_train, y_train, f_val, run.spec.task)
+    gate.save(tmp / OOD_FILE)
+    log.info("out-of-distribution gate: Mahalanobis distance of %d features, threshold %.3g accepts %.1f%% of val",
+             info["features"], gate.threshold, 100 * info["val_accept"])
+    return gate, info
 
 
 def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dict[str, Any]:
@@ -147,15 +186,18 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
     if run.model_spec.uses_text:  # tokenizer files + encoder config
         shutil.copytree(run.artefact.text_dir, tmp / run.artefact.text_dir.name)
     checks: dict[str, Any] = {}
+    data = data if data is not None else load_data(run.config.data)
+    gate, checks["ood"] = _fit_ood(run, model, data, tmp)
+    if checks["ood"] is None:
+        del checks["ood"]
     if not (onnx or torchscript):
         return checks
-    data = data if data is not None else load_data(run.config.data)
     x_val, idx_val = _tensors(run, data.val, n_parity)
     ex_val = _extras(run, data.val, idx_val)
     with torch.no_grad():
         p_torch = probabilities(model(x_val, **ex_val).numpy(), run.spec.task)
     if onnx:
-        checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol)
+        checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol, gate)
     if quantize:
         checks["int8"] = _int8(run, data, tmp, n_calibration, max_int8_auc_drop)
     if torchscript:

@@ -22,10 +22,11 @@ import torch
 
 from .. import __version__
 from ..artefact import ModelSpec, Postprocess, open_artefact
+from ..artefact.ood import FEATURES, OodGate, logits_and_features
 from ..data.images import decode_image, read_image
-from ..errors import ConfigError, DataError, MedclsError, RunError, did_you_mean
+from ..errors import ConfigError, DataError, MedclsError, OutOfDistributionError, RunError, did_you_mean
 from ..transforms import Preprocess
-from .schemas import Prediction
+from .schemas import OodResult, Prediction
 
 BACKENDS = ("torch", "onnx", "int8")
 ONNX_FILES = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
@@ -36,7 +37,8 @@ class Predictor:
 
     def __init__(self, model_spec: ModelSpec, postprocess: Postprocess, *, model: torch.nn.Module | None = None,
                  session: Any = None, backend: str | None = None, device: torch.device | None = None,
-                 batch_size: int = 64, inputs: Any = None, info: dict[str, Any] | None = None) -> None:
+                 batch_size: int = 64, inputs: Any = None, info: dict[str, Any] | None = None,
+                 ood: OodGate | None = None, refuse_ood: bool = False) -> None:
         if (model is None) == (session is None):
             raise ValueError("give exactly one of model (torch) or session (onnxruntime)")
         self.model_spec, self.postprocess = model_spec, postprocess
@@ -51,12 +53,17 @@ class Predictor:
         self.batch_size = batch_size
         self.inputs = inputs  # medcls.multimodal.InputEncoder of a fused model (metadata/text), else None
         self.info = info or {}
+        self.ood, self.refuse_ood = ood, refuse_ood  # the bundle's out-of-distribution gate; refuse flagged inputs
 
     # ------------------------------------------------------------ construction
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "torch", checkpoint: str = "best",
-             device: torch.device | None = None, threads: int | None = None) -> Predictor:
-        """From a bundle directory or a run directory (``checkpoint`` of a run: best | last)."""
+             device: torch.device | None = None, threads: int | None = None, refuse_ood: bool = False) -> Predictor:
+        """From a bundle directory or a run directory (``checkpoint`` of a run: best | last).
+
+        ``refuse_ood``: an image the bundle's out-of-distribution gate flags is refused
+        (:class:`OutOfDistributionError`) instead of answered with ``ood.flagged``.
+        """
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}."
                               f"{did_you_mean(backend, BACKENDS)}")
@@ -66,7 +73,7 @@ class Predictor:
             device = device or torch.device("cpu")
             model, _ = art.build_model(checkpoint, device)
             return cls(art.spec, art.postprocess_or_default(checkpoint), model=model, device=device, backend=backend,
-                       inputs=art.inputs, info=info)
+                       inputs=art.inputs, info=info, ood=art.ood, refuse_ood=refuse_ood)
         if art.kind != "bundle":
             raise ConfigError(f"{path} is a run directory: only the torch backend runs it; "
                               f"export a bundle with `medcls export {path} -o BUNDLE` for {backend}")
@@ -77,8 +84,9 @@ class Predictor:
         if isinstance(width, int) and width != art.spec.num_classes:
             raise RunError(f"{art.path / ONNX_FILES[backend]} outputs {width} logits but bundle.json names "
                            f"{art.spec.num_classes} classes ({', '.join(art.spec.dataset.class_names)})")
+        gate = art.ood if FEATURES in {o.name for o in session.get_outputs()} else None
         return cls(art.spec, art.postprocess_or_default(checkpoint), session=session, backend=backend,
-                   inputs=art.inputs, info=info)
+                   inputs=art.inputs, info=info, ood=gate, refuse_ood=refuse_ood)
 
     # ------------------------------------------------------------ properties
     @property
@@ -129,12 +137,38 @@ class Predictor:
     def probabilities(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
         return self.postprocess.probabilities(self.logits(x, extras), self.spec.task)
 
+    @torch.no_grad()
+    def probabilities_and_ood(self, x: torch.Tensor, extras: dict[str, Any] | None = None
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the out-of-distribution scores of a batch (None without a gate)."""
+        if self.ood is None:
+            return self.probabilities(x, extras), None
+        if self.model is not None:
+            lg, f = (t.float().cpu().numpy() for t in logits_and_features(self.model, x.to(self.device)))
+        else:
+            from ..export.onnx import OUTPUT, ort_outputs
+
+            lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
+        return self.postprocess.probabilities(lg, self.spec.task), self.ood.score(f)
+
+    def ood_result(self, score: float | None) -> OodResult:
+        return OodResult(**self.ood.result(score)) if self.ood is not None and score is not None \
+            else OodResult(available=False)
+
+    def refusal(self, ood: OodResult) -> str | None:
+        """The one line refusing a flagged image when ``refuse_ood`` is set, else None."""
+        if not (self.refuse_ood and ood.flagged):
+            return None
+        return (f"the image looks out of distribution for this model (score {ood.score:.3g} > threshold "
+                f"{ood.threshold:.3g}: unlike its training images); refused instead of predicted")
+
     def decide(self, p: np.ndarray) -> str | list[str]:
         """Binary: the class at the operating point; multiclass: arg-max; multilabel: labels with p >= their
         threshold (possibly none)."""
         return self.postprocess.decide(p, self.spec)
 
-    def result(self, p: np.ndarray, *, file: str | None = None, used: list[str] | None = None) -> Prediction:
+    def result(self, p: np.ndarray, *, file: str | None = None, used: list[str] | None = None,
+               ood_score: float | None = None) -> Prediction:
         """The one shape of a prediction (``Predictor.predict``, the REST service and its OpenAPI page)."""
         names, predicted = list(self.spec.class_names), self.decide(p)
         return Prediction(
@@ -143,7 +177,8 @@ class Predictor:
             calibrated=self.postprocess.calibrated, temperature=self.temperature,
             decision=self.postprocess.decision(self.spec, predicted),
             inputs_used=(used or ["image"]) if self.inputs is not None else None,
-            model={"name": self.model_spec.architecture, "backend": self.backend, "medcls_version": __version__})
+            model={"name": self.model_spec.architecture, "backend": self.backend, "medcls_version": __version__},
+            ood=self.ood_result(ood_score))
 
     def _read(self, item: Any) -> tuple[str, np.ndarray]:
         if isinstance(item, str | Path):
@@ -180,17 +215,24 @@ class Predictor:
             chunk = [(start + j, *self._load(it, on_error))
                      for j, it in enumerate(images[start : start + self.batch_size])]
             good = [c for c in chunk if c[2] is not None]
-            probs = iter(self._batch_probabilities(good, extras_all))
+            probs, scores = self._batch_probabilities(good, extras_all)
+            rows = iter(zip(probs, scores if scores is not None else [None] * len(probs), strict=True))
             for i, name, _, err in chunk:
-                if err is not None:
-                    results.append({"file": name, "error": {"message": err}})
-                else:
-                    results.append(self.result(next(probs), file=name, used=used[i]).model_dump(exclude_none=True))
+                if err is None:
+                    p, score = next(rows)
+                    res = self.result(p, file=name, used=used[i], ood_score=score)
+                    if (err := self.refusal(res.ood)) is None:
+                        results.append(res.model_dump(exclude_none=True))
+                        continue
+                    if on_error == "raise":
+                        raise OutOfDistributionError(f"{name}: {err}")
+                results.append({"file": name, "error": {"message": err}})
         return results
 
-    def _batch_probabilities(self, good: list, extras_all: dict[str, np.ndarray]) -> np.ndarray:
+    def _batch_probabilities(self, good: list, extras_all: dict[str, np.ndarray]
+                             ) -> tuple[np.ndarray, np.ndarray | None]:
         if not good:
-            return np.zeros((0, self.spec.num_classes), np.float32)
+            return np.zeros((0, self.spec.num_classes), np.float32), None
         rows = [i for i, *_ in good]
         extras = {k: v[rows] for k, v in extras_all.items()}
-        return self.probabilities(torch.stack([x for _, _, x, _ in good]), extras)
+        return self.probabilities_and_ood(torch.stack([x for _, _, x, _ in good]), extras)

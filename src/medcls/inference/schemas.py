@@ -30,6 +30,17 @@ class ModelInfo(BaseModel):
     medcls_version: str
 
 
+class OodResult(BaseModel):
+    """Whether the image looks like the model's training data (Mahalanobis distance of its features)."""
+
+    available: bool = Field(..., description="False when the model carries no out-of-distribution gate (a run "
+                            "directory, a fused model, a bundle exported before medcls had one).")
+    score: float | None = Field(None, description="Distance to the nearest class of the training data.")
+    threshold: float | None = Field(None, description="Scores above it are flagged (95% of validation images pass).")
+    flagged: bool | None = Field(None, description="True: the image is unlike the training data; treat the "
+                                 "prediction as unreliable.")
+
+
 class Prediction(BaseModel):
     """Calibrated class probabilities and the decision at the operating point for one image."""
 
@@ -45,6 +56,7 @@ class Prediction(BaseModel):
     decision: Decision
     inputs_used: list[str] | None = Field(None, description="Fused models: the inputs this prediction used.")
     model: ModelInfo
+    ood: OodResult = Field(..., description="Out-of-distribution check of the image.")
     latency_ms: float | None = Field(None, description="REST only: time spent on this request.")
 
 

@@ -27,5 +27,7 @@ class ServeSettings(BaseModel):
                                  "its first 5 s; slower gets 408 and close.")
     decode_pixels: int = Field(20_000_000, ge=1, description="Pixels being decoded and preprocessed at once, over "
                                "all requests; larger images wait their turn (bounds memory under big uploads).")
+    refuse_ood: bool = Field(False, description="Refuse (422) images the bundle's out-of-distribution gate flags, "
+                             "instead of answering with ood.flagged = true.")
     protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
     protect_docs: bool = Field(False, description="Require the API key on /docs, /redoc and /openapi.json too.")

@@ -32,11 +32,13 @@ async def predict_upload(request: Request, pred: Predictor, file: UploadFile,
     state = request.app.state
     x = await read_upload(file, state.settings, state.decode_budget, then=pred.preprocess,
                           draft=pred.preprocess.draft)
-    if extras:
-        p = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0]
+    if extras:  # fused models carry no out-of-distribution gate
+        p, score = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0], None
     else:
-        p = await state.batcher.submit(x)
-    result = pred.result(p, used=used[0] if used else None)
+        p, score = await state.batcher.submit(x)
+    result = pred.result(p, used=used[0] if used else None, ood_score=score)
+    if (refused := pred.refusal(result.ood)) is not None:
+        raise HTTPException(422, refused)
     result.latency_ms = (time.perf_counter() - t0) * 1000
     return result
 
