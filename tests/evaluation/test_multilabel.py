@@ -261,12 +261,13 @@ def test_cli_predict_prints_findings(ml_run, chest, tmp_path, capsys):
         Image.fromarray(im).save(files[-1])
     assert main(["predict", str(bundle), *map(str, files), "--csv", str(tmp_path / "out.csv")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split("\t") == ["file", *LABELS, "predicted"]
+    assert lines[0].split("\t") == ["file", *LABELS, "predicted", "ood"]
     expected = [";".join(r["predicted"]) or "no finding" for r in Predictor.load(bundle).predict(list(images))]
-    assert [ln.split("\t")[-1] for ln in lines[1:5]] == expected
+    assert [ln.split("\t")[-2] for ln in lines[1:5]] == expected
+    assert {ln.split("\t")[-1] for ln in lines[1:5]} <= {"ok", "flagged"}  # the bundle's gate (one class mean)
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert list(out["predicted"]) == expected and list(out.columns) == ["file", *(f"prob_{c}" for c in LABELS),
-                                                                        "predicted"]
+                                                                        "predicted", "ood", "ood_score"]
 
 
 # ------------------------------------------------------------------- REST

@@ -82,6 +82,8 @@ def test_web_page_in_headless_chromium(server, pneumonia_arrays, tmp_path):
         decision = page.inner_text("#decision")
         assert "Decision:" in decision and "the threshold" in decision
         assert "fitted on val (operating point youden)" in decision  # the provenance, in words
+        assert page.is_visible("#ood") and "distribution" in page.inner_text("#ood")  # the gate's verdict, shown
+        assert page.get_attribute("#ood", "data-flagged") in ("0", "1")
         for img_id in ("image", "base", "heat"):  # original and overlay side by side
             assert page.eval_on_selector(f"#{img_id}", "el => el.naturalWidth") >= 224, img_id
         assert page.is_visible(".scale") and "map" in page.inner_text("#cam-layer")
