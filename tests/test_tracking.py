@@ -64,6 +64,11 @@ def test_off_by_default_and_off_means_none(make_cfg, tmp_path):
     assert build_config({}).tracking.backend == "none"
     assert build_config({}, ["tracking.backend=off"]).tracking.backend == "none"
     assert build_config({"tracking": {"backend": False}}).tracking.backend == "none"
+    assert build_config({"tracking": False}).tracking.backend == "none"  # YAML `tracking: off`
+    assert build_config({}, ["tracking=off"]).tracking.backend == "none"
+    assert build_config({"tracking": "tensorboard"}).tracking.backend == "tensorboard"
+    with pytest.raises(ConfigError, match="tracking"):
+        build_config({"tracking": {"backend": "mlflow", "exeriment": "x"}})  # a typo'd key
     with pytest.raises(ConfigError, match="backend"):
         build_config({}, ["tracking.backend=mlfow"])
     run = train(make_cfg(tmp_path, limit=32, stem="small", train={"epochs": 1}))
@@ -86,3 +91,16 @@ def test_missing_extra_is_one_line_before_training(make_cfg, tmp_path, monkeypat
     with pytest.raises(MissingExtraError, match=r"pip install 'medcls\[tracking\]'"):
         train(_cfg(make_cfg, tmp_path / "runs", backend="mlflow"))
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_run_that_crashes_is_marked_failed_not_left_running(make_cfg, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    def crash(trainer, epoch, row):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(_cfg(make_cfg, tmp_path, backend="mlflow", experiment="crashy"), callbacks=[crash])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("crashy").experiment_id])
+    assert r.info.status == "FAILED"

@@ -186,8 +186,12 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             trainer.resume(path / "checkpoints" / "last.safetensors")
         try:
             trainer.fit()
-        except KeyboardInterrupt:
-            log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`", path)
+        except BaseException as e:
+            if tracker is not None:
+                tracker.abort(interrupted=isinstance(e, KeyboardInterrupt))
+            if isinstance(e, KeyboardInterrupt):
+                log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`",
+                            path)
             raise
     finally:
         cleanup(dist)
