@@ -7,6 +7,7 @@ import logging
 import sys
 
 import pytest
+import yaml
 
 from medcls import train
 from medcls.cli.main import main
@@ -23,13 +24,20 @@ def _cfg(make_cfg, root, **tracking):
     return cfg
 
 
-def test_mlflow_run_has_params_epoch_metrics_artefacts_and_versioned_bundles(make_cfg, tmp_path, caplog):
+def test_mlflow_run_has_params_epoch_metrics_artefacts_and_versioned_bundles(make_cfg, tmp_path, capsys,
+                                                                             monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    caplog.set_level(logging.INFO, logger="medcls")
-    run = train(_cfg(make_cfg, tmp_path, backend="mlflow"), evaluate_split="test")
+    medcls_log = logging.getLogger("medcls")  # the CLI's console logging is undone after the test
+    for attr, value in (("handlers", []), ("propagate", medcls_log.propagate), ("level", medcls_log.level)):
+        monkeypatch.setattr(medcls_log, attr, value)
+    config = tmp_path / "tiny.yaml"  # through `medcls train`: its evaluation is part of the tracked run
+    config.write_text(yaml.safe_dump(_cfg(make_cfg, tmp_path, backend="mlflow")))
+    assert main(["train", "--config", str(config)]) == 0
+    (run_path,) = tmp_path.glob("tiny-*")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert any("MLflow run" in r.message and uri in r.message for r in caplog.records)  # one line: where it went
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tracking: MLflow run")]
+    assert len(said) == 2 and uri in said[0]  # one line at the start and one at the end: where it went
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tiny")
     (r,) = client.search_runs([exp.experiment_id])
@@ -39,9 +47,11 @@ def test_mlflow_run_has_params_epoch_metrics_artefacts_and_versioned_bundles(mak
     assert "train_loss" in r.data.metrics and "test_auc" in r.data.metrics
     logged = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "history.csv", "eval-test"} <= logged and "checkpoints" not in logged
+    evaluated = {a.path.split("/")[-1] for a in client.list_artifacts(r.info.run_id, "eval-test")}
+    assert {"report.html", "model_card.md", "roc.png"} <= evaluated
 
     for k in (1, 2):  # each export is a new version of the run's registered model
-        assert main(["export", str(run.path), "-o", str(tmp_path / f"bundle{k}")]) == 0
+        assert main(["export", str(run_path), "-o", str(tmp_path / f"bundle{k}")]) == 0
     versions = client.search_model_versions("name='tiny'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.run_id for v in versions} == {r.info.run_id}
@@ -64,6 +74,11 @@ def test_off_by_default_and_off_means_none(make_cfg, tmp_path):
     assert build_config({}).tracking.backend == "none"
     assert build_config({}, ["tracking.backend=off"]).tracking.backend == "none"
     assert build_config({"tracking": {"backend": False}}).tracking.backend == "none"
+    assert build_config({"tracking": False}).tracking.backend == "none"  # YAML `tracking: off`
+    assert build_config({}, ["tracking=off"]).tracking.backend == "none"
+    assert build_config({"tracking": "tensorboard"}).tracking.backend == "tensorboard"
+    with pytest.raises(ConfigError, match="tracking"):
+        build_config({"tracking": {"backend": "mlflow", "exeriment": "x"}})  # a typo'd key
     with pytest.raises(ConfigError, match="backend"):
         build_config({}, ["tracking.backend=mlfow"])
     run = train(make_cfg(tmp_path, limit=32, stem="small", train={"epochs": 1}))
@@ -86,3 +101,16 @@ def test_missing_extra_is_one_line_before_training(make_cfg, tmp_path, monkeypat
     with pytest.raises(MissingExtraError, match=r"pip install 'medcls\[tracking\]'"):
         train(_cfg(make_cfg, tmp_path / "runs", backend="mlflow"))
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_run_that_crashes_is_marked_failed_not_left_running(make_cfg, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    def crash(trainer, epoch, row):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(_cfg(make_cfg, tmp_path, backend="mlflow", experiment="crashy"), callbacks=[crash])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("crashy").experiment_id])
+    assert r.info.status == "FAILED"

@@ -146,7 +146,7 @@ def _check_splits(path: Path, cfg: Config, data: LoadedData) -> None:
 
 def train(config: Config | str | Path | dict | None = None, *, overrides: Sequence[str] | None = None,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
-          callbacks: Sequence[Callback] = (), evaluate_split: str | None = None,
+          callbacks: Sequence[Callback] = (), evaluate_split: str | bool | None = None,
           data: LoadedData | None = None) -> Run:
     """Train a model and return its :class:`~medcls.runs.Run` (best and last checkpoints calibrated on val).
 
@@ -154,7 +154,8 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
     ``overrides`` are ``a.b=value`` strings. ``resume`` continues an existing
     run from its ``last`` checkpoint (only ``train.*`` overrides such as a larger
     ``train.epochs`` are allowed then). ``evaluate_split`` evaluates the best
-    checkpoint on that split afterwards. ``data`` trains on these splits instead of
+    checkpoint on that split afterwards (True: the config's ``eval.split``), before the run's tracking ends, so
+    the tracked run gets the report, plots and model card. ``data`` trains on these splits instead of
     loading ``cfg.data`` (cross-validation folds, tuning without the test split).
     """
     ensure_console_logging()
@@ -186,8 +187,12 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             trainer.resume(path / "checkpoints" / "last.safetensors")
         try:
             trainer.fit()
-        except KeyboardInterrupt:
-            log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`", path)
+        except BaseException as e:
+            if tracker is not None:
+                tracker.abort(interrupted=isinstance(e, KeyboardInterrupt))
+            if isinstance(e, KeyboardInterrupt):
+                log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`",
+                            path)
             raise
     finally:
         cleanup(dist)
@@ -196,9 +201,10 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
         for which in CHECKPOINTS:
             calibrate(run, which, data=data, device=device)
         if evaluate_split:
-            m = evaluate(run, split=evaluate_split, data=data)
+            split = run.config.eval.split if evaluate_split is True else evaluate_split
+            m = evaluate(run, split=split, data=data)
             if tracker is not None:
-                tracker.log_summary(summary_metrics(m, evaluate_split))
+                tracker.log_summary(summary_metrics(m, split))
         if tracker is not None:
             tracker.finish(path)
     return run

@@ -194,6 +194,11 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, v: Any) -> Any:  # `tracking: off` (YAML False) / `tracking: mlflow`
+        return {"backend": v} if v is None or isinstance(v, (bool, str)) else v
+
     @model_validator(mode="after")
     def _check(self) -> Config:
         if self.train.loss == "bce" and self.train.sampler == "balanced":

@@ -90,6 +90,18 @@ class Tracker:
 
     def finish(self, run_dir: Path) -> None:
         self._guard("logging the run's artefacts", self._finish, Path(run_dir))
+        if self.alive and self.backend != "none":
+            log.info("%s", self.where())
+
+    def abort(self, interrupted: bool) -> None:
+        """Training stopped early: the tracked run is marked KILLED (Ctrl-C) or FAILED, not left running."""
+        self._guard("closing the run", self._abort, "KILLED" if interrupted else "FAILED")
+
+    def _abort(self, status: str) -> None:
+        pass
+
+    def where(self) -> str:
+        return "tracking: off"
 
     def _metrics(self, values: dict[str, float], step: int | None) -> None:
         pass
@@ -143,6 +155,9 @@ class MlflowTracker(Tracker):
                 self.client.log_artifact(self.run_id, str(p))
         self.client.set_terminated(self.run_id)
 
+    def _abort(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
     def log_bundle(self, bundle: Path, model_name: str) -> str | None:
         """The bundle as artefacts of the run and a new version of registered model ``model_name``."""
         self.client.log_artifacts(self.run_id, str(bundle), artifact_path="bundle")
@@ -177,6 +192,9 @@ class TensorBoardTracker(Tracker):
         self.writer.flush()
 
     def _finish(self, run_dir: Path) -> None:
+        self.writer.close()
+
+    def _abort(self, status: str) -> None:
         self.writer.close()
 
     def where(self) -> str:

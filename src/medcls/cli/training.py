@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -26,14 +27,14 @@ def train(
     from .. import api
 
     extra = overrides(sets, data_dir) + ([f"model.weights={weights}"] if weights else [])
-    run = api.train(config, overrides=extra, run_dir=run_dir, resume=resume)
+    run = api.train(config, overrides=extra, run_dir=run_dir, resume=resume, evaluate_split=evaluate or None)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     val = run.metrics().get("train", {}).get("val", {})
     rows = {"val (best epoch)": {k.removeprefix("val_"): v for k, v in val.items()
                                  if k.startswith("val_") and k.removeprefix("val_") in SUMMARY}}
     if evaluate:
-        m = api.evaluate(run, split=run.config.eval.split)
+        m = json.loads((run.path / f"eval-{run.config.eval.split}" / "metrics.json").read_text())
         rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, SUMMARY)
     print_table(f"{run.spec.name} · {run.config.model.name}", rows)
     typer.echo(f"run written to {run.path}")
