@@ -37,6 +37,7 @@ def test_bad_documents_say_what_is_wrong(edit, match):
 
 
 def test_pruned_spec_round_trips_and_builds_the_pruned_shapes():
+    pytest.importorskip("torch_pruning")  # the 'prune' extra
     from medcls.models.pruning import count_parameters, prune_channels
 
     model = SPEC.build()

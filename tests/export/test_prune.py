@@ -18,6 +18,7 @@ from medcls.models.pruning import count_parameters
 @pytest.fixture(scope="module")
 def pruned(evaluated_run, tmp_path_factory):
     """The evaluated tiny run pruned at 0.5, fine-tuned 1 epoch, exported with ONNX and INT8."""
+    pytest.importorskip("torch_pruning")  # the 'prune' extra
     out = tmp_path_factory.mktemp("pruned") / "bundle"
     info = export_bundle(evaluated_run, out, prune=0.5, prune_epochs=1, quantize="int8", max_int8_auc_drop=1.0,
                          n_calibration=32)
@@ -89,6 +90,7 @@ def test_missing_torch_pruning_names_the_extra(evaluated_run, tmp_path, monkeypa
 
 
 def test_fine_tune_that_lowers_val_auc_is_not_kept(evaluated_run, monkeypatch):
+    pytest.importorskip("torch_pruning")  # the 'prune' extra
     from medcls.data.sources import load_data
     from medcls.export import prune as prune_mod
 

@@ -13,6 +13,7 @@ from medcls.models.pruning import check_ratio, count_parameters, prune_channels,
 
 
 def test_history_replay_rebuilds_the_pruned_model():
+    pytest.importorskip("torch_pruning")  # the 'prune' extra
     torch.manual_seed(0)
     model = create_model("resnet18", 3, in_chans=1, stem="small").eval()
     before = count_parameters(model)
@@ -28,6 +29,7 @@ def test_history_replay_rebuilds_the_pruned_model():
 
 
 def test_history_of_another_architecture_is_refused():
+    pytest.importorskip("torch_pruning")  # the 'prune' extra
     model = create_model("resnet18", 2, in_chans=1, stem="small")
     with pytest.raises(ModelError, match="does not fit"):
         replay_pruning(model, [["net.no_such_layer", True, [0, 1]]], in_chans=1, size=28)
