@@ -273,6 +273,7 @@ def test_cli_predict_prints_findings(ml_run, chest, tmp_path, capsys):
 # ------------------------------------------------------------------- REST
 @pytest.fixture(scope="module")
 def client(ml_run):
+    pytest.importorskip("fastapi")  # the 'serve' extra
     from fastapi.testclient import TestClient
 
     from medcls.serve import ServeSettings, create_app

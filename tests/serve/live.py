@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def free_port() -> int:
@@ -24,6 +25,7 @@ def free_port() -> int:
 @contextmanager
 def served(bundle: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """``medcls serve bundle *flags`` on a free port: (base URL, process), once /ready answers."""
+    pytest.importorskip("fastapi")  # the 'serve' extra
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medcls", "serve", str(bundle), "--port", str(port), *flags],
