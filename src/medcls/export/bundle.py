@@ -50,8 +50,13 @@ log = logging.getLogger("medcls")
 FORMAT_VERSION = 3  # 3: bundle.json carries the sha256 of its own canonical form
 
 
+def _even_rows(table, n: int) -> np.ndarray:
+    """At most ``n`` row indices of ``table``, evenly spaced (every class of a sorted table is reached)."""
+    return np.linspace(0, len(table) - 1, min(n, len(table))).astype(int)
+
+
 def _tensors(run: Run, table, n: int) -> tuple[torch.Tensor, np.ndarray]:
-    idx = np.linspace(0, len(table) - 1, min(n, len(table))).astype(int)
+    idx = _even_rows(table, n)
     pre = run.preprocess
     return torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx]), idx
 
@@ -91,8 +96,8 @@ def _postprocess(run: Run, checkpoint: str) -> tuple[Postprocess, list[str]]:
     return Postprocess.uncalibrated(note), [note]
 
 
-def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float, gate: OodGate | None
-                 ) -> dict[str, Any]:
+def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float, gate: OodGate | None,
+                 f_torch: np.ndarray | None) -> dict[str, Any]:
     from ..engine.predict import probabilities
     from .onnx import OUTPUT, export_onnx, ort_outputs, ort_session
 
@@ -108,8 +113,7 @@ def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float,
     out = {"max_abs_prob_diff": diff, "tolerance": tol, "n_images": len(x_val),
            "images": "val split" + (" with their metadata/text" if ex_val else "")}
     if gate is not None:  # the gate must flag the same images whichever runtime computes its features
-        with torch.no_grad():
-            s_torch = gate.score(logits_and_features(model, x_val)[1].numpy())
+        s_torch = gate.score(f_torch)
         rel = float(np.max(np.abs(gate.score(outs[1]) - s_torch) / np.maximum(s_torch, 1e-6)))
         if rel > 1e-3:
             raise ModelError(f"ONNX and torch disagree on the out-of-distribution score: max relative diff {rel:.2e}")
@@ -122,7 +126,7 @@ OOD_FIT_IMAGES = 5000  # per split: enough for a shrunk covariance of 2048 featu
 
 def _features(run: Run, model, table) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (and labels) of up to ``OOD_FIT_IMAGES`` images of ``table``, evenly spaced."""
-    idx = np.linspace(0, len(table) - 1, min(OOD_FIT_IMAGES, len(table))).astype(int)
+    idx = _even_rows(table, OOD_FIT_IMAGES)
     pre, feats = run.preprocess, []
     with torch.no_grad():
         for lo in range(0, len(idx), 256):
@@ -187,17 +191,19 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
         shutil.copytree(run.artefact.text_dir, tmp / run.artefact.text_dir.name)
     checks: dict[str, Any] = {}
     data = data if data is not None else load_data(run.config.data)
-    gate, checks["ood"] = _fit_ood(run, model, data, tmp)
-    if checks["ood"] is None:
-        del checks["ood"]
+    gate, ood = _fit_ood(run, model, data, tmp)
+    if ood is not None:
+        checks["ood"] = ood
     if not (onnx or torchscript):
         return checks
     x_val, idx_val = _tensors(run, data.val, n_parity)
     ex_val = _extras(run, data.val, idx_val)
-    with torch.no_grad():
-        p_torch = probabilities(model(x_val, **ex_val).numpy(), run.spec.task)
+    with torch.no_grad():  # with a gate, one forward pass gives the logits and the features it scores
+        logits, f_val = ((t.numpy() for t in logits_and_features(model, x_val)) if gate is not None
+                         else (model(x_val, **ex_val).numpy(), None))
+    p_torch = probabilities(logits, run.spec.task)
     if onnx:
-        checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol, gate)
+        checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol, gate, f_val)
     if quantize:
         checks["int8"] = _int8(run, data, tmp, n_calibration, max_int8_auc_drop)
     if torchscript:

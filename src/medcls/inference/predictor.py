@@ -151,6 +151,12 @@ class Predictor:
             lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
         return self.postprocess.probabilities(lg, self.spec.task), self.ood.score(f)
 
+    def scored(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> list[tuple[np.ndarray, float | None]]:
+        """(probabilities, out-of-distribution score or None) per image of a batch: what :meth:`result`
+        takes, for :meth:`predict` and the service's micro-batcher alike."""
+        p, s = self.probabilities_and_ood(x, extras)
+        return list(zip(p, s if s is not None else [None] * len(p), strict=True))
+
     def ood_result(self, score: float | None) -> OodResult:
         return OodResult(**self.ood.result(score)) if self.ood is not None and score is not None \
             else OodResult(available=False)
@@ -215,8 +221,7 @@ class Predictor:
             chunk = [(start + j, *self._load(it, on_error))
                      for j, it in enumerate(images[start : start + self.batch_size])]
             good = [c for c in chunk if c[2] is not None]
-            probs, scores = self._batch_probabilities(good, extras_all)
-            rows = iter(zip(probs, scores if scores is not None else [None] * len(probs), strict=True))
+            rows = iter(self._batch_rows(good, extras_all))
             for i, name, _, err in chunk:
                 if err is None:
                     p, score = next(rows)
@@ -229,10 +234,9 @@ class Predictor:
                 results.append({"file": name, "error": {"message": err}})
         return results
 
-    def _batch_probabilities(self, good: list, extras_all: dict[str, np.ndarray]
-                             ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _batch_rows(self, good: list, extras_all: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
         if not good:
-            return np.zeros((0, self.spec.num_classes), np.float32), None
+            return []
         rows = [i for i, *_ in good]
         extras = {k: v[rows] for k, v in extras_all.items()}
-        return self.probabilities_and_ood(torch.stack([x for _, _, x, _ in good]), extras)
+        return self.scored(torch.stack([x for _, _, x, _ in good]), extras)

@@ -32,20 +32,12 @@ def _api_key(settings: ServeSettings) -> str | None:
     return key
 
 
-def _scored(pred: Predictor):
-    """The batcher's model call: one (probabilities, out-of-distribution score or None) per image."""
-    def run(batch):
-        p, s = pred.probabilities_and_ood(batch)
-        return list(zip(p, s if s is not None else [None] * len(p), strict=True))
-    return run
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     s, m = app.state.settings, app.state.metrics
     if app.state.predictor is None:
         app.state.predictor = Predictor.load(s.bundle, backend=s.backend, threads=s.threads, refuse_ood=s.refuse_ood)
-    app.state.batcher = MicroBatcher(_scored(app.state.predictor), max_batch=s.max_batch,
+    app.state.batcher = MicroBatcher(app.state.predictor.scored, max_batch=s.max_batch,
                                      max_wait_ms=s.max_wait_ms, on_batch=m.batch_size.observe, on_depth=m.queue_depth.set)
     app.state.batcher.start()
     yield
