@@ -29,6 +29,9 @@ class ModelSpec:
     as a dict); both are None for image-only models. ``preset`` is the modality preset
     (augmentation at training, test-time-augmentation views at evaluation). ``pruning``
     (pruned models only) holds the ratio and torch-pruning's history, replayed by :meth:`build`.
+    ``ensemble`` (ensembles only, :mod:`medcls.experiments.ensemble`) holds the members' own specs, their
+    temperatures and weights and the runs they came from; :meth:`build` assembles a
+    :class:`~medcls.models.ensemble.Ensemble` whose classes and preprocessing are the members' shared ones.
     """
 
     architecture: str
@@ -40,6 +43,7 @@ class ModelSpec:
     fusion: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     pruning: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -50,6 +54,11 @@ class ModelSpec:
         if self.pruning is not None and not (isinstance(self.pruning, dict)
                                              and isinstance(self.pruning.get("history"), list)):
             raise ModelError("a pruned model spec needs its pruning history: a 'pruning' object with a 'history' list")
+        if self.ensemble is not None:
+            members = self.ensemble.get("members") if isinstance(self.ensemble, dict) else None
+            if not isinstance(members, list) or len(members) < 2:
+                raise ModelError("an ensemble spec needs an 'ensemble' object with a 'members' list of at least 2 "
+                                 "model specs")
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +85,8 @@ class ModelSpec:
         """
         from ..models import create_model
 
+        if self.ensemble is not None:
+            return self._build_ensemble()
         model = create_model(self.architecture, self.num_classes, in_chans=self.in_chans, pretrained=pretrained,
                              weights=weights, stem=self.stem, drop_rate=self.drop_rate)
         if self.pruning is not None:
@@ -89,6 +100,19 @@ class ModelSpec:
         return build_fused(model, self.num_classes, self.fusion, text_source=text_source,
                            pretrained_text=pretrained_text, modality_dropout=modality_dropout)
 
+    def member_specs(self) -> list[ModelSpec]:
+        """The members' own specs (ensembles; ``[]`` for a single model)."""
+        if self.ensemble is None:
+            return []
+        return [ModelSpec.from_dict(d, f"ensemble member {i}") for i, d in enumerate(self.ensemble["members"])]
+
+    def _build_ensemble(self) -> nn.Module:
+        from ..models.ensemble import Ensemble
+
+        e = self.ensemble or {}
+        return Ensemble([m.build() for m in self.member_specs()], self.dataset.task,
+                        temperatures=e.get("temperatures"), weights=e.get("weights"))
+
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
@@ -97,7 +121,8 @@ class ModelSpec:
                 "drop_rate": self.drop_rate, "preset": self.preset, "num_classes": self.num_classes,
                 "in_chans": self.in_chans, "dataset": self.dataset.to_dict(), "preprocess": self.preprocess.to_dict(),
                 "fusion": self.fusion, "inputs": self.inputs,
-                **({"pruning": self.pruning} if self.pruning is not None else {})}
+                **({"pruning": self.pruning} if self.pruning is not None else {}),
+                **({"ensemble": self.ensemble} if self.ensemble is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model spec") -> ModelSpec:
@@ -111,7 +136,8 @@ class ModelSpec:
             spec = cls(architecture=str(d["architecture"]), dataset=DatasetSpec.from_dict(d["dataset"]),
                        preprocess=PreprocessConfig.from_dict(d["preprocess"]), stem=d.get("stem", "default"),
                        drop_rate=float(d.get("drop_rate", 0.0)), preset=d.get("preset", "generic"),
-                       fusion=d.get("fusion"), inputs=d.get("inputs"), pruning=d.get("pruning"))
+                       fusion=d.get("fusion"), inputs=d.get("inputs"), pruning=d.get("pruning"),
+                       ensemble=d.get("ensemble"))
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{where} is incomplete or malformed: {type(e).__name__}: {e}") from None
         for key, have in (("num_classes", spec.num_classes), ("in_chans", spec.in_chans)):

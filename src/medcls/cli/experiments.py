@@ -1,4 +1,4 @@
-"""Commands that run many trainings: ``medcls cv``, ``medcls tune`` and ``medcls ablate``."""
+"""Commands that run many trainings: ``medcls cv``, ``medcls tune``, ``medcls ablate`` and ``medcls ensemble``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigFile, DataDir, Sets, overrides
+from .common import ConfigFile, DataDir, Sets, overrides, print_table
 
 CVSeed = Annotated[int | None, typer.Option(help="Seed of the fold assignment and of training (sets `seed`).")]
 TuneSeed = Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial's training (sets `seed`).")]
@@ -76,8 +76,55 @@ def ablate(
     typer.echo(f"ablation written to {result.path}")
 
 
+def ensemble(
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories to combine (seeds, architectures or "
+                                                      "CV folds; same classes and preprocessing).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The ensemble's run directory (must not exist).")] = None,
+    weights: Annotated[str, typer.Option(help="equal | val (weights minimising the validation log-loss).")] = "equal",
+    config: ConfigFile = None,
+    sets: Sets = None,
+    members: Annotated[int | None, typer.Option(help="Train this many members of --config (seeds seed, seed+1, ...) "
+                                                "instead of combining existing runs.")] = None,
+    budget: Annotated[str | None, typer.Option(help="With --members: wall-clock budget (30m, 2h); no member starts "
+                                               "that would not end within it.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate the ensemble on test "
+                                           "(CIs, report, model card).")] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Combine runs into one model (mean of calibrated probabilities) that evaluates, exports, predicts and serves
+    like a run; or train K members of a config within a budget (--config --members K --budget 30m)."""
+    from ..errors import ConfigError
+    from ..experiments.ensemble import build_ensemble, train_ensemble
+    from .training import evaluation_rows
+
+    if out is None:
+        raise ConfigError("missing option -o / --out (the ensemble's run directory, must not exist)")
+    if members is None and (config is not None or sets or budget):
+        raise ConfigError("--config, --set and --budget train new members: add --members K (or pass run "
+                          "directories instead)")
+    if members is not None and runs:
+        raise ConfigError("pass either run directories to combine or --members K to train new ones, not both")
+    if members is None and not runs:
+        raise ConfigError("give at least 2 run directories to combine, or --config CONFIG --members K to train them")
+    if members is not None:
+        result = train_ensemble(config, out, members=members, budget=budget, overrides=overrides(sets, data_dir),
+                                weights=weights, evaluate_split="test" if evaluate else None)
+    else:
+        result = build_ensemble(runs, out, weights=weights, evaluate_split="test" if evaluate else None)
+    rows = {f"member {i} ({m['architecture']}, seed {m['seed']})": {"weight": f"{m['weight']:.3f}",
+                                                                     "T": f"{m['temperature']:.3f}",
+                                                                     "val auc": f"{m['val_auc']:.4f}"}
+            for i, m in enumerate(result.members)}
+    rows["ensemble"] = {"val auc": f"{result.val['auc']:.4f}"}
+    print_table(f"ensemble of {len(result.members)} · {result.run.spec.name}", rows, first="model")
+    if result.test is not None:
+        print_table(f"ensemble · test (n={result.test['n']})", evaluation_rows(result.test, "test"))
+    typer.echo(f"ensemble written to {result.run.path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the experiment commands to the main app."""
     app.command("cv")(cv)
     app.command("tune")(tune)
     app.command("ablate")(ablate)
+    app.command("ensemble")(ensemble)

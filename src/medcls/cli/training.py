@@ -57,7 +57,7 @@ def calibrate(
                f"T = {post.temperature:.4g}, operating point {rule}; written to {Path(run_dir) / 'postprocess.json'}")
 
 
-def _evaluation_rows(m: dict, split: str) -> dict[str, dict[str, str]]:
+def evaluation_rows(m: dict, split: str) -> dict[str, dict[str, str]]:
     from ..evaluation.evaluator import HEADLINE
 
     rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": with_ci(m, HEADLINE)}
@@ -84,7 +84,7 @@ def evaluate(
 
     m = api.evaluate(run_dir, split=split, checkpoint=checkpoint, device=device, tta=tta)
     out = Path(run_dir) / f"eval-{split}"
-    print_table(f"{run_dir} · {split} (n={m['n']})", _evaluation_rows(m, split))
+    print_table(f"{run_dir} · {split} (n={m['n']})", evaluation_rows(m, split))
     for note in m.get("postprocess", {}).get("notes", []):
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"written to {out}")

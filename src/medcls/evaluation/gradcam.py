@@ -121,6 +121,32 @@ def map_sizes(model: nn.Module, x: torch.Tensor, extras: dict[str, torch.Tensor]
 
 def choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
                  extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
+    """:func:`_choose_layer`; for an ensemble, one layer per member (``members.<i>.<layer>``, comma-separated)
+    and the coarsest of their grids: its CAM is the mean of the members' normalised maps."""
+    if not isinstance(getattr(model, "members", None), nn.ModuleList):
+        return _choose_layer(model, x, layer, extras)
+    wanted = _member_layers(model, layer)
+    chosen = [_choose_layer(m, x, n) for m, n in zip(model.members, wanted, strict=True)]
+    grids = [hw for _, hw in chosen if hw is not None]
+    return (",".join(f"members.{i}.{n}" for i, (n, _) in enumerate(chosen)),
+            min(grids, key=min) if grids else None)
+
+
+def _member_layers(model: nn.Module, layer: str | None) -> list[str | None]:
+    """``layer`` as one entry per member: None, a name every member has, or ``members.<i>.<name>,...``."""
+    k = len(model.members)
+    if layer is None or not layer.startswith("members."):
+        return [layer] * k
+    parts = [p.strip() for p in layer.split(",")]
+    found = {int(m.group(1)): m.group(2) for m in (re.fullmatch(r"members\.(\d+)\.(.+)", p) for p in parts) if m}
+    if len(found) != len(parts) or sorted(found) != list(range(k)):
+        raise ConfigError(f"an ensemble of {k} members takes one layer name for all (e.g. 'net.layer3') or one per "
+                          f"member ('members.0.net.layer3,members.1.net.layer3'), got {layer!r}")
+    return [found[i] for i in range(k)]
+
+
+def _choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+                  extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
     """The layer :func:`compute_cam` uses for ``x`` and its map's grid: ``layer`` when given; else the family's
     usual layer when its map is at least ``MIN_MAP`` x ``MIN_MAP`` at this input size, otherwise the deepest
     module whose map is (ResNet-18 on 28 px: ``net.layer2``, 7x7, instead of ``net.layer4``'s 2x2, the same
@@ -159,13 +185,13 @@ def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", t
     cls = check_method(method)
     if x.ndim != 4:
         raise ConfigError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
-    module, _, reshape = resolve_target_layer(model, pick_layer(model, x, layer))
+    modules, reshape = _target_modules(model, pick_layer(model, x, layer))
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     # gradients flow from the input instead of the weights: no .grad is written, frozen models work too
     x = x.detach().to(next(model.parameters()).device).float().clone().requires_grad_(True)
     model.requires_grad_(False)
-    cam = cls(model=model, target_layers=[module], reshape_transform=reshape)  # sets eval mode, adds hooks
+    cam = cls(model=model, target_layers=modules, reshape_transform=reshape)  # sets eval mode, adds hooks
     try:
         targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))] * len(x)
         with torch.enable_grad():
@@ -176,6 +202,20 @@ def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", t
             p.requires_grad_(flag)
         model.train(was_training)
     return np.clip(np.nan_to_num(np.asarray(out, np.float32)), 0.0, 1.0)
+
+
+def _target_modules(model: nn.Module, name: str) -> tuple[list[nn.Module], Callable | None]:
+    """The CAM's target layer(s) and reshape: an ensemble's comma-separated ``members.<i>.<layer>`` names give one
+    layer per member (pytorch-grad-cam averages their normalised maps)."""
+    if not isinstance(getattr(model, "members", None), nn.ModuleList):
+        module, _, reshape = resolve_target_layer(model, name)
+        return [module], reshape
+    found = [resolve_target_layer(m, n) for m, n in zip(model.members, _member_layers(model, name), strict=True)]
+    reshapes = {r is None for _, _, r in found}
+    if len(reshapes) > 1:
+        raise ConfigError("Grad-CAM of an ensemble that mixes ViT-style and convolutional members is not supported; "
+                          "explain the members one by one")
+    return [m for m, _, _ in found], found[0][2]
 
 
 def _mean_offdiag_corr(maps: np.ndarray) -> float:

@@ -101,10 +101,19 @@ def _details(run: Run, split: str) -> list[str]:
     env = read_json(run.path / "env.json")
     names = list(spec.class_names)
     pos = names[spec.positive_index] if spec.task == "binary" and spec.positive_index is not None else None
-    return [f"# Model card: {spec.name} · {m.name}", "", f"> {NOT_CLINICAL}", "", "## Model details", "",
+    arch = (f"- **Architecture:** `{ms.architecture}` (timm; pretrained={m.pretrained}, stem={ms.stem}, "
+            f"drop_rate={ms.drop_rate}), {spec.num_classes} outputs, task **{spec.task}**")
+    if ms.ensemble is not None:
+        e = ms.ensemble
+        arch = (f"- **Architecture:** ensemble of {len(e['members'])} models, {e.get('combine')} "
+                f"({e.get('weighting')} weights), {spec.num_classes} outputs, task **{spec.task}**; members: "
+                + "; ".join(f"`{d['architecture']}` (stem {d.get('stem')}, T = {t:.3g}, weight {w:.3g}, from "
+                            f"`{Path(src).name}`)" for d, t, w, src in
+                            zip(e["members"], e["temperatures"], e["weights"], e["sources"], strict=True)))
+    title = ms.architecture if ms.ensemble is not None else m.name
+    return [f"# Model card: {spec.name} · {title}", "", f"> {NOT_CLINICAL}", "", "## Model details", "",
             f"- **Run:** `{run.path.name}` (trained {env.get('started', 'unknown date')}, git {env.get('git_sha') or 'unknown'})",
-            f"- **Architecture:** `{ms.architecture}` (timm; pretrained={m.pretrained}, stem={ms.stem}, "
-            f"drop_rate={ms.drop_rate}), {spec.num_classes} outputs, task **{spec.task}**",
+            arch,
             f"- **Classes:** {', '.join(names)}" + (f" (positive class: **{pos}**)" if pos else ""),
             f"- **Software:** medcls {__version__}, torch {env.get('torch', '?')}, timm {env.get('timm', '?')}",
             f"- **Card generated:** {time.strftime('%Y-%m-%d %H:%M')} from the `{split}` evaluation", "",

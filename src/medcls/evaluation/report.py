@@ -193,7 +193,22 @@ def _history(run: Run, out_dir: Path, tmp: Path) -> Path:
         return out_dir / "history.png"
 
 
+def _ensemble(run: Run, metrics: dict[str, Any]) -> str:
+    """An ensemble's members (from ``ensemble.json``): where each came from, its temperature, weight, val AUC."""
+    info = read_json(run.path / "ensemble.json")
+    rows = [[escape(Path(m.get("run", "?")).name), escape(str(m.get("architecture"))), _fmt(m.get("seed")),
+             _fmt(m.get("temperature"), 3), _fmt(m.get("weight"), 3), _fmt(m.get("val_auc"), 4)]
+            for m in info.get("members", [])]
+    val = info.get("val") or {}
+    return (f"<p>Ensemble of {len(rows)} trained runs: {escape(str(run.model_spec.ensemble.get('combine')))}, "
+            f"{escape(str(info.get('weighting')))} weights; val AUC of the mixture <b>{_fmt(val.get('auc'), 4)}</b>; "
+            f"evaluated checkpoint: {escape(str(metrics.get('checkpoint', 'best')))}.</p>"
+            + _table(["member run", "architecture", "seed", "T", "weight", "val AUC"], rows))
+
+
 def _training(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
+    if run.model_spec.ensemble is not None:
+        return _ensemble(run, metrics)
     t = run.metrics().get("train", {})
     facts = [f"monitor <b>{escape(str(t.get('monitor', run.config.train.monitor)))}</b>"]
     if "best_epoch" in t:
@@ -447,7 +462,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
     out_dir = Path(out_dir)
     cfg_file = run.path / "config.yaml"
     cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
-    title = f"{run.spec.name} · {run.config.model.name} · {split}"
+    title = f"{run.spec.name} · {run.model_spec.architecture if run.model_spec.ensemble else run.config.model.name} · {split}"
     with tempfile.TemporaryDirectory() as tmp:
         sections = [
             ("data", "Data", _data(run)),
