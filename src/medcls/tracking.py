@@ -58,8 +58,11 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
 
 
 def summary_metrics(metrics: dict[str, Any], split: str) -> dict[str, float]:
-    """The headline numbers of an evaluation, as ``<split>_<name>`` (e.g. ``test_auc``)."""
-    return {f"{split}_{k}": v for k, v in numbers(metrics).items()}
+    """The numbers of an evaluation, as ``<split>_<name>`` (``test_auc``, ``test_per_class.normal.recall``,
+    ``test_calibration.ece``)."""
+    from .metrics import flat_metrics
+
+    return {f"{split}_{k}": v for k, v in flat_metrics(metrics).items() if math.isfinite(v)}
 
 
 class Tracker:

@@ -81,7 +81,7 @@ def test_predict_csv_has_the_ood_column(bundle, pneumonia_arrays, tmp_path, caps
     assert capsys.readouterr().out.splitlines()[0].endswith("\tood")
 
 
-def test_a_bundle_without_a_gate_still_predicts(bundle, pneumonia_arrays, tmp_path):
+def test_a_bundle_without_a_gate_still_predicts(bundle, pneumonia_arrays, tmp_path, caplog):
     old = tmp_path / "old"
     shutil.copytree(bundle[0], old)
     info = json.loads((old / "bundle.json").read_text())
@@ -92,5 +92,7 @@ def test_a_bundle_without_a_gate_still_predicts(bundle, pneumonia_arrays, tmp_pa
     (old / "bundle.json").write_text(json.dumps(info))
     (r,) = Predictor.load(old, backend="onnx").predict([pneumonia_arrays["test_images"][0]])
     assert r["ood"] == {"available": False} and "probabilities" in r
+    assert "no out-of-distribution gate" not in caplog.text
     (r,) = Predictor.load(old, backend="torch", refuse_ood=True).predict([pneumonia_arrays["test_images"][0]])
     assert r["ood"] == {"available": False}
+    assert "refuse_ood is set but this model has no out-of-distribution gate" in caplog.text  # said, not silent

@@ -135,6 +135,8 @@ def test_members_that_differ_get_one_line_naming_what(members, tmp_path, make_cf
     err = capsys.readouterr().err.strip()
     assert "differ in preprocessing (size)" in err and "28" in err and "32" in err
     for argv, needle in ((["ensemble", str(members[0].path), "-o", str(tmp_path / "e3")], "at least 2 runs"),
+                         (["ensemble", str(members[0].path), str(members[0].path), "-o", str(tmp_path / "e3")],
+                          "is listed twice"),
                          (["ensemble", str(members[0].path), str(members[1].path)], "missing option -o"),
                          (["ensemble", str(members[0].path), str(members[1].path), "-o", str(tmp_path / "e4"),
                            "--weights", "best"], "--weights must be one of equal, val"),

@@ -7,10 +7,11 @@ channel expansion happen per batch on the device (:meth:`Preprocess.finish`).
 
 The disk cache is one ``.npy`` file per (split content, preprocessing), named by a digest of both, in
 ``data.cache_dir`` (default ``$MEDCLS_CACHE_DIR`` or ``~/.cache/medcls``). Runs, tuning trials, CV folds
-and the DDP ranks of a node share it: the first process to take the file lock builds it (into a
-``.partial`` file renamed when complete), the others wait and read it. It is read with ``pread`` into
-each batch's buffer rather than through a memory map, so an epoch over a cache larger than memory does
-not count the whole file in the process's resident memory (the page cache still keeps what fits).
+and the DDP ranks of a node share it: the first process to take the file lock fills the rows it needs
+(``<key>.done.npy`` records the rows on disk), the others wait and read it. Rows are written with
+``pwrite`` and read with ``pread`` into each batch's buffer rather than through a memory map, so building
+or reading a cache larger than memory does not count the whole file in the process's resident memory
+(the page cache still keeps what fits).
 
 MONAI's ``PersistentDataset`` keeps one pickle per sample; one fixed-stride file is what a
 random-access batch reader wants (one ``pread`` per row, no unpickling), so this is written here.

@@ -132,6 +132,16 @@ def choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
             min(grids, key=min) if grids else None)
 
 
+def layer_label(layer: str) -> str:
+    """A layer name for a figure title: an ensemble's ``members.0.net.layer2,members.1.net.layer2`` as
+    ``net.layer2 of each of 2 members``."""
+    parts = layer.split(",")
+    rest = {re.sub(r"^members\.\d+\.", "", p) for p in parts}
+    if len(parts) > 1 and len(rest) == 1:
+        return f"{rest.pop()} of each of {len(parts)} members"
+    return layer
+
+
 def _member_layers(model: nn.Module, layer: str | None) -> list[str | None]:
     """``layer`` as one entry per member: None, a name every member has, or ``members.<i>.<name>,...``."""
     k = len(model.members)
@@ -344,7 +354,8 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
     layer, grid = choose_layer(model, x, layer, extras)
     cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
     grid_text = f"{grid[0]}x{grid[1]} map" if grid else "map"
-    title = f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer} ({grid_text})"
+    title = (f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer_label(layer)} "
+             f"({grid_text})")
     path = save_explanation(out_path, x[0].permute(1, 2, 0).numpy(), cam, title)
     result = {"predicted": names[pred], "probability": float(p[pred]), "path": str(path), "target": names[target],
               "method": method, "layer": layer, "map_size": grid_text}
@@ -433,7 +444,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
             cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer, extras=extras)[0]
             path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
             prob = float(r[f"prob_{pred}"])
-            at = f" · {layer} ({grid[0]}x{grid[1]})" if grid else ""
+            at = f" · {layer_label(layer)} ({grid[0]}x{grid[1]})" if grid else ""
             save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam,
                              f"{group} · {cid} · true {r['label']} · predicted {pred} (p = {prob:.3f}){at}")
             written.append({"id": cid, "group": group, "label": r["label"], "predicted": pred,

@@ -33,10 +33,10 @@ from ..config import Config, build_config
 from ..data.sources import LoadedData, load_data
 from ..data.splits import ConcatTable, split_indices, strata
 from ..errors import ConfigError
-from ..metrics import compute_metrics
+from ..metrics import compute_metrics, flat_metrics
 from ..runs import Run, new_run_dir
 from ..utils import atomic_write_json, atomic_write_text
-from ._common import HeldOutTable, as_config, dev_set, flat_metrics, mean_sd
+from ._common import HeldOutTable, as_config, dev_set, mean_sd
 
 log = logging.getLogger("medcls")
 

@@ -35,7 +35,7 @@ from ..engine.trainer import resolve_device
 from ..errors import ConfigError, ModelError, RunError
 from ..metrics import compute_metrics
 from ..models.ensemble import Ensemble
-from ..runs import Run, environment, load_run
+from ..runs import LEAKAGE_FILE, Run, environment, load_run
 from ..utils import atomic_write_json, atomic_write_text, new_staging_dir
 from ._common import as_config
 from .space import parse_budget
@@ -76,6 +76,10 @@ def check_members(runs: Sequence[Run]) -> None:
             raise ModelError(f"{r.path} is a fused (image + metadata/text) model; ensembles are of image-only runs")
         if r.model_spec.ensemble is not None:
             raise ModelError(f"{r.path} is an ensemble already; list its member runs instead")
+    seen = [r.path.resolve() for r in runs]
+    twice = next((p for p in seen if seen.count(p) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"run {twice} is listed twice; an ensemble's members are different runs")
     first = runs[0]
     for r in runs[1:]:
         a, b = first.spec, r.spec
@@ -121,7 +125,12 @@ def fit_weights(task: str, labels: np.ndarray, member_probs: Sequence[np.ndarray
         return _log_loss(task, labels, np.tensordot(softmax(z), stack, axes=1))
 
     res = minimize(loss, np.zeros(len(stack)), method="L-BFGS-B")
-    return softmax(res.x)
+    w = softmax(res.x)
+    if w.max() > 0.9:
+        log.warning("the weights fitted on val put %.2f on one member, so the ensemble is nearly that member alone "
+                    "(a small or easily separated val split favours one); equal weights usually generalise better",
+                    w.max())
+    return w
 
 
 def _auc(run: Run, labels: np.ndarray, probs: np.ndarray) -> float:
@@ -152,9 +161,8 @@ def _write_dir(tmp: Path, runs: Sequence[Run], spec: ModelSpec, model: Ensemble,
     (tmp / "checkpoints").mkdir()
     save_checkpoint(tmp / "checkpoints" / "best.safetensors", with_prefix(model.state_dict(), "model/"),
                     {"epoch": None, "ensemble_of": info["sources"]})
-    for name in ("leakage.json",):  # the members' splits are the first member's: its leakage check holds
-        if (first.path / name).is_file():
-            shutil.copy2(first.path / name, tmp / name)
+    if (first.path / LEAKAGE_FILE).is_file():  # the ensemble is calibrated and evaluated on the first member's splits
+        shutil.copy2(first.path / LEAKAGE_FILE, tmp / LEAKAGE_FILE)
 
 
 def _place(tmp: Path, out: Path) -> None:

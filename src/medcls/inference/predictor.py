@@ -13,6 +13,7 @@ threshold (chosen on validation); an empty list means "no finding".
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from ..data.images import decode_image, read_image
 from ..errors import ConfigError, DataError, MedclsError, OutOfDistributionError, RunError, did_you_mean
 from ..transforms import Preprocess
 from .schemas import OodResult, Prediction
+
+log = logging.getLogger("medcls")
 
 BACKENDS = ("torch", "onnx", "int8")
 ONNX_FILES = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
@@ -54,6 +57,10 @@ class Predictor:
         self.inputs = inputs  # medcls.multimodal.InputEncoder of a fused model (metadata/text), else None
         self.info = info or {}
         self.ood, self.refuse_ood = ood, refuse_ood  # the bundle's out-of-distribution gate; refuse flagged inputs
+        if refuse_ood and ood is None:
+            log.warning("refuse_ood is set but this %s has no out-of-distribution gate (a run directory, a fused "
+                        "model or a bundle exported before the gate existed): nothing will be refused; export a "
+                        "bundle with `medcls export` to get one", "run" if self.info.get("kind") == "run" else "model")
 
     # ------------------------------------------------------------ construction
     @classmethod

@@ -35,6 +35,7 @@ from .classification import (
     roc_auc_many,
 )
 from .curves import net_benefit, roc_band
+from .flatten import flat_metrics
 from .operating_points import apply_thresholds, choose_thresholds, threshold_transfer
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "delong_auc_ci",
     "delong_test",
     "expected_calibration_error",
+    "flat_metrics",
     "max_calibration_error",
     "multiclass_metrics",
     "multilabel_metrics",
