@@ -146,9 +146,11 @@ def test_members_that_differ_get_one_line_naming_what(members, tmp_path, make_cf
     assert not any((tmp_path / f"e{i}").exists() for i in range(1, 6))  # nothing half-written
 
 
-def test_existing_output_is_never_overwritten(members, ensemble_dir):
+def test_existing_output_is_never_overwritten(members, ensemble_dir, capsys):
     with pytest.raises(RunError, match="already exists"):
         build_ensemble(members, ensemble_dir)
+    assert main(["evaluate", str(ensemble_dir), "--checkpoint", "last"]) == 2
+    assert "it has only the 'best' checkpoint" in capsys.readouterr().err
 
 
 def test_val_weights_favour_the_better_member():

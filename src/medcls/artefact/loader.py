@@ -163,6 +163,8 @@ class Artefact:
 
         path = self.weights_path(checkpoint)
         if not path.is_file():
+            if self.spec.ensemble is not None:
+                raise RunError(f"{self.path} is an ensemble: it has only the 'best' checkpoint (its members' best)")
             raise RunError(f"{self.path} has no {checkpoint} checkpoint (was training interrupted before "
                            "epoch 1 ended?)")
         tensors, meta = load_checkpoint(path, device="cpu", verify=self.kind == "run")  # bundles: bundle.json

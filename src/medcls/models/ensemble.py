@@ -51,7 +51,3 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([m(x) for m in self.members])
-
-
-def is_ensemble(model: nn.Module) -> bool:
-    return isinstance(model, Ensemble)
