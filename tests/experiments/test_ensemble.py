@@ -116,6 +116,7 @@ def test_served_like_a_single_model(ensemble_dir, tmp_path, pneumonia_arrays):
     with TestClient(app) as c:
         r = c.post("/v1/explain", files={"file": ("x.png", png_bytes(pneumonia_arrays["test_images"][0]))})
         assert r.status_code == 200 and r.headers["content-type"] == "image/png" and len(r.content) > 1000
+        assert "members" in r.headers["x-layer"]  # one layer per member
 
 
 def test_members_that_differ_get_one_line_naming_what(members, tmp_path, make_cfg, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..evaluation.gradcam import MIN_DISPLAY, MIN_MAP, check_method, choose_layer, compute_cam, overlay
+from ..evaluation.gradcam import MIN_DISPLAY, MIN_MAP, check_method, choose_layer, compute_cam, layer_label, overlay
 from ..inference.predictor import Predictor
 
 VIEWS = ("overlay", "heatmap", "image")
@@ -72,7 +72,7 @@ def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam", metad
     layer, grid = choose_layer(pred.model, x, None, extras)
     cam = compute_cam(pred.model, x, method=method, target_class=k, layer=layer, extras=extras)[0]
     picture = heatmap_rgba(cam) if view == "heatmap" else overlay(image01, cam)
-    return Explanation(_png(picture), name, prob, layer, grid)
+    return Explanation(_png(picture), name, prob, layer_label(layer), grid)
 
 
 __all__ = ["VIEWS", "Explanation", "explain_png", "heatmap_rgba"]
