@@ -340,6 +340,9 @@ class DiskCache:
                 fresh, missing = True, np.unique(self.rows)
                 shape, dtype = (w.channels, *shape[1:]), w.dtype
                 continue
+            except BaseException:  # an unreadable image, Ctrl-C ...: the rows written so far stay not done
+                out.close()
+                raise
             out.close(sync=True)  # the rows are on disk before they are marked done
             done[missing] = True
             _save_atomic(done_path, done)
