@@ -22,19 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.ensemble import ensemble_members
+
 OOD_FILE = "ood.safetensors"
 FEATURES = "features"  # the ONNX output beside "logits"
 METHOD = "mahalanobis"
 
 
-def _members(model: nn.Module) -> nn.ModuleList | None:
-    members = getattr(model, "members", None)
-    return members if isinstance(members, nn.ModuleList) else None
-
-
 def has_features(model: nn.Module) -> bool:
     """An image-only classifier whose timm network splits into features and head (an ensemble: every member)."""
-    members = _members(model)
+    members = ensemble_members(model)
     if members is not None:
         return all(has_features(m) for m in members)
     net = getattr(model, "net", None)
@@ -44,7 +41,7 @@ def has_features(model: nn.Module) -> bool:
 def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, pooled penultimate features) of a :class:`~medcls.models.Classifier` for ``x`` in [0, 1]; of an
     :class:`~medcls.models.ensemble.Ensemble`, its combined logits and the members' features side by side."""
-    members = _members(model)
+    members = ensemble_members(model)
     if members is not None:
         pairs = [logits_and_features(m, x) for m in members]
         return model.combine([z for z, _ in pairs]), torch.cat([f for _, f in pairs], dim=1)

@@ -22,6 +22,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ..errors import ConfigError, DataError, did_you_mean
+from ..models.ensemble import ensemble_members
 from ..runs import Run
 
 log = logging.getLogger("medcls")
@@ -123,10 +124,10 @@ def choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
                  extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
     """:func:`_choose_layer`; for an ensemble, one layer per member (``members.<i>.<layer>``, comma-separated)
     and the coarsest of their grids: its CAM is the mean of the members' normalised maps."""
-    if not isinstance(getattr(model, "members", None), nn.ModuleList):
+    members = ensemble_members(model)
+    if members is None:
         return _choose_layer(model, x, layer, extras)
-    wanted = _member_layers(model, layer)
-    chosen = [_choose_layer(m, x, n) for m, n in zip(model.members, wanted, strict=True)]
+    chosen = [_choose_layer(m, x, n) for m, n in zip(members, _member_layers(members, layer), strict=True)]
     grids = [hw for _, hw in chosen if hw is not None]
     return (",".join(f"members.{i}.{n}" for i, (n, _) in enumerate(chosen)),
             min(grids, key=min) if grids else None)
@@ -142,9 +143,9 @@ def layer_label(layer: str) -> str:
     return layer
 
 
-def _member_layers(model: nn.Module, layer: str | None) -> list[str | None]:
+def _member_layers(members: nn.ModuleList, layer: str | None) -> list[str | None]:
     """``layer`` as one entry per member: None, a name every member has, or ``members.<i>.<name>,...``."""
-    k = len(model.members)
+    k = len(members)
     if layer is None or not layer.startswith("members."):
         return [layer] * k
     parts = [p.strip() for p in layer.split(",")]
@@ -217,10 +218,11 @@ def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", t
 def _target_modules(model: nn.Module, name: str) -> tuple[list[nn.Module], Callable | None]:
     """The CAM's target layer(s) and reshape: an ensemble's comma-separated ``members.<i>.<layer>`` names give one
     layer per member (pytorch-grad-cam averages their normalised maps)."""
-    if not isinstance(getattr(model, "members", None), nn.ModuleList):
+    members = ensemble_members(model)
+    if members is None:
         module, _, reshape = resolve_target_layer(model, name)
         return [module], reshape
-    found = [resolve_target_layer(m, n) for m, n in zip(model.members, _member_layers(model, name), strict=True)]
+    found = [resolve_target_layer(m, n) for m, n in zip(members, _member_layers(members, name), strict=True)]
     reshapes = {r is None for _, _, r in found}
     if len(reshapes) > 1:
         raise ConfigError("Grad-CAM of an ensemble that mixes ViT-style and convolutional members is not supported; "

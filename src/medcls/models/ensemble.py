@@ -51,3 +51,8 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([m(x) for m in self.members])
+
+
+def ensemble_members(model: nn.Module) -> nn.ModuleList | None:
+    """The members of an :class:`Ensemble`, None for any other model."""
+    return model.members if isinstance(model, Ensemble) else None
