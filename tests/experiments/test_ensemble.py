@@ -160,7 +160,7 @@ def test_val_weights_favour_the_better_member():
     good = np.where(y[:, None] == np.arange(2), 0.9, 0.1)
     noise = rng.uniform(0.2, 0.8, 400)
     bad = np.stack([noise, 1 - noise], 1)
-    w = fit_weights("binary", y, [bad, good])
+    w = fit_weights(y, [bad, good])
     assert w[1] > 0.9 and w.sum() == pytest.approx(1)
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 import yaml
 
-from ..api import calibrate, evaluate, train
+from ..api import evaluate, train
 from ..artefact import MODEL_FILE, ModelSpec
-from ..data.sources import LoadedData, load_data
+from ..data.sources import load_data
 from ..engine.checkpoint import save_checkpoint, with_prefix
 from ..engine.trainer import resolve_device
 from ..errors import ConfigError, ModelError, RunError
-from ..metrics import compute_metrics
+from ..evaluation.calibrate import calibrate_run, split_logits
+from ..metrics import compute_metrics, negative_log_likelihood
 from ..models.ensemble import Ensemble
 from ..runs import LEAKAGE_FILE, Run, environment, load_run
 from ..utils import atomic_write_json, atomic_write_text, new_staging_dir
@@ -100,21 +101,12 @@ def check_members(runs: Sequence[Run]) -> None:
 
 
 # ------------------------------------------------------------------ weights on val
-def _member_probs(run: Run, model: torch.nn.Module, data: LoadedData, device: torch.device) -> np.ndarray:
-    from ..evaluation.calibrate import split_logits
-
-    post = run.artefact.postprocess_or_default("best")
-    return post.probabilities(split_logits(run, model, data.val, device, where="val split"), run.spec.task)
+def _log_loss(labels: np.ndarray, p: np.ndarray) -> float:
+    """The metrics' NLL of a mixture (a weighted mean can exceed 1 by a rounding error: clipped first)."""
+    return negative_log_likelihood(labels, np.clip(p, 0.0, 1.0))
 
 
-def _log_loss(task: str, labels: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    if task == "multilabel":
-        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    return float(-np.mean(np.log(p[np.arange(len(labels)), labels.astype(int)])))
-
-
-def fit_weights(task: str, labels: np.ndarray, member_probs: Sequence[np.ndarray]) -> np.ndarray:
+def fit_weights(labels: np.ndarray, member_probs: Sequence[np.ndarray]) -> np.ndarray:
     """Mixture weights (on the simplex) minimising the validation log-loss of the weighted mean probability."""
     from scipy.optimize import minimize
     from scipy.special import softmax
@@ -122,7 +114,7 @@ def fit_weights(task: str, labels: np.ndarray, member_probs: Sequence[np.ndarray
     stack = np.stack(member_probs)  # (M, N, K)
 
     def loss(z: np.ndarray) -> float:
-        return _log_loss(task, labels, np.tensordot(softmax(z), stack, axes=1))
+        return _log_loss(labels, np.tensordot(softmax(z), stack, axes=1))
 
     res = minimize(loss, np.zeros(len(stack)), method="L-BFGS-B")
     w = softmax(res.x)
@@ -187,20 +179,24 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     _check_out(out)
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     check_members(runs)
-    dev = resolve_device(device)
+    dev, task = resolve_device(device), runs[0].spec.task
     data = load_data(runs[0].config.data)
     labels = np.asarray(data.val.labels)
     models = [r.build_model("best", device=str(dev))[0] for r in runs]
-    probs = [_member_probs(r, m, data, dev) for r, m in zip(runs, models, strict=True)]
-    temps = [r.artefact.postprocess_or_default("best").temperature for r in runs]
-    w = fit_weights(runs[0].spec.task, labels, probs) if weights == "val" else np.full(len(runs), 1 / len(runs))
-    model = Ensemble([m.cpu() for m in models], runs[0].spec.task, temps, w.tolist())
+    logits = [split_logits(r, m, data.val, dev, where="val split") for r, m in zip(runs, models, strict=True)]
+    posts = [r.artefact.postprocess_or_default("best") for r in runs]
+    probs = [post.probabilities(z, task) for post, z in zip(posts, logits, strict=True)]
+    temps = [post.temperature for post in posts]
+    w = fit_weights(labels, probs) if weights == "val" else np.full(len(runs), 1 / len(runs))
+    model = Ensemble([m.cpu() for m in models], task, temps, w.tolist())
+    with torch.no_grad():  # the ensemble's val logits from its members': calibrated without another pass over val
+        val_logits = model.combine([torch.from_numpy(z) for z in logits]).numpy()
     spec = _spec(runs, temps, [float(x) for x in w], weights)
     members = [{"run": str(r.path.resolve()), "architecture": r.model_spec.architecture, "seed": r.config.seed,
                 "temperature": t, "weight": float(wi), "val_auc": _auc(r, labels, p)}
                for r, t, wi, p in zip(runs, temps, w, probs, strict=True)]
     mixed = np.tensordot(w, np.stack(probs), axes=1)
-    val = {"auc": _auc(runs[0], labels, mixed), "log_loss": _log_loss(runs[0].spec.task, labels, mixed)}
+    val = {"auc": _auc(runs[0], labels, mixed), "log_loss": _log_loss(labels, mixed)}
     info = {"name": name or out.name, "sources": [m["run"] for m in members], "weighting": weights,
             "members": members, "val": val}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +208,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     run = load_run(out)
-    calibrate(run, "best", data=data, device=dev)
+    calibrate_run(run, "best", data=data, device=dev, val_logits=val_logits)
     log.info("ensemble of %d runs written to %s: val AUC %.4f (members %s)", len(runs), out, val["auc"],
              ", ".join(f"{m['val_auc']:.4f}" for m in members))
     test = evaluate(run, evaluate_split, data=data, device=str(dev)) if evaluate_split else None
