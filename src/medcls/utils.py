@@ -104,6 +104,22 @@ def new_staging_dir(parent: str | Path, prefix: str) -> Path:
     return tmp
 
 
+def check_new_output(out: Path, what: str) -> None:
+    """``out`` must not exist or be an empty folder: one line otherwise (``what`` are never overwritten)."""
+    from .errors import RunError
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"{out} already exists and is not empty; choose another -o ({what} are never overwritten)")
+
+
+def place_staged(tmp: Path, out: Path) -> None:
+    """Rename the finished staging folder ``tmp`` to ``out`` (an empty folder there, allowed by
+    :func:`check_new_output`, is replaced): the output is complete or absent."""
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+
+
 def new_unique_dir(root: str | Path, name: str, what: str = "directory") -> Path:
     """Create ``root/<name>-<YYYYmmdd-HHMMSS>[-k]`` and return it; an existing directory is never reused."""
     from .errors import RunError

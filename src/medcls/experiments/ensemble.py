@@ -37,7 +37,7 @@ from ..evaluation.calibrate import calibrate_run, split_logits
 from ..metrics import compute_metrics, negative_log_likelihood
 from ..models.ensemble import Ensemble
 from ..runs import LEAKAGE_FILE, Run, environment, load_run
-from ..utils import atomic_write_json, atomic_write_text, new_staging_dir
+from ..utils import atomic_write_json, atomic_write_text, check_new_output, new_staging_dir, place_staged
 from ._common import as_config
 from .space import parse_budget
 
@@ -157,17 +157,6 @@ def _write_dir(tmp: Path, runs: Sequence[Run], spec: ModelSpec, model: Ensemble,
         shutil.copy2(first.path / LEAKAGE_FILE, tmp / LEAKAGE_FILE)
 
 
-def _place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()  # an empty folder (checked before any work)
-    tmp.rename(out)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"{out} already exists and is not empty; choose another -o (runs are never overwritten)")
-
-
 def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights: str = "equal",
                    name: str | None = None, device: str = "auto", evaluate_split: str | None = "test"
                    ) -> EnsembleResult:
@@ -176,7 +165,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     if weights not in WEIGHTINGS:
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     out = Path(out)
-    _check_out(out)
+    check_new_output(out, "runs")
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     check_members(runs)
     dev, task = resolve_device(device), runs[0].spec.task
@@ -203,7 +192,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     tmp = new_staging_dir(out.parent, ".ensemble-")
     try:
         _write_dir(tmp, runs, spec, model, info)
-        _place(tmp, out)
+        place_staged(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -228,7 +217,7 @@ def train_ensemble(config: Any, out: str | Path, *, members: int = 3, budget: st
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     seconds = parse_budget(budget)
     out = Path(out)
-    _check_out(out)
+    check_new_output(out, "runs")
     cfg = as_config(config, overrides)
     home = out.parent / f".{out.name}-members"  # moved under out/ once the ensemble is written
     if home.exists():

@@ -40,10 +40,19 @@ from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_
 from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
 from ..data.spec import DatasetSpec
-from ..errors import ModelError, RunError
+from ..errors import ModelError
 from ..metrics import compute_metrics
 from ..runs import Run, load_run
-from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, new_staging_dir, to_json
+from ..utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_new_output,
+    file_sha256,
+    new_staging_dir,
+    place_staged,
+    to_json,
+)
 
 log = logging.getLogger("medcls")
 
@@ -75,8 +84,7 @@ def _auc(spec: DatasetSpec, labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def _check_request(out: Path, onnx: bool, quantize: str | None, torchscript: bool, fused: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"{out} already exists and is not empty; choose another -o (bundles are never overwritten)")
+    check_new_output(out, "bundles")
     if quantize not in (None, "int8"):
         raise ModelError(f"--quantize supports 'int8', got {quantize!r}")
     if quantize and not onnx:
@@ -290,9 +298,7 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
             atomic_write_text(tmp / "model_card.md", card)
         info = _describe(run, spec, checkpoint, meta.get("epoch"), post, checks, notes, tmp, report)
         atomic_write_json(tmp / BUNDLE_FILE, info)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        place_staged(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
