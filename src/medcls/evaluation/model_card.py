@@ -110,8 +110,7 @@ def _details(run: Run, split: str) -> list[str]:
                 + "; ".join(f"`{d['architecture']}` (stem {d.get('stem')}, T = {t:.3g}, weight {w:.3g}, from "
                             f"`{Path(src).name}`)" for d, t, w, src in
                             zip(e["members"], e["temperatures"], e["weights"], e["sources"], strict=True)))
-    title = ms.architecture if ms.ensemble is not None else m.name
-    return [f"# Model card: {spec.name} · {title}", "", f"> {NOT_CLINICAL}", "", "## Model details", "",
+    return [f"# Model card: {spec.name} · {ms.architecture}", "", f"> {NOT_CLINICAL}", "", "## Model details", "",
             f"- **Run:** `{run.path.name}` (trained {env.get('started', 'unknown date')}, git {env.get('git_sha') or 'unknown'})",
             arch,
             f"- **Classes:** {', '.join(names)}" + (f" (positive class: **{pos}**)" if pos else ""),

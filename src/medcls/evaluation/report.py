@@ -462,7 +462,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
     out_dir = Path(out_dir)
     cfg_file = run.path / "config.yaml"
     cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
-    title = f"{run.spec.name} · {run.model_spec.architecture if run.model_spec.ensemble else run.config.model.name} · {split}"
+    title = f"{run.spec.name} · {run.model_spec.architecture} · {split}"
     with tempfile.TemporaryDirectory() as tmp:
         sections = [
             ("data", "Data", _data(run)),
