@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from medcls import load_config
-from medcls.api import model_spec_for
+from medcls.artefact import ModelSpec
 from medcls.data.sources import load_data
 from medcls.data.table import ImageTable
 from medcls.engine.loader import Batches, epoch_order
@@ -132,7 +132,7 @@ def main() -> None:
     data = load_data(cfg.data)
     n = min(args.images or len(data.train), len(data.train))
     data.train = data.train.subset(range(n))
-    spec = model_spec_for(cfg, data)
+    spec = ModelSpec.for_config(cfg, data.spec)
     pre = spec.preprocess
     bs = cfg.train.batch_size
     cpu = torch.device("cpu")

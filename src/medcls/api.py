@@ -5,49 +5,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .artefact import CHECKPOINTS, TEXT_DIR, ModelSpec, Postprocess, resolve_stem
+from .artefact import CHECKPOINTS, TEXT_DIR, ModelSpec, Postprocess
 from .config import Config, build_config, load_config
 from .data.sources import LoadedData, load_data
 from .engine.distributed import broadcast_object, cleanup, init_distributed
 from .engine.trainer import Callback, Trainer, resolve_device
 from .errors import ConfigError, RunError
 from .logs import ensure_console_logging
-from .models.factory import default_input_size
 from .runs import LEAKAGE_FILE, Run, environment, load_run, new_run_dir, standalone_config, write_run_files
 from .tracking import check_tracking, start_tracking, summary_metrics
-from .transforms import Preprocess, PreprocessConfig
+from .transforms import Preprocess
 from .utils import atomic_write_json
 
+if TYPE_CHECKING:
+    from .evaluation import EvalResult
+
 log = logging.getLogger("medcls")
-
-
-def resolve_preprocess(cfg: Config, data: LoadedData) -> PreprocessConfig:
-    t = cfg.transforms
-    native = data.spec.native_size
-    size = t.image_size or (native if native and native <= 64 else default_input_size(cfg.model.name))
-    in_chans = cfg.model.in_chans or data.spec.channels
-    from .transforms.stain import resolve_stain  # fits the reference once; the run keeps the parameters
-
-    stain = resolve_stain(t.stain, t.stain_reference, channels=data.spec.channels, dataset=data.spec.name)
-    return PreprocessConfig(size=size, in_chans=in_chans, clahe=t.clahe, clahe_clip=t.clahe_clip,
-                            stain=t.stain, stain_params=stain)
-
-
-def model_spec_for(cfg: Config, data: LoadedData, inputs=None) -> ModelSpec:
-    """The :class:`ModelSpec` a config trains on ``data`` (autos resolved; ``inputs``: a fitted InputEncoder)."""
-    pre = resolve_preprocess(cfg, data)
-    fusion = None
-    if inputs is not None:
-        from .multimodal import fusion_options
-
-        fusion = fusion_options(cfg, inputs)
-    return ModelSpec(architecture=cfg.model.name, dataset=data.spec, preprocess=pre,
-                     stem=resolve_stem(cfg.model.name, pre.size, cfg.model.stem), drop_rate=cfg.model.drop_rate,
-                     preset=cfg.transforms.preset, fusion=fusion, inputs=inputs.to_dict() if inputs else None)
 
 
 def as_config(config: Config | str | Path | dict | None, overrides: Sequence[str] | None) -> Config:
@@ -93,7 +70,7 @@ def _prepare(cfg: Config, data: LoadedData, prev: Run | None) -> tuple[Config, M
             from .multimodal import InputEncoder
 
             inputs = InputEncoder.fit(cfg.inputs, data.train)
-        spec = model_spec_for(cfg, data, inputs)
+        spec = ModelSpec.for_config(cfg, data.spec, inputs)
     else:
         spec, inputs, chosen = prev.model_spec, prev.inputs, prev.data_summary.get("auto", {})
     summary = {"splits": data.summary(), "notes": data.notes, "source": cfg.data.source}
@@ -217,7 +194,7 @@ def calibrate(run: Run | str | Path, checkpoint: str = "best", *, device: str | 
     Training does this for ``best`` and ``last``; call it again after changing ``eval.operating_point``
     (``--set`` on the run's config.yaml) or to re-fit a checkpoint.
     """
-    from .evaluation.calibrate import calibrate_run
+    from .calibration import calibrate_run
 
     ensure_console_logging()
     run = run if isinstance(run, Run) else load_run(run)
@@ -226,8 +203,10 @@ def calibrate(run: Run | str | Path, checkpoint: str = "best", *, device: str | 
 
 
 def evaluate(run: Run | str | Path, split: str = "test", *, checkpoint: str = "best", device: str = "auto",
-             data: LoadedData | None = None, out_dir: str | Path | None = None, tta: bool | None = None) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on ``split``; writes ``eval-<split>/`` and returns the metrics.
+             data: LoadedData | None = None, out_dir: str | Path | None = None, tta: bool | None = None) -> EvalResult:
+    """Evaluate a run's checkpoint on ``split``; writes ``eval-<split>/`` and returns an
+    :class:`~medcls.evaluation.EvalResult`: the metrics (``result["auc"]``) and the cases behind them
+    (``result.ids``, ``.labels``, ``.probs``, ``.frame()``).
 
     ``tta=True`` also reports test-time augmentation (overrides the run's ``eval.tta``).
     """

@@ -34,7 +34,7 @@ def text_run(tmp_path_factory):
 
 
 def test_fine_tuned_text_encoder_gets_its_own_lr(text_run):
-    from medcls.api import model_spec_for
+    from medcls.artefact import ModelSpec
     from medcls.config import build_config
     from medcls.data.sources import load_data
     from medcls.multimodal import InputEncoder
@@ -45,7 +45,7 @@ def test_fine_tuned_text_encoder_gets_its_own_lr(text_run):
     for freeze in (False, True):
         cfg = build_config(run.config.to_dict(), [f"inputs.freeze_text={str(freeze).lower()}"])
         enc = InputEncoder.fit(cfg.inputs, data.train)
-        model = model_spec_for(cfg, data, enc).build(text_source=str(run.artefact.text_dir))
+        model = ModelSpec.for_config(cfg, data.spec, enc).build(text_source=str(run.artefact.text_dir))
         groups = {g["name"]: g for g in model.param_groups(1e-3, 0.2, 0.05, 0.5)}
         text_ids = {id(p) for p in model.text_model.parameters()}
         if freeze:

@@ -6,6 +6,7 @@ goes through it, so none can disagree on how an image becomes a tensor or a
 probability becomes a decision.
 """
 
+from .fit import fit_postprocess
 from .loader import BUNDLE_FILE, CHECKPOINTS, MODEL_FILE, TEXT_DIR, Artefact, bundle_digest, load, open_artefact
 from .postprocess import (
     NO_FINDING,
@@ -19,5 +20,5 @@ from .postprocess import (
 from .spec import ModelSpec, resolve_stem
 
 __all__ = ["BUNDLE_FILE", "CHECKPOINTS", "MODEL_FILE", "NO_FINDING", "POSTPROCESS_FILE", "TEXT_DIR", "Artefact",
-           "ModelSpec", "Postprocess", "bundle_digest", "checkpoint_identity", "findings_text", "load", "open_artefact",
+           "ModelSpec", "Postprocess", "bundle_digest", "checkpoint_identity", "findings_text", "fit_postprocess", "load", "open_artefact",
            "read_postprocess", "resolve_stem", "write_postprocess"]

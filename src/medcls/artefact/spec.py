@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..config import Config
 from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
 from ..transforms import PreprocessConfig
@@ -125,6 +126,19 @@ class ModelSpec:
                 **({"ensemble": self.ensemble} if self.ensemble is not None else {})}
 
     @classmethod
+    def for_config(cls, cfg: Config, dataset: DatasetSpec, inputs=None) -> ModelSpec:
+        """The spec a config trains on ``dataset`` (autos resolved; ``inputs``: a fitted InputEncoder)."""
+        pre = resolve_preprocess(cfg, dataset)
+        fusion = None
+        if inputs is not None:
+            from ..multimodal import fusion_options
+
+            fusion = fusion_options(cfg, inputs)
+        return cls(architecture=cfg.model.name, dataset=dataset, preprocess=pre,
+                   stem=resolve_stem(cfg.model.name, pre.size, cfg.model.stem), drop_rate=cfg.model.drop_rate,
+                   preset=cfg.transforms.preset, fusion=fusion, inputs=inputs.to_dict() if inputs else None)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model spec") -> ModelSpec:
         if not isinstance(d, dict):
             raise RunError(f"{where}: expected a JSON object, got {type(d).__name__}")
@@ -144,6 +158,21 @@ class ModelSpec:
             if key in d and d[key] != have:
                 raise RunError(f"{where}: {key} is {d[key]} but the dataset/preprocessing say {have}")
         return spec
+
+
+def resolve_preprocess(cfg: Config, dataset: DatasetSpec) -> PreprocessConfig:
+    """Input size, channels, CLAHE and stain normalisation of a config on ``dataset`` (``auto`` resolved:
+    native size up to 64 px, else the architecture's default; the stain reference fitted once)."""
+    from ..models.factory import default_input_size
+    from ..transforms.stain import resolve_stain
+
+    t = cfg.transforms
+    native = dataset.native_size
+    size = t.image_size or (native if native and native <= 64 else default_input_size(cfg.model.name))
+    in_chans = cfg.model.in_chans or dataset.channels
+    stain = resolve_stain(t.stain, t.stain_reference, channels=dataset.channels, dataset=dataset.name)
+    return PreprocessConfig(size=size, in_chans=in_chans, clahe=t.clahe, clahe_clip=t.clahe_clip,
+                            stain=t.stain, stain_params=stain)
 
 
 def resolve_stem(architecture: str, size: int, requested: str) -> str:

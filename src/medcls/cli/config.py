@@ -38,13 +38,13 @@ def show(
 
 def _resolve(cfg):
     """The autos a training resolves before it starts: per dataset (medcls.defaults), stem and input size."""
-    from ..api import model_spec_for
+    from ..artefact import ModelSpec
     from ..data.sources import load_data
     from ..defaults import resolve_auto
 
     data = load_data(cfg.data)
     cfg, chosen = resolve_auto(cfg, data)
-    spec = model_spec_for(cfg, data)
+    spec = ModelSpec.for_config(cfg, data.spec)
     for key, value in (("model.stem", spec.stem), ("transforms.image_size", spec.preprocess.size),
                        ("model.in_chans", spec.in_chans)):
         section, field = key.split(".")

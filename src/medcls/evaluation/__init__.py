@@ -1,5 +1,10 @@
-"""Evaluation of trained runs: metrics, per-sample predictions, curves."""
+"""Evaluation of trained runs: metrics with CIs, per-sample predictions, curves.
 
-from .evaluator import evaluate_run, headline
+:func:`evaluate_split` computes an :class:`EvalResult` (metrics and the cases behind them) and writes
+nothing; :func:`write_evaluation` writes its files; :func:`evaluate_run` does both.
+"""
 
-__all__ = ["evaluate_run", "headline"]
+from .evaluator import evaluate_run, evaluate_split, headline, write_evaluation
+from .result import EvalResult, read_predictions
+
+__all__ = ["EvalResult", "evaluate_run", "evaluate_split", "headline", "read_predictions", "write_evaluation"]

@@ -6,20 +6,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DataError
 from ..metrics import delong_test, paired_bootstrap_diff
 from ..runs import Run, load_run
+from .evaluator import evaluate_run
+from .result import EvalResult, read_predictions
 
 
-def _predictions(run: Run, split: str) -> pd.DataFrame:
+def _predictions(run: Run, split: str) -> EvalResult:
+    """The run's stored predictions on ``split``; evaluated first when it has none."""
     path = run.path / f"eval-{split}" / "predictions.csv"
     if not path.is_file():
-        from .evaluator import evaluate_run
-
-        evaluate_run(run, split)
-    return pd.read_csv(path)
+        return evaluate_run(run, split)
+    spec = run.spec
+    return read_predictions(path, class_names=spec.class_names, task=spec.task, positive_index=spec.positive_index,
+                            threshold=run.config.eval.threshold)
 
 
 def compare_runs(run_a: Run | str | Path, run_b: Run | str | Path, split: str = "test", *,
@@ -33,16 +35,15 @@ def compare_runs(run_a: Run | str | Path, run_b: Run | str | Path, split: str = 
     if a.spec.task == "multilabel":
         raise DataError("compare supports binary and multiclass runs")
     pa, pb = _predictions(a, split), _predictions(b, split)
-    merged = pa.merge(pb, on="id", suffixes=("_a", "_b"))
-    if len(merged) != len(pa) or len(merged) != len(pb):
-        raise DataError(f"the runs were evaluated on different cases of {split!r} ({len(pa)} vs {len(pb)} rows, "
-                        f"{len(merged)} shared ids): compare needs the same data source and split")
-    if not (merged["label_a"] == merged["label_b"]).all():
+    shared = set(pa.ids) & set(pb.ids)
+    if len(shared) != pa.n or len(shared) != pb.n:
+        raise DataError(f"the runs were evaluated on different cases of {split!r} ({pa.n} vs {pb.n} rows, "
+                        f"{len(shared)} shared ids): compare needs the same data source and split")
+    pb = pb.align(pa.ids)
+    if not np.array_equal(pa.labels, pb.labels):
         raise DataError("the runs disagree on the labels of the same case ids")
     names = list(a.spec.class_names)
-    y = np.array([names.index(c) for c in merged["label_a"]])
-    probs_a = merged[[f"prob_{c}_a" for c in names]].to_numpy()
-    probs_b = merged[[f"prob_{c}_b" for c in names]].to_numpy()
+    y, probs_a, probs_b = pa.labels, pa.probs, pb.probs
     pos = a.spec.positive_index
     metrics = ("auc", "accuracy", "sensitivity", "specificity") if a.spec.task == "binary" else ("auc", "accuracy", "balanced_accuracy")
     out = paired_bootstrap_diff(y, probs_a, probs_b, task=a.spec.task, class_names=names, positive_index=pos,

@@ -2,7 +2,7 @@
 
 Evaluation reads the temperature and operating points stored for the evaluated
 checkpoint (``RUN_DIR/postprocess.json``, written by the calibration step on the
-validation split, :mod:`.calibrate`); it never refits or overwrites them. A checkpoint
+validation split, :mod:`medcls.calibration`); it never refits or overwrites them. A checkpoint
 that was never calibrated is calibrated first, by that step.
 
 Multilabel runs: ``metrics.json`` holds per-label AUC/AP (with DeLong CIs),
@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..artefact import Postprocess, findings_text
+from ..artefact import Postprocess
+from ..calibration import calibrate_run, split_logits
 from ..data.sources import LoadedData, load_data
 from ..metrics import (
     UndefinedMetricWarning,
@@ -41,10 +42,10 @@ from ..metrics import (
     roc_band,
     threshold_transfer,
 )
-from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
+from ..metrics.operating_points import apply_label_thresholds, multilabel_decision_metrics
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
-from .calibrate import calibrate_run, split_logits
+from .result import EvalResult
 
 log = logging.getLogger("medcls")
 
@@ -54,38 +55,6 @@ HEADLINE = ("auc", "micro_auc", "accuracy", "balanced_accuracy", "sensitivity", 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The summary numbers shown in tables (those present for the task)."""
     return {k: metrics[k] for k in HEADLINE if isinstance(metrics.get(k), int | float)}
-
-
-def predictions_frame(ids: list[str], labels: np.ndarray, probs: np.ndarray, class_names: list[str], task: str,
-                      threshold: float, positive_index: int | None,
-                      decision_threshold: float | dict[str, float] | None = None) -> pd.DataFrame:
-    """One row per case. ``decision_threshold``: the operating point in use (multilabel: ``{label: t}``)."""
-    df = pd.DataFrame({"id": ids})
-    if task == "multilabel":
-        for j, c in enumerate(class_names):
-            df[f"true_{c}"] = labels[:, j].astype(int)
-        for j, c in enumerate(class_names):
-            df[f"prob_{c}"] = probs[:, j]
-            df[f"pred_{c}"] = (probs[:, j] >= threshold).astype(int)
-        if decision_threshold is not None:
-            called = label_decisions(probs, decision_threshold, class_names=class_names)
-            for j, c in enumerate(class_names):
-                df[f"decision_{c}"] = called[:, j].astype(int)
-            df["decision"] = [findings_text([c for c, f in zip(class_names, row, strict=True) if f]) for row in called]
-        return df
-    df["label"] = [class_names[i] for i in labels]
-    for j, c in enumerate(class_names):
-        df[f"prob_{c}"] = probs[:, j]
-    if task == "binary":
-        pos, neg = positive_index, 1 - positive_index
-        pred = np.where(probs[:, pos] >= threshold, pos, neg)
-    else:
-        pred = probs.argmax(1)
-    df["predicted"] = [class_names[i] for i in pred]
-    df["correct"] = df["predicted"] == df["label"]
-    if task == "binary" and decision_threshold is not None:
-        df["decision"] = [class_names[i] for i in np.where(probs[:, pos] >= decision_threshold, pos, neg)]
-    return df
 
 
 def _multilabel_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: dict[str, Any],
@@ -155,16 +124,11 @@ def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -
     return out
 
 
-def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits, metrics, post: Postprocess) -> None:
+def _plots(out: Path, result: EvalResult, post: Postprocess, history: Path) -> None:
     from .plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
 
-    spec, ev = run.spec, run.config.eval
-    names, task, pos = list(spec.class_names), spec.task, spec.positive_index
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", metrics)
-    decision = post.thresholds if task == "multilabel" else post.threshold
-    df = predictions_frame(table.ids, labels, probs, names, task, ev.threshold, pos, decision)
-    atomic_write_text(out / "predictions.csv", df.to_csv(index=False))
+    metrics, labels, probs, names = result.metrics, result.labels, result.probs, list(result.class_names)
+    task, pos = result.task, result.positive_index
     marks = None
     if task == "binary" and post.operating_points:
         marks = {k: v["threshold"] for k, v in post.operating_points.items() if isinstance(v, dict) and "threshold" in v}
@@ -177,10 +141,10 @@ def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits
     if "confusion_matrix" in metrics:
         plot_confusion(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names)
     if "error" not in metrics["calibration"]:
-        plot_reliability(out / "reliability.png", labels, Postprocess().probabilities(logits, task), probs, task=task)
-    hist = run.path / "history.csv"
-    if hist.is_file():
-        plot_history(out / "history.png", pd.read_csv(hist).to_dict("records"))
+        plot_reliability(out / "reliability.png", labels, Postprocess().probabilities(result.logits, task), probs,
+                         task=task)
+    if history.is_file():
+        plot_history(out / "history.png", pd.read_csv(history).to_dict("records"))
 
 
 def _record_summary(run: Run, split: str, metrics: dict[str, Any], checkpoint: str) -> None:
@@ -190,9 +154,28 @@ def _record_summary(run: Run, split: str, metrics: dict[str, Any], checkpoint: s
     atomic_write_json(summary_path, summary)
 
 
-def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
-                 data: LoadedData | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``split`` with the calibration stored for that checkpoint; writes reports."""
+def _extras(run: Run, result: EvalResult, post: Postprocess, split: str) -> list[str]:
+    """Task-specific metrics (per-label CIs and decisions, operating points, decision curve) and subgroups."""
+    ev, seed, metrics = run.config.eval, run.config.seed, result.metrics
+    labels, probs, names, pos = result.labels, result.probs, list(result.class_names), result.positive_index
+    notes: list[str] = []
+    if result.task == "multilabel":
+        notes = _multilabel_extras(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, seed)
+    elif result.task == "binary":
+        _binary_extras(metrics, labels, probs, post, pos, ev.n_bootstrap, seed)
+    if ev.subgroups:
+        from .subgroups import subgroup_analysis
+
+        metrics["subgroups"] = subgroup_analysis(
+            result.task, labels, probs, result.meta, ev.subgroups, class_names=names, positive_index=pos,
+            threshold=post.threshold, n_resamples=min(ev.n_bootstrap or 200, 1000), seed=seed)
+    return notes
+
+
+def evaluate_split(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
+                   data: LoadedData | None = None) -> tuple[EvalResult, Postprocess]:
+    """Metrics of ``checkpoint`` on ``split`` with the calibration stored for that checkpoint; writes nothing
+    (a checkpoint never calibrated is calibrated first, which stores its post-processing)."""
     device = device or torch.device("cpu")
     cfg, spec, ev = run.config, run.spec, run.config.eval
     data = data or load_data(cfg.data)
@@ -204,17 +187,9 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     probs, labels = post.probabilities(logits, task), np.asarray(table.labels)
     metrics = {"split": split, "checkpoint": checkpoint, "checkpoint_epoch": meta.get("epoch"), "n": len(labels),
                **_scores(task, labels, probs, names, pos, ev, cfg.seed)}
-    eval_notes = []
-    if task == "multilabel":
-        eval_notes = _multilabel_extras(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, cfg.seed)
-    elif task == "binary":
-        _binary_extras(metrics, labels, probs, post, pos, ev.n_bootstrap, cfg.seed)
-    if ev.subgroups:
-        from .subgroups import subgroup_analysis
-
-        metrics["subgroups"] = subgroup_analysis(
-            task, labels, probs, table.meta, ev.subgroups, class_names=names, positive_index=pos,
-            threshold=post.threshold, n_resamples=min(ev.n_bootstrap or 200, 1000), seed=cfg.seed)
+    result = EvalResult(metrics, list(table.ids), labels, probs, tuple(names), task, pos, ev.threshold,
+                        post.thresholds if task == "multilabel" else post.threshold, logits, meta=table.meta)
+    eval_notes = _extras(run, result, post, split)
     if ev.tta:
         tta_probs = post.probabilities(split_logits(run, model, table, device, tta=True, where=f"{split} split"), task)
         tta = _scores(task, labels, tta_probs, names, pos, ev, cfg.seed)
@@ -224,12 +199,28 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     except Exception as e:
         metrics["calibration"] = {"error": str(e)}
     metrics["postprocess"] = _postprocess_summary(post, split, eval_notes)
-    out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
-    _write_outputs(run, split, out, table, labels, probs, logits, metrics, post)
+    return result, post
+
+
+def write_evaluation(run: Run, result: EvalResult, post: Postprocess, out: Path) -> None:
+    """The files of an evaluation: metrics.json, predictions.csv, plots, report.html, model_card.md, and the
+    run's summary in ``RUN/metrics.json``."""
     from .model_card import write_model_card
     from .report import write_report
 
+    split, metrics = result.metrics["split"], result.metrics
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "predictions.csv", result.frame().to_csv(index=False))
+    _plots(out, result, post, run.path / "history.csv")
     report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
-    _record_summary(run, split, metrics, checkpoint)
+    _record_summary(run, split, metrics, metrics["checkpoint"])
     log.info("evaluation on %s written to %s (report %s, model card %s)", split, out, report, card)
-    return metrics
+
+
+def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", device: torch.device | None = None,
+                 data: LoadedData | None = None, out_dir: str | Path | None = None) -> EvalResult:
+    """:func:`evaluate_split`, then its files under ``out_dir`` (default ``RUN/eval-<split>/``)."""
+    result, post = evaluate_split(run, split, checkpoint=checkpoint, device=device, data=data)
+    write_evaluation(run, result, post, Path(out_dir) if out_dir else run.path / f"eval-{split}")
+    return result

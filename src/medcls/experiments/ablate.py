@@ -34,11 +34,6 @@ class AblationResult:
     runs: dict[str, Path]
 
 
-def _probs(df: pd.DataFrame, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.array([names.index(str(v)) for v in df["label"]])
-    return y, df[[f"prob_{c}" for c in names]].to_numpy()
-
-
 def _row(variant: str, metrics: dict[str, Any], inputs: str) -> dict[str, Any]:
     ci = metrics.get("auc_delong") or metrics.get("ci", {}).get("auc") or {}
     return {"variant": variant, "model": LABELS[variant], "inputs": inputs, "test_auc": metrics.get("auc"),
@@ -87,11 +82,11 @@ def ablate(config=None, *, overrides=None, variants=VARIANTS, run_dir: str | Pat
             raw["eval"]["n_bootstrap"] = n_bootstrap
         log.info("ablation: training %s (%s)", LABELS[v], _inputs_text(cfg, v))
         run = train(build_config(raw), run_dir=root / v, data=data)
-        metrics = evaluate(run, "test", data=data)
+        result = evaluate(run, "test", data=data)
         runs[v] = run.path
-        rows.append(_row(v, metrics, _inputs_text(cfg, v)))
+        rows.append(_row(v, result.metrics, _inputs_text(cfg, v)))
         if data.spec.task != "multilabel":
-            preds[v] = _probs(pd.read_csv(run.path / "eval-test" / "predictions.csv", dtype={"label": str}), names)
+            preds[v] = (result.labels, result.probs)  # every variant is tested on the same rows of `data`
     if "none" in preds:
         y, p0 = preds["none"]
         for r in rows:

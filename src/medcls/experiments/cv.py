@@ -33,6 +33,7 @@ from ..config import Config, build_config
 from ..data.sources import LoadedData, load_data
 from ..data.splits import ConcatTable, split_indices, strata
 from ..errors import ConfigError
+from ..evaluation.result import EvalResult
 from ..metrics import compute_metrics, flat_metrics
 from ..runs import Run, new_run_dir
 from ..utils import atomic_write_json, atomic_write_text
@@ -111,12 +112,12 @@ def _fold_data(data: LoadedData, dev: ConcatTable, fold: np.ndarray, k: int, inn
     return LoadedData(data.spec, train, held, HeldOutTable(train, TEST_NOT_READ), [note]), "val"
 
 
-def _prob_frame(pred_csv: Path, ids: list[str], class_names: list[str], task: str) -> pd.DataFrame:
-    df = pd.read_csv(pred_csv, dtype={"id": str})
-    if df["id"].tolist() != list(ids):
-        raise RuntimeError(f"{pred_csv}: rows do not match the held-out fold")  # internal invariant
-    cols = [f"true_{c}" for c in class_names] if task == "multilabel" else ["label"]
-    return df[cols + [f"prob_{c}" for c in class_names]]
+def _prob_frame(result: EvalResult) -> pd.DataFrame:
+    """Labels and calibrated probabilities of the held-out cases, as columns of oof_predictions.csv."""
+    names = list(result.class_names)
+    cols = ({f"true_{c}": result.labels[:, j] for j, c in enumerate(names)} if result.task == "multilabel"
+            else {"label": result.label_names()})
+    return pd.DataFrame({**cols, **{f"prob_{c}": result.probs[:, j] for j, c in enumerate(names)}})
 
 
 def cv(config: Config | str | Path | dict | None = None, folds: int = 5, *, overrides: list[str] | None = None,
@@ -161,7 +162,7 @@ def cv(config: Config | str | Path | dict | None = None, folds: int = 5, *, over
         m = evaluate(run, split=scored, data=fdata, out_dir=run.path / "eval-oof")
         best = run.metrics().get("train", {})
         per_fold.append({"fold": k, "n": len(held_idx), "best_epoch": best.get("best_epoch"), **flat_metrics(m)})
-        probs = _prob_frame(run.path / "eval-oof" / "predictions.csv", dev.subset(held_idx).ids, names, task)
+        probs = _prob_frame(m.align(dev.subset(held_idx).ids))
         frames.append(pd.concat([pd.DataFrame({"id": [dev.ids[i] for i in held_idx], "dev_index": held_idx,
                                                "source_split": [("train", "val")[s] for s in dev.part_of[held_idx]],
                                                "fold": k}), probs.reset_index(drop=True)], axis=1))

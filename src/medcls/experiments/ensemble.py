@@ -29,11 +29,11 @@ import yaml
 
 from ..api import evaluate, train
 from ..artefact import MODEL_FILE, ModelSpec
+from ..calibration import calibrate_run, split_logits
 from ..data.sources import load_data
 from ..engine.checkpoint import save_checkpoint, with_prefix
 from ..engine.trainer import resolve_device
 from ..errors import ConfigError, ModelError, RunError
-from ..evaluation.calibrate import calibrate_run, split_logits
 from ..metrics import compute_metrics, negative_log_likelihood
 from ..models.ensemble import Ensemble
 from ..runs import LEAKAGE_FILE, Run, environment, load_run

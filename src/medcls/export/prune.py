@@ -63,7 +63,7 @@ def check_prune_request(spec: ModelSpec, ratio: Any, epochs: Any) -> tuple[float
 
 
 def _val_auc(run: Run, model: nn.Module, data, device: torch.device) -> tuple[float, np.ndarray]:
-    from ..evaluation.calibrate import split_logits
+    from ..calibration import split_logits
 
     logits = split_logits(run, model, data.val, device, where="val split")
     spec = run.spec
@@ -98,7 +98,7 @@ def _fine_tune(run: Run, model: nn.Module, data, epochs: int, lr_scale: float,
 
 
 def _refit(run: Run, logits: np.ndarray, data, ratio: float, checkpoint: str, epoch: Any) -> Postprocess:
-    from ..evaluation.calibrate import fit_postprocess
+    from ..artefact import fit_postprocess
 
     ev, spec = run.config.eval, run.spec
     post = fit_postprocess(spec.task, logits, np.asarray(data.val.labels), positive_index=spec.positive_index,
