@@ -16,9 +16,10 @@ def medcls(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, pneumonia_npz):
-    """`medcls train` on 128 real images per split, 2 epochs."""
+    """`medcls train` on 128 real images per split, 2 epochs, through the installed entry point (a subprocess),
+    once for every CLI test (they add evaluations, predictions and calibrations beside it, never remove files)."""
     root = tmp_path_factory.mktemp("cli")
     run_dir = root / "run"
     r = medcls("train", "--config", str(Path("configs/pneumoniamnist.yaml").resolve()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,6 @@ import pytest
 from PIL import Image
 
 from medcls.cli.main import main
-
-from .conftest import medcls
 
 COMMANDS = ["train", "calibrate", "evaluate", "predict", "explain", "export", "serve", "compare", "models", "datasets",
             "cv", "tune", "ablate", "data", "config"]
@@ -26,10 +25,9 @@ def test_train_prints_summary_and_run_dir(trained):
     assert 0 <= summary["eval"]["test"]["auc"] <= 1
 
 
-def test_evaluate_writes_metrics_predictions_and_curves(trained):
+def test_evaluate_writes_metrics_predictions_and_curves(trained, capsys):
     run_dir, _ = trained
-    r = medcls("evaluate", str(run_dir), "--split", "val")
-    assert r.returncode == 0, r.stderr
+    assert main(["evaluate", str(run_dir), "--split", "val"]) == 0, capsys.readouterr().err
     out = run_dir / "eval-val"
     for f in ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusion.png", "history.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -40,10 +38,9 @@ def test_evaluate_writes_metrics_predictions_and_curves(trained):
     assert m["accuracy"] == pytest.approx(df["correct"].mean())
 
 
-def test_predict_matches_evaluation(trained, pneumonia_arrays, tmp_path):
+def test_predict_matches_evaluation(trained, pneumonia_arrays, tmp_path, capsys):
+    """`medcls train` evaluated the test split: predicting its images from files gives the same probabilities."""
     run_dir, _ = trained
-    r = medcls("evaluate", str(run_dir), "--split", "test")
-    assert r.returncode == 0, r.stderr
     df = pd.read_csv(run_dir / "eval-test" / "predictions.csv")
     # write the first 3 evaluated test images to PNG/JPEG and predict them from files
     idx = [int(s.split("/")[1]) for s in df["id"][:3]]
@@ -53,11 +50,10 @@ def test_predict_matches_evaluation(trained, pneumonia_arrays, tmp_path):
         Image.fromarray(pneumonia_arrays["test_images"][i]).save(p)
         files.append(p)
     out_csv = tmp_path / "pred.csv"
-    r = medcls("predict", str(run_dir), *map(str, files), "--csv", str(out_csv))
-    assert r.returncode == 0, r.stderr
+    assert main(["predict", str(run_dir), *map(str, files), "--csv", str(out_csv)]) == 0
     pred = pd.read_csv(out_csv)
     assert np.allclose(pred["prob_pneumonia"].to_numpy(), df["prob_pneumonia"][:3].to_numpy(), atol=1e-5)
-    assert "predicted" in r.stdout.splitlines()[0]
+    assert "predicted" in capsys.readouterr().out.splitlines()[0]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -106,15 +102,16 @@ def test_bad_inputs_give_one_clear_line(capsys, tmp_path, trained, pneumonia_npz
     assert (run_dir / "checkpoints" / "best.safetensors").is_file()
 
 
-def test_compare_runs(trained, capsys, tmp_path, tiny_cfg):
+def test_compare_runs(trained, capsys, tmp_path):
     run_dir, _ = trained
     code = main(["compare", str(run_dir), str(run_dir), "--split", "test", "--n-resamples", "300"])
     out = capsys.readouterr().out
     assert code == 0 and "auc" in out and "DeLong" in out
     res = json.loads((run_dir / "compare-test.json").read_text())
     assert res["auc"]["diff"] == 0 and res["auc"]["p_value"] == 1.0 and res["n"] == 128
-    from medcls import train
-
-    other = train({**tiny_cfg, "data": {**tiny_cfg["data"], "limit": 64}})  # different cases
-    code = main(["compare", str(run_dir), str(other.path)])
+    other = shutil.copytree(run_dir, tmp_path / "other")  # evaluated on other cases: half of them
+    preds = other / "eval-test" / "predictions.csv"
+    df = pd.read_csv(preds)
+    df.iloc[: len(df) // 2].to_csv(preds, index=False)
+    code = main(["compare", str(run_dir), str(other)])
     assert code == 2 and "different cases" in capsys.readouterr().err
