@@ -52,3 +52,26 @@ def test_roc_band_brackets_the_curve_and_narrows_with_more_cases():
     assert width(large) < width(small) / 2
     with pytest.raises(DataError, match="both classes"):
         roc_band(np.ones(10), np.arange(10))
+
+
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_roc_band_equals_interpolating_scikit_learns_roc_curve_per_resample(decimals):
+    """The band is built from case multiplicities over one sort; it must equal the straightforward
+    construction (scikit-learn's roc_curve on each resample, interpolated), ties included."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(3)
+    y = rng.random(150) < 0.4
+    s = rng.normal(y * 1.2, 1)
+    s = s if decimals is None else np.round(s, decimals)
+    draw, grid = np.random.default_rng(7), np.linspace(0, 1, 101)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    tprs = []
+    for _ in range(100):
+        idx = np.concatenate([draw.choice(pos, len(pos)), draw.choice(neg, len(neg))])
+        fpr, tpr, _ = roc_curve(y[idx], s[idx])
+        tprs.append(np.interp(grid, fpr, tpr))
+    lo, hi = np.quantile(tprs, [0.025, 0.975], axis=0)
+    band = roc_band(y, s, n_resamples=100, seed=7)
+    np.testing.assert_allclose(band["tpr_low"], lo, atol=1e-12)
+    np.testing.assert_allclose(band["tpr_high"], hi, atol=1e-12)
