@@ -16,7 +16,7 @@ from PIL import Image
 
 from medcls.cli.main import main
 from medcls.errors import ConfigError
-from medcls.evaluation.gradcam import (
+from medcls.explain.cam import (
     METHODS,
     _select_errors,
     cam_sanity,

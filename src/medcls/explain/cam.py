@@ -410,7 +410,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     import pandas as pd
 
     from ..data.sources import load_data
-    from .evaluator import evaluate_run
+    from ..evaluation import evaluate_run
 
     check_method(method)
     if run.spec.task == "multilabel":

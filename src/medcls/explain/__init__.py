@@ -1,0 +1,1 @@
+"""Explanations of a model's predictions: class activation maps (Grad-CAM & co), their sanity checks, figures."""
