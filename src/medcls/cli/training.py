@@ -90,7 +90,7 @@ def evaluate(
     typer.echo(f"written to {out}")
     if gradcam_errors:
         from ..evaluation.report import write_report
-        from ..explain.cam import mine_errors
+        from ..explain import mine_errors
         from ..runs import load_run
 
         run = load_run(run_dir)

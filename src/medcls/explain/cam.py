@@ -1,19 +1,16 @@
-"""Grad-CAM (pytorch-grad-cam) for :class:`~medcls.models.Classifier`: target layers found for ResNet,
-DenseNet, EfficientNet, ConvNeXt and ViT-style timm models (or named, ``"net.layer3"``), three-panel
-figures, and galleries of the most confident errors of an evaluated split (``mine_errors``).
+"""Class activation maps (pytorch-grad-cam) of a :class:`~medcls.models.Classifier`: the methods, the target
+layer found for ResNet, DenseNet, EfficientNet, ConvNeXt and ViT-style timm models (or named, ``"net.layer3"``),
+the layer chosen for an input size (a map of at least ``MIN_MAP`` x ``MIN_MAP``), one layer per ensemble member,
+fused models explained on their image branch, and :func:`compute_cam`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
-import shutil
 import warnings
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +18,12 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from ..errors import ConfigError, DataError, did_you_mean
+from ..errors import ConfigError, did_you_mean
 from ..models.ensemble import ensemble_members
-from ..runs import Run
 
 log = logging.getLogger("medcls")
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM}
-MIN_DISPLAY = 224  # images smaller than this are upscaled (nearest) in saved figures
 MIN_MAP = 7  # CAM grids coarser than 7x7 (ResNet's layer4 at 224 px) cannot localise: chosen against, warned
 
 
@@ -228,229 +223,3 @@ def _target_modules(model: nn.Module, name: str) -> tuple[list[nn.Module], Calla
         raise ConfigError("Grad-CAM of an ensemble that mixes ViT-style and convolutional members is not supported; "
                           "explain the members one by one")
     return [m for m, _, _ in found], found[0][2]
-
-
-def _mean_offdiag_corr(maps: np.ndarray) -> float:
-    flat = maps.reshape(len(maps), -1)
-    keep = flat.std(1) > 1e-8  # constant maps have no correlation
-    c = np.corrcoef(flat[keep]) if keep.sum() > 1 else np.ones((1, 1))
-    return float(c[~np.eye(len(c), dtype=bool)].mean()) if len(c) > 1 else 1.0
-
-
-def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    r = spearmanr(a.ravel(), b.ravel()).statistic
-    return float(0.0 if np.isnan(r) else r)
-
-
-def cam_sanity(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", layer: str | None = None,
-               seed: int = 0) -> dict[str, Any]:
-    """Two checks that a CAM explains *this* model on *these* images (Adebayo et al., 2018, "Sanity checks
-    for saliency maps"): ``pairwise_correlation``, the mean Pearson correlation between the maps of different
-    images (near 1: the same blob on every image), and ``randomisation_correlation``, the mean Spearman
-    rank correlation of each map with the map of a copy of the model whose weights are re-initialised
-    (near 1: the map does not depend on what the model learned)."""
-    import copy
-
-    layer, grid = choose_layer(model, x, layer)
-    maps = compute_cam(model, x, method=method, layer=layer)
-    random_model = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for m in random_model.modules():
-        if hasattr(m, "reset_parameters") and m is not random_model:
-            m.reset_parameters()
-    random_maps = compute_cam(random_model, x, method=method, layer=layer)
-    return {"layer": layer, "map_size": list(grid) if grid else None, "n_images": len(x),
-            "pairwise_correlation": _mean_offdiag_corr(maps),
-            "randomisation_correlation": float(np.mean([_rank_corr(a, b) for a, b in zip(maps, random_maps,
-                                                                                          strict=True)]))}
-
-
-def _upscale(a: np.ndarray, size: int = MIN_DISPLAY) -> np.ndarray:
-    f = max(1, math.ceil(size / max(a.shape[:2])))
-    return np.repeat(np.repeat(a, f, axis=0), f, axis=1) if f > 1 else a
-
-
-def overlay(image01: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) -> np.ndarray:
-    """uint8 RGB (H, W, 3): the jet-coloured ``cam`` blended over a gray or RGB ``image01`` in [0, 1]."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    img = np.clip(np.asarray(image01, np.float32), 0, 1)
-    img = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else np.broadcast_to(img, (*img.shape[:2], 3))
-    if img.shape[:2] != cam.shape:
-        raise ConfigError(f"image {img.shape[:2]} and CAM {cam.shape} differ in size")
-    return show_cam_on_image(img, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=image_weight)
-
-
-def save_explanation(path: str | Path, image01: np.ndarray, cam: np.ndarray, title: str) -> Path:
-    """PNG with three panels: image, heatmap, overlay (small images upscaled with nearest neighbour)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-
-    img = np.clip(np.asarray(image01, np.float32), 0, 1)
-    img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-    big_img, big_cam = _upscale(img), _upscale(np.asarray(cam, np.float32))
-    panels = [(big_img, "image", {"cmap": "gray"} if img.ndim == 2 else {}),
-              (big_cam, "heatmap", {"cmap": "jet", "vmin": 0, "vmax": 1}),
-              (overlay(big_img, big_cam), "overlay", {})]
-    fig = Figure(figsize=(10.5, 4.1))
-    axes = fig.subplots(1, 3)
-    for ax, (a, name, kw) in zip(axes, panels, strict=True):
-        shown = ax.imshow(a, interpolation="nearest", **kw)
-        ax.set_title(name, fontsize=13)
-        ax.axis("off")
-        if name == "heatmap":  # the colour scale: what red and blue mean
-            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
-            bar.ax.set_yticklabels(["low", "", "high"], fontsize=11)
-    fig.suptitle(title, fontsize=14)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def _class_index(run: Run, target: int | str | None) -> int | None:
-    names = list(run.spec.class_names)
-    if target is None or (isinstance(target, int) and 0 <= target < len(names)):
-        return target
-    if target in names:
-        return names.index(target)
-    raise ConfigError(f"unknown class {target!r}.{did_you_mean(target, names)} Classes: {', '.join(names)}")
-
-
-def _decision_threshold(run: Run, checkpoint: str) -> float:
-    """The operating point ``predict`` uses for ``checkpoint`` (its calibration), else eval.threshold."""
-    post = run.postprocess(checkpoint)
-    return float(post.threshold if post is not None else run.config.eval.threshold)
-
-
-def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gradcam",
-                  target_class: int | str | None = None, layer: str | None = None, out_path: str | Path,
-                  checkpoint: str = "best", metadata: dict[str, Any] | None = None,
-                  array_path: str | Path | None = None) -> dict[str, Any]:
-    """Predict one image (calibrated, at the checkpoint's operating point, as ``Predictor`` does) and save its
-    CAM figure; with ``array_path`` also the raw map (float32 .npy in [0, 1], resized to the image's size).
-
-    The CAM explains ``target_class`` (index or name), by default the predicted class.
-    """
-    from ..data.images import read_image
-
-    check_method(method)
-    target = _class_index(run, target_class)
-    model, preprocess, post = run.artefact.load(checkpoint)
-    is_file = isinstance(image, str | Path)
-    arr = read_image(image, draft=preprocess.draft) if is_file else np.asarray(image)  # decoded as in training
-    x = preprocess(arr).unsqueeze(0)
-    extras = None
-    if run.inputs is not None:  # fused models: the metadata held fixed (None: the learned "missing" inputs)
-        enc, _ = run.inputs.encode_requests(1, [metadata] if metadata else None, None)
-        extras = {k: torch.as_tensor(v) for k, v in enc.items()}
-    elif metadata:
-        raise DataError("this model uses the image only: it takes no metadata")
-    with torch.no_grad():
-        p = post.probabilities(model(x, **(extras or {})).float().numpy(), run.spec.task)[0]
-    names = list(run.spec.class_names)
-    pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(post.decide(p, run.spec))
-    target = pred if target is None else target
-    layer, grid = choose_layer(model, x, layer, extras)
-    cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
-    grid_text = f"{grid[0]}x{grid[1]} map" if grid else "map"
-    title = (f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer_label(layer)} "
-             f"({grid_text})")
-    path = save_explanation(out_path, x[0].permute(1, 2, 0).numpy(), cam, title)
-    result = {"predicted": names[pred], "probability": float(p[pred]), "path": str(path), "target": names[target],
-              "method": method, "layer": layer, "map_size": grid_text}
-    if array_path is not None:
-        size = read_image(image).shape[:2] if is_file and preprocess.draft else arr.shape[:2]  # the file's own size
-        result["array"] = str(save_map(array_path, cam, size))
-    return result
-
-
-def save_map(path: str | Path, cam: np.ndarray, size: tuple[int, int]) -> Path:
-    """The CAM as float32 .npy at ``size`` (the image's H, W; bilinear, as the preprocessing resized it)."""
-    import cv2
-
-    from ..utils import atomic_write_bytes
-
-    full = cv2.resize(np.asarray(cam, np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
-    buf = io.BytesIO()
-    np.save(buf, np.clip(full, 0, 1).astype(np.float32))
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def _select_errors(df, run: Run, k: int, threshold: float) -> dict[str, Any]:
-    names, spec = list(run.spec.class_names), run.spec
-    if spec.task == "binary":
-        pos = names[spec.positive_index]
-        p = df[f"prob_{pos}"]
-        df = df.assign(_pred=np.where(p >= threshold, pos, names[1 - spec.positive_index]))
-        fp = df[(df["label"] != pos) & (p >= threshold)].sort_values(f"prob_{pos}", ascending=False).head(k)
-        fn = df[(df["label"] == pos) & (p < threshold)].sort_values(f"prob_{pos}", ascending=True).head(k)
-        return {"FP": fp, "FN": fn}
-    probs = df[[f"prob_{c}" for c in names]].to_numpy()
-    df = df.assign(_pred=[names[i] for i in probs.argmax(1)], _conf=probs.max(1))
-    wrong = df[df["_pred"] != df["label"]]
-    return {c: wrong[wrong["label"] == c].sort_values("_conf", ascending=False).head(k) for c in names}
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x"
-
-
-def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gradcam", checkpoint: str = "best",
-                layer: str | None = None) -> list[dict[str, Any]]:
-    """Grad-CAM figures of the ``k`` most confident errors per group under ``RUN/eval-<split>/gradcam/``.
-
-    Binary: false positives (``FP/``, highest p(positive)) and false negatives (``FN/``, lowest
-    p(positive)) at the checkpoint's decision threshold (its calibration, else ``eval.threshold``). Multiclass: per true
-    class (``<class>/``). The CAM explains the predicted class. An existing ``gradcam/`` is replaced.
-    """
-    import pandas as pd
-
-    from ..data.sources import load_data
-    from ..evaluation import evaluate_run
-
-    check_method(method)
-    if run.spec.task == "multilabel":
-        raise ConfigError("Grad-CAM error mining supports binary and multiclass runs, not multilabel")
-    out = run.path / f"eval-{split}"
-    if not (out / "predictions.csv").is_file():
-        evaluate_run(run, split, checkpoint=checkpoint)
-    df = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str})
-    threshold = _decision_threshold(run, checkpoint)
-    groups = _select_errors(df, run, k, threshold)
-    root = out / "gradcam"
-    shutil.rmtree(root, ignore_errors=True)
-    if not any(len(g) for g in groups.values()):
-        log.info("no errors on %s to explain", split)
-        return []
-    table = load_data(run.config.data).split(split)
-    index = {cid: i for i, cid in enumerate(table.ids)}
-    model, _ = run.build_model(checkpoint)
-    names, pre = list(run.spec.class_names), run.preprocess
-    written: list[dict[str, Any]] = []
-    chosen: tuple[str, tuple[int, int] | None] | None = None
-    for group, rows in groups.items():
-        for rank, r in enumerate(rows.to_dict("records"), 1):
-            cid, pred = str(r["id"]), str(r["_pred"])
-            if cid not in index:
-                raise DataError(f"case {cid!r} of predictions.csv is not in the {split} split any more "
-                                  f"(data changed since evaluation?); re-run `medcls evaluate`")
-            x = pre(table.load(index[cid], draft=pre.draft)).unsqueeze(0)
-            extras = run.inputs.encode_table(table.subset([index[cid]]), f"{split} split") if run.inputs else None
-            if chosen is None:  # chosen (and warned about) on the first case: the input size is the same for all
-                chosen = choose_layer(model, x, layer, extras)
-            layer, grid = chosen
-            cam = compute_cam(model, x, method=method, target_class=names.index(pred), layer=layer, extras=extras)[0]
-            path = root / _safe(group) / f"{rank:02d}_{_safe(cid)}.png"
-            prob = float(r[f"prob_{pred}"])
-            at = f" · {layer_label(layer)} ({grid[0]}x{grid[1]})" if grid else ""
-            save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam,
-                             f"{group} · {cid} · true {r['label']} · predicted {pred} (p = {prob:.3f}){at}")
-            written.append({"id": cid, "group": group, "label": r["label"], "predicted": pred,
-                            "probability": prob, "path": str(path)})
-    pd.DataFrame(written).to_csv(root / "cases.csv", index=False)
-    log.debug("Grad-CAM of %d errors written to %s", len(written), root)
-    return written

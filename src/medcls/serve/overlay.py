@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..explain.cam import MIN_DISPLAY, MIN_MAP, check_method, choose_layer, compute_cam, layer_label, overlay
+from ..explain import MIN_DISPLAY, MIN_MAP, check_method, choose_layer, compute_cam, layer_label, overlay
 from ..inference.predictor import Predictor
 
 VIEWS = ("overlay", "heatmap", "image")
