@@ -1,6 +1,7 @@
 """Explanations of a model's predictions: class activation maps (Grad-CAM & co) and the layer they are taken at
-(``cam``), their sanity checks (``sanity``), pictures and files of a map (``figures``), one image of a run
-explained (``image``, ``medcls explain``) and galleries of the most confident errors of a split (``mining``).
+(``cam``), their sanity checks (``sanity``), pictures and files of a map (``figures``), one image explained
+(``image``: ``medcls explain`` and ``POST /v1/explain``) and galleries of the most confident errors of a split
+(``mining``).
 """
 
 from .cam import (
@@ -15,11 +16,12 @@ from .cam import (
     pick_layer,
     resolve_target_layer,
 )
-from .figures import MIN_DISPLAY, overlay, save_explanation, save_map
-from .image import explain_image
+from .figures import MIN_DISPLAY, VIEWS, heatmap_rgba, image_rgb, overlay, png_bytes, save_explanation, save_map
+from .image import Explanation, explain_image, explain_png
 from .mining import mine_errors
 from .sanity import cam_sanity
 
-__all__ = ["METHODS", "MIN_DISPLAY", "MIN_MAP", "cam_sanity", "check_method", "choose_layer", "compute_cam",
-           "explain_image", "image_branch", "layer_label", "map_sizes", "mine_errors", "overlay", "pick_layer",
-           "resolve_target_layer", "save_explanation", "save_map"]
+__all__ = ["METHODS", "MIN_DISPLAY", "MIN_MAP", "VIEWS", "Explanation", "cam_sanity", "check_method", "choose_layer",
+           "compute_cam", "explain_image", "explain_png", "heatmap_rgba", "image_branch", "image_rgb", "layer_label",
+           "map_sizes", "mine_errors", "overlay", "pick_layer", "png_bytes", "resolve_target_layer",
+           "save_explanation", "save_map"]

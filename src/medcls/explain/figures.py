@@ -1,5 +1,6 @@
-"""Pictures of class activation maps: the map coloured over its image, and the files the CLI writes (the
-three-panel figure, the raw map as .npy). Small images are upscaled with nearest neighbour for display."""
+"""Pictures of class activation maps: the map coloured over its image, the map alone (RGBA, to lay over the image
+with an opacity of the viewer's choice), the PNGs the server sends and the files the CLI writes (the three-panel
+figure, the raw map as .npy). Small images are upscaled with nearest neighbour for display."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-MIN_DISPLAY = 224  # images smaller than this are upscaled (nearest) in saved figures
+MIN_DISPLAY = 224  # images smaller than this are upscaled (nearest) for display: saved figures, served PNGs
+VIEWS = ("overlay", "heatmap", "image")  # the pictures of one explained image: map over image, map alone, image
 
 
 def _upscale(a: np.ndarray, size: int = MIN_DISPLAY) -> np.ndarray:
@@ -28,6 +30,31 @@ def overlay(image01: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) 
     if img.shape[:2] != cam.shape:
         raise ConfigError(f"image {img.shape[:2]} and CAM {cam.shape} differ in size")
     return show_cam_on_image(img, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=image_weight)
+
+
+def heatmap_rgba(cam: np.ndarray) -> np.ndarray:
+    """The jet-coloured map with its own value as opacity: cold regions stay transparent."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["jet"](np.clip(cam, 0, 1))
+    rgba[..., 3] = np.clip(cam, 0, 1) ** 0.7
+    return (rgba * 255).astype(np.uint8)
+
+
+def image_rgb(image01: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a gray or RGB ``image01`` in [0, 1]: the image as the model sees it."""
+    gray = np.clip(image01, 0, 1)
+    rgb = (np.repeat(gray[..., None], 3, -1) if gray.ndim == 2 else gray) * 255
+    return rgb.astype(np.uint8)
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A uint8 RGB or RGBA picture as PNG, small ones upscaled (nearest): the pixels the model saw stay visible."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_upscale(picture)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_explanation(path: str | Path, image01: np.ndarray, cam: np.ndarray, title: str) -> Path:

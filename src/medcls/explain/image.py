@@ -1,7 +1,10 @@
-"""Explaining one image of a run: its calibrated prediction and the CAM figure of a class (``medcls explain``)."""
+"""Explaining one image: its calibrated prediction and the CAM of a class, as the figure ``medcls explain`` saves
+for a run (:func:`explain_image`) or as one picture of a :class:`~medcls.inference.Predictor`'s prediction, the
+one ``POST /v1/explain`` sends (:func:`explain_png`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +12,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, did_you_mean
+from ..inference import Predictor
 from ..runs import Run
-from .cam import check_method, choose_layer, compute_cam, layer_label
-from .figures import save_explanation, save_map
+from .cam import MIN_MAP, check_method, choose_layer, compute_cam, layer_label
+from .figures import heatmap_rgba, image_rgb, overlay, png_bytes, save_explanation, save_map
 
 
 def _class_index(run: Run, target: int | str | None) -> int | None:
@@ -63,3 +67,40 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
         size = read_image(image).shape[:2] if is_file and preprocess.draft else arr.shape[:2]  # the file's own size
         result["array"] = str(save_map(array_path, cam, size))
     return result
+
+
+@dataclass
+class Explanation:
+    png: bytes
+    predicted: str
+    probability: float
+    layer: str | None = None
+    grid: tuple[int, int] | None = None
+
+    @property
+    def coarse(self) -> bool:
+        return self.grid is not None and min(self.grid) < MIN_MAP
+
+
+def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam", metadata: dict[str, Any] | None = None,
+                view: str = "overlay") -> Explanation:
+    """One picture (``view``: overlay, heatmap or image) of the prediction's Grad-CAM (torch backend), with the
+    class, its calibrated probability, the layer and the map's grid.
+
+    Fused models: ``metadata`` (and text) as for prediction, so the map explains that prediction; without
+    it the learned "missing" embeddings stand in. Bad keys raise DataError.
+    """
+    check_method(method)
+    extras, _ = pred.encode_inputs(1, [metadata] if metadata else None)
+    x = pred.preprocess(img).unsqueeze(0)
+    extras = {k: torch.as_tensor(v) for k, v in extras.items()} or None
+    p = pred.probabilities(x, extras)[0]
+    k = int(p.argmax())
+    name, prob = str(pred.spec.class_names[k]), float(p[k])
+    image01 = x[0].permute(1, 2, 0).numpy() if x.shape[1] == 3 else x[0, 0].numpy()
+    if view == "image":
+        return Explanation(png_bytes(image_rgb(image01)), name, prob)
+    layer, grid = choose_layer(pred.model, x, None, extras)
+    cam = compute_cam(pred.model, x, method=method, target_class=k, layer=layer, extras=extras)[0]
+    picture = heatmap_rgba(cam) if view == "heatmap" else overlay(image01, cam)
+    return Explanation(png_bytes(picture), name, prob, layer_label(layer), grid)
