@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset
+from medcls.testing.multimodal import image_only_ceiling, joint_config, make_joint_dataset
 
 Q = 0.75  # P(view = frontal): the image-only ceiling AUC; metadata-only is 0.5
 
