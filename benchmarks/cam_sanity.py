@@ -21,7 +21,7 @@ import torch
 from _common import cpu_name
 
 from medcls.data.sources import load_data
-from medcls.evaluation.gradcam import cam_sanity
+from medcls.explain import cam_sanity
 from medcls.runs import load_run
 
 

@@ -27,7 +27,7 @@ import torch
 from _common import cpu_name
 
 from medcls.engine.predict import probabilities
-from medcls.export.onnx import INPUT, OUTPUT
+from medcls.inference.ort import INPUT, OUTPUT
 from medcls.inference.predictor import Predictor
 from medcls.runs import Run, load_run
 
@@ -96,7 +96,7 @@ def bench(fn, pool: np.ndarray, batch: int, warmup: int, iters: int, iters_b: in
 def test_auc(run: Run, bundle: Path, threads: int) -> dict[str, Any]:
     """Test AUC of ORT fp32 and ORT INT8 (uncalibrated probabilities, as the export check does)."""
     from medcls.data.sources import load_data
-    from medcls.export.onnx import ort_logits, ort_session
+    from medcls.inference.ort import ort_logits, ort_session
     from medcls.metrics import compute_metrics
 
     spec = run.spec

@@ -2,7 +2,7 @@
 
 Two benchmarks, each one ``medcls.experiments.ablate`` (same splits and seed for every variant):
 
-1. ``synthetic``: the joint-dependence benchmark of ``medcls.multimodal.synthetic`` (label = planted image
+1. ``synthetic``: the joint-dependence benchmark of ``medcls.testing.multimodal`` (label = planted image
    feature XNOR a metadata flag; image-only ceiling AUC = q, metadata-only 0.5, joint 1.0);
 2. ``btxrd``: a BTXRD-style fixture (dataset.xlsx with age, gender, site, view; PneumoniaMNIST images as
    radiographs), or the real BTXRD folder with ``--btxrd /data/BTXRD``.
@@ -25,7 +25,7 @@ import torch
 from _common import cpu_name
 
 from medcls.experiments.ablate import ablate, to_markdown
-from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset, write_btxrd_like
+from medcls.testing.multimodal import image_only_ceiling, joint_config, make_joint_dataset, write_btxrd_like
 
 ROOT = Path(__file__).resolve().parents[1]
 

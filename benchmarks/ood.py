@@ -2,7 +2,7 @@
 
 The bundle's gate (Mahalanobis distance of penultimate features, threshold at 95% validation acceptance,
 fitted by ``medcls export``) scores the run's own test split (in distribution) and ``--n`` images of each
-kind that :mod:`medcls.evaluation.ood_images` renders (text pages, colour photos, natural textures,
+kind that :mod:`medcls.testing.ood_images` renders (text pages, colour photos, natural textures,
 histology-like patches, ultrasound-like sectors, fundus-like discs). For each kind: AUROC of the score
 (in-distribution test vs that kind) and the share flagged; for the test split: the share flagged (the
 gate's false alarms). The same is reported for the maximum softmax probability (1 - MSP as the score), the
@@ -24,9 +24,9 @@ from sklearn.metrics import roc_auc_score
 
 from medcls.artefact import open_artefact
 from medcls.data.sources import load_data
-from medcls.evaluation.ood_images import KINDS, render
 from medcls.inference import Predictor
 from medcls.runs import load_run
+from medcls.testing.ood_images import KINDS, render
 
 
 def scores(pred: Predictor, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ import torch
 from _common import cpu_name
 
 from medcls.engine.predict import probabilities
-from medcls.export.onnx import INPUT, OUTPUT, ort_logits, ort_session
+from medcls.inference.ort import INPUT, OUTPUT, ort_logits, ort_session
 from medcls.metrics import compute_metrics
 from medcls.runs import Run, load_run
 

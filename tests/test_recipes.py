@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from medcls import evaluate, load_config, train
-from medcls.multimodal.synthetic import write_btxrd_like
+from medcls.testing.multimodal import write_btxrd_like
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = ["transforms.image_size=32", "model.name=test_resnet", "model.pretrained=false", "train.epochs=2",

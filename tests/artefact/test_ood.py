@@ -15,7 +15,7 @@ from medcls.artefact import bundle_digest
 from medcls.artefact.ood import OOD_FILE, OodGate, fit_gate
 from medcls.cli.main import main
 from medcls.errors import OutOfDistributionError
-from medcls.evaluation.ood_images import KINDS, render
+from medcls.testing.ood_images import KINDS, render
 
 
 def test_gate_accepts_the_target_share_of_val_and_flags_far_points(tmp_path):

@@ -58,7 +58,7 @@ def test_unknown_columns_and_missing_metadata_are_one_line_errors():
 @pytest.mark.slow
 def test_subgroups_on_the_btxrd_fixture_reach_report_card_and_metrics(tmp_path, pneumonia_arrays):
     from medcls import evaluate, train
-    from medcls.multimodal.synthetic import write_btxrd_like
+    from medcls.testing.multimodal import write_btxrd_like
 
     xlsx, _ = write_btxrd_like(tmp_path / "BTXRD", pneumonia_arrays["train_images"], n=300)
     cfg = {"name": "btx", "output_dir": str(tmp_path / "runs"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medcls.multimodal.synthetic import image_only_ceiling, joint_config, make_joint_dataset
+from medcls.testing.multimodal import image_only_ceiling, joint_config, make_joint_dataset
 
 Q = 0.75  # P(view = frontal): the image-only ceiling AUC; metadata-only is 0.5
 
@@ -83,7 +83,7 @@ def test_bundle_reproduces_evaluation(joint, tmp_path):
 
 
 def test_gradcam_on_the_image_branch(joint, tmp_path):
-    from medcls.evaluation.gradcam import explain_image
+    from medcls.explain import explain_image
     from medcls.runs import load_run
 
     manifest, result = joint
@@ -96,7 +96,7 @@ def test_gradcam_on_the_image_branch(joint, tmp_path):
 def test_gradcam_leaves_a_fused_model_in_eval_mode(joint):
     """The image-branch wrapper must not switch the model to training (BatchNorm would then update its
     running statistics, and fail on a batch of one)."""
-    from medcls.evaluation.gradcam import compute_cam
+    from medcls.explain import compute_cam
     from medcls.inference.predictor import Predictor
     from medcls.runs import load_run
 

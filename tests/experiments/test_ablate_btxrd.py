@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from medcls.cli.main import main
-from medcls.multimodal.synthetic import write_btxrd_like
+from medcls.testing.multimodal import write_btxrd_like
 
 pytestmark = pytest.mark.slow
 

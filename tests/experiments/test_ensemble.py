@@ -70,7 +70,7 @@ def test_output_is_the_weighted_mean_of_calibrated_member_probabilities(ensemble
 
 
 def test_exported_as_one_onnx_and_int8_predicted_and_explained(ensemble_dir, tmp_path, pneumonia_arrays):
-    from medcls.evaluation.gradcam import explain_image
+    from medcls.explain import explain_image
     from medcls.inference import Predictor
 
     out = tmp_path / "bundle"

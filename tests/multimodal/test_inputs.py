@@ -10,8 +10,8 @@ from medcls.config import DataConfig, InputsConfig, build_config
 from medcls.data.sources import load_data
 from medcls.errors import ConfigError, DataError
 from medcls.multimodal import InputEncoder
-from medcls.multimodal.synthetic import make_joint_dataset
 from medcls.multimodal.tabular import MISSING, UNKNOWN, TabularEncoder
+from medcls.testing.multimodal import make_joint_dataset
 
 INPUTS = InputsConfig(numeric=["age"], categorical=["sex", "view"])
 

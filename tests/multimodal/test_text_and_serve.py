@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from medcls.multimodal.synthetic import joint_config, make_joint_dataset
 from medcls.multimodal.text import make_tiny_bert
+from medcls.testing.multimodal import joint_config, make_joint_dataset
 
 
 @pytest.fixture(scope="module")

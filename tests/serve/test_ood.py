@@ -8,9 +8,9 @@ pytest.importorskip("fastapi")  # the 'serve' extra
 
 from fastapi.testclient import TestClient
 
-from medcls.evaluation.ood_images import render
 from medcls.inference import Predictor
 from medcls.serve import ServeSettings, create_app
+from medcls.testing.ood_images import render
 
 from .test_app import png_bytes
 

@@ -100,7 +100,7 @@ def explain(
     array: Annotated[Path | None, typer.Option(help="Also save the raw map: float32 .npy in [0, 1] at the image's size.")] = None,
 ) -> None:
     """Save a class activation map (Grad-CAM & co) for one image and print the prediction."""
-    from ..evaluation.gradcam import explain_image
+    from ..explain import explain_image
     from ..runs import load_run
 
     if array is not None and array.suffix != ".npy":

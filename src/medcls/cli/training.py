@@ -89,8 +89,8 @@ def evaluate(
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"written to {out}")
     if gradcam_errors:
-        from ..evaluation.gradcam import mine_errors
         from ..evaluation.report import write_report
+        from ..explain import mine_errors
         from ..runs import load_run
 
         run = load_run(run_dir)

@@ -107,7 +107,8 @@ def _postprocess(run: Run, checkpoint: str) -> tuple[Postprocess, list[str]]:
 def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float, gate: OodGate | None,
                  f_torch: np.ndarray | None) -> dict[str, Any]:
     from ..engine.predict import probabilities
-    from .onnx import OUTPUT, export_onnx, ort_outputs, ort_session
+    from ..inference.ort import OUTPUT, ort_outputs, ort_session
+    from .onnx import export_onnx
 
     pre, task = run.preprocess_cfg, run.spec.task
     export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, extras=ex_val or None,
@@ -158,7 +159,7 @@ def _fit_ood(run: Run, model, data, tmp: Path) -> tuple[OodGate | None, dict[str
 
 def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dict[str, Any]:
     from ..engine.predict import probabilities
-    from .onnx import ort_logits, ort_session
+    from ..inference.ort import ort_logits, ort_session
     from .quantize import quantize_static_int8
 
     spec = run.spec

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .onnx import INPUT
+from ..inference.ort import INPUT
 
 
 class _Reader:

@@ -27,6 +27,7 @@ from ..artefact.ood import FEATURES, OodGate, logits_and_features
 from ..data.images import decode_image, read_image
 from ..errors import ConfigError, DataError, MedclsError, OutOfDistributionError, RunError, did_you_mean
 from ..transforms import Preprocess
+from .ort import OUTPUT, ort_logits, ort_outputs, ort_session
 from .schemas import OodResult, Prediction
 
 log = logging.getLogger("medcls")
@@ -84,8 +85,6 @@ class Predictor:
         if art.kind != "bundle":
             raise ConfigError(f"{path} is a run directory: only the torch backend runs it; "
                               f"export a bundle with `medcls export {path} -o BUNDLE` for {backend}")
-        from ..export.onnx import ort_session
-
         session = ort_session(art.file(ONNX_FILES[backend]), threads=threads)
         width = session.get_outputs()[0].shape[-1]
         if isinstance(width, int) and width != art.spec.num_classes:
@@ -137,8 +136,6 @@ class Predictor:
         if self.model is not None:
             ex = {k: torch.as_tensor(v).to(self.device) for k, v in extras.items()}
             return self.model(x.to(self.device), **ex).float().cpu().numpy()
-        from ..export.onnx import ort_logits
-
         return ort_logits(self.session, x.numpy(), extras={k: np.asarray(v) for k, v in extras.items()})
 
     def probabilities(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
@@ -153,8 +150,6 @@ class Predictor:
         if self.model is not None:
             lg, f = (t.float().cpu().numpy() for t in logits_and_features(self.model, x.to(self.device)))
         else:
-            from ..export.onnx import OUTPUT, ort_outputs
-
             lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
         return self.postprocess.probabilities(lg, self.spec.task), self.ood.score(f)
 

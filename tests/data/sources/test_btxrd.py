@@ -12,7 +12,7 @@ from medcls.config import DataConfig
 from medcls.data.sources import load_data
 from medcls.data.sources.btxrd import btxrd_source
 from medcls.errors import ConfigError, DataError
-from medcls.multimodal.synthetic import write_btxrd_like
+from medcls.testing.multimodal import write_btxrd_like
 
 
 @pytest.fixture

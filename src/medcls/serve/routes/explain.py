@@ -36,7 +36,7 @@ async def explain(request: Request, pred: Annotated[Predictor, Depends(ready_pre
                   metadata: Annotated[str | None, Form(description="Fused models: the JSON object sent to "
                                                        "/v1/predict, so the map explains that prediction")] = None
                   ) -> Response:
-    from ..overlay import explain_png
+    from ...explain import explain_png
 
     meta, state = parse_metadata(metadata), request.app.state
     explainer = _explainer(request, pred)
