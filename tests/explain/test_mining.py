@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 
+from medcls.evaluation import EvalResult
 from medcls.explain import mine_errors
 from medcls.explain.mining import _select_errors
 
@@ -14,17 +15,17 @@ from .conftest import one_thread
 
 
 def test_error_selection_binary_and_multiclass():
-    df = pd.DataFrame({"id": [f"test/{i}" for i in range(6)], "label": ["neg", "neg", "neg", "pos", "pos", "pos"],
-                       "prob_neg": [0.1, 0.35, 0.8, 0.9, 0.62, 0.3], "prob_pos": [0.9, 0.65, 0.2, 0.1, 0.38, 0.7]})
-    binary = SimpleNamespace(spec=SimpleNamespace(class_names=["neg", "pos"], task="binary", positive_index=1))
-    g = _select_errors(df, binary, 5, 0.6)  # decision threshold 0.6, not 0.5
-    assert list(g["FP"]["id"]) == ["test/0", "test/1"] and list(g["FN"]["id"]) == ["test/3", "test/4"]
-    assert list(_select_errors(df, binary, 1, 0.6)["FN"]["id"]) == ["test/3"]  # lowest p(positive) first
-    df3 = pd.DataFrame({"id": ["a", "b", "c", "d"], "label": ["x", "x", "y", "z"], "prob_x": [0.1, 0.3, 0.5, 0.2],
-                        "prob_y": [0.8, 0.6, 0.4, 0.1], "prob_z": [0.1, 0.1, 0.1, 0.7]})
-    multi = SimpleNamespace(spec=SimpleNamespace(class_names=["x", "y", "z"], task="multiclass", positive_index=None))
-    g = _select_errors(df3, multi, 5, 0.5)
-    assert list(g["x"]["id"]) == ["a", "b"] and list(g["y"]["_pred"]) == ["x"] and g["z"].empty
+    ids = [f"test/{i}" for i in range(6)]
+    p_pos = np.array([0.9, 0.65, 0.2, 0.1, 0.38, 0.7])
+    binary = EvalResult({}, ids, np.array([0, 0, 0, 1, 1, 1]), np.c_[1 - p_pos, p_pos], ("neg", "pos"), "binary",
+                        positive_index=1)
+    g = _select_errors(binary, 5, 0.6)  # decision threshold 0.6, not 0.5
+    assert [ids[i] for i in g["FP"]] == ["test/0", "test/1"] and [ids[i] for i in g["FN"]] == ["test/3", "test/4"]
+    assert [ids[i] for i in _select_errors(binary, 1, 0.6)["FN"]] == ["test/3"]  # lowest p(positive) first
+    probs = np.array([[0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1], [0.2, 0.1, 0.7]])
+    multi = EvalResult({}, ["a", "b", "c", "d"], np.array([0, 0, 1, 2]), probs, ("x", "y", "z"), "multiclass")
+    g = _select_errors(multi, 5, 0.5)
+    assert g["x"].tolist() == [0, 1] and g["y"].tolist() == [2] and multi.predicted()[2] == 0 and not len(g["z"])
 
 
 def test_mine_errors_writes_fp_fn(tiny_run):

@@ -94,7 +94,7 @@ def evaluate(
         from ..runs import load_run
 
         run = load_run(run_dir)
-        cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint)
+        cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint, result=m)
         write_report(run, split, m, out)  # now with the error gallery
         typer.echo(f"Grad-CAM of {len(cases)} errors written to {out / 'gradcam'}")
 
