@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from medcls import load_run, train
+from medcls.api import model_spec_for
+from medcls.config import build_config
+from medcls.data.sources import load_data
 from medcls.engine.checkpoint import load_checkpoint
+from medcls.engine.losses import FocalLoss
+from medcls.engine.trainer import Trainer
 from medcls.errors import ConfigError, RunError
+from medcls.models import Classifier
+from medcls.transforms import Preprocess
 
 
 def _history(run) -> list[dict]:
@@ -100,21 +110,229 @@ def test_existing_run_dir_is_never_overwritten(tiny_cfg, tmp_path):
     assert not (d / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["train.loss=focal", "train.class_weights=balanced", "train.sampler=balanced"],
-    ["train.optimizer=sgd", "train.scheduler=step", "train.step_size=1", "train.clip_grad_norm=1.0",
-     "train.grad_accum_steps=2"],
-    ["train.head_only_epochs=1", "train.scheduler=cosine", "train.monitor=balanced_accuracy",
-     "train.early_stopping_patience=1", "train.epochs=4"],
-    ["model.freeze_backbone=true", "train.amp=bf16", "train.channels_last=false", "train.backbone_lr_scale=0.1"],
+# ------------------------------------------------------------------ the options, one Trainer at a time
+# A two-convolution network on 28 px images without augmentation, in fp32, at a constant LR unless a test says
+# otherwise: each option then changes one thing that can be checked exactly, in a fraction of a second.
+FIXED = {"epochs": 1, "batch_size": 32, "amp": "off", "ema": False, "scheduler": "none", "warmup_epochs": 0,
+         "class_weights": "none", "label_smoothing": 0.0, "weight_decay": 0.01, "lr": 0.05, "channels_last": False}
+
+
+class TinyNet(torch.nn.Module):
+    """Two 3x3 convolutions (BatchNorm after each with ``norm``) and a linear head, named as timm does."""
+
+    def __init__(self, norm: bool = False) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        for cin, cout in ((1, 8), (8, 8)):
+            layers += [torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                       *([torch.nn.BatchNorm2d(cout)] if norm else []), torch.nn.ReLU()]
+        self.features = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.fc
+
+
+@pytest.fixture(scope="module")
+def small_data(make_cfg, tmp_path_factory):
+    """96 real images per split, loaded once for the module (trainers never modify their data)."""
+    return load_data(build_config(make_cfg(tmp_path_factory.mktemp("unused"), limit=96)).data)
+
+
+def _trainer(make_cfg, data, run_dir, *, n: int = 32, norm: bool = False, freeze_backbone: bool = False, **train):
+    """A Trainer as ``medcls.train`` builds it, of a :class:`TinyNet`, on the first ``n`` training images."""
+    raw = make_cfg(run_dir, train={**FIXED, **train})
+    raw["model"] = {"stem": "default", "freeze_backbone": freeze_backbone}
+    raw["transforms"] = {"strength": 0}
+    cfg = build_config(raw)
+    data = replace(data, train=data.train.subset(range(n)))
+    torch.manual_seed(cfg.seed)  # the same initial weights for every trainer of a test
+    model = Classifier(TinyNet(norm), mean=(0.5,), std=(0.25,))
+    pre = Preprocess(model_spec_for(cfg, data).preprocess)
+    return Trainer(cfg, data, model, pre, run_dir, device=torch.device("cpu"))
+
+
+def _record_steps(trainer) -> list[dict]:
+    """Before every optimizer step: each parameter with its gradient, its group's LR and weight decay."""
+    steps: list[dict] = []
+
+    def before(opt, args, kwargs):
+        steps.append({"params": [(p, p.detach().clone(), p.grad.detach().clone(), g["lr"], g["weight_decay"], g["name"])
+                                 for g in opt.param_groups for p in g["params"] if p.grad is not None]})
+
+    trainer.optimizer.register_step_pre_hook(before)
+    return steps
+
+
+def _params(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+
+def test_grad_accumulation_of_k_batches_equals_one_k_times_larger_batch(make_cfg, small_data, tmp_path):
+    # TinyNet without BatchNorm: with it, two micro-batches of 16 would be normalised with other batch statistics
+    # than one batch of 32 (and update other running statistics), so the weights could not match exactly.
+    # SGD (not AdamW, whose first step is about lr x sign(gradient)) so that a gradient twice too large shows.
+    big = _trainer(make_cfg, small_data, tmp_path / "big", optimizer="sgd", batch_size=32)
+    acc = _trainer(make_cfg, small_data, tmp_path / "acc", optimizer="sgd", batch_size=16, grad_accum_steps=2)
+    start = _params(big)
+    big.fit()
+    acc.fit()
+    assert big.step == acc.step == 1
+    a, b = _params(big), _params(acc)
+    assert all(not torch.equal(a[k], start[k]) for k in a)  # every weight moved: the comparison is not vacuous
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_grad_accumulation_steps_once_per_k_micro_batches(make_cfg, small_data, tmp_path):
+    counts = {}
+    for k in (1, 2):  # 80 images in 5 batches of 16: 5 steps, or 2 + 1 for the remainder
+        t = _trainer(make_cfg, small_data, tmp_path / str(k), n=80, batch_size=16, grad_accum_steps=k)
+        calls = []
+        t.optimizer.register_step_post_hook(lambda *a, calls=calls: calls.append(1))
+        t.fit()
+        counts[k] = (len(calls), t.step, t.steps_per_epoch)
+    assert counts == {1: (5, 5, 5), 2: (3, 3, 3)}
+
+
+def test_sgd_option_builds_sgd_and_a_trainer_step_is_the_sgd_update(make_cfg, small_data, tmp_path):
+    t = _trainer(make_cfg, small_data, tmp_path, optimizer="sgd", momentum=0.8, backbone_lr_scale=0.1)
+    assert isinstance(t.optimizer, torch.optim.SGD)
+    assert {(g["momentum"], g["nesterov"]) for g in t.optimizer.param_groups} == {(0.8, True)}
+    lrs = {g["name"]: g["lr"] for g in t.optimizer.param_groups}
+    assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"]) and lrs["head"] == 0.05
+    steps = _record_steps(t)
+    t.fit()
+    (step,) = steps
+    names = set()
+    for p, p0, grad, lr, wd, name in step["params"]:
+        d = grad + wd * p0
+        assert torch.allclose(p.detach(), p0 - lr * (d + 0.8 * d), atol=1e-7)  # Nesterov, first step
+        names.add(name)
+    assert names == {"head", "head_nowd", "backbone", "backbone_nowd"}
+
+
+def test_adamw_option_is_not_the_sgd_update(make_cfg, small_data, tmp_path):
+    t = _trainer(make_cfg, small_data, tmp_path, optimizer="adamw")
+    assert isinstance(t.optimizer, torch.optim.AdamW)
+    steps = _record_steps(t)
+    t.fit()
+    p, p0, grad, lr, wd, _ = next(s for s in steps[0]["params"] if s[5] == "head")
+    d = grad + wd * p0
+    assert not torch.allclose(p.detach(), p0 - lr * 1.9 * d, atol=1e-7)
+
+
+def test_clip_grad_norm_bounds_the_gradient_the_optimizer_sees(make_cfg, small_data, tmp_path):
+    norms = {}
+    for clip in (None, 1e-3):
+        t = _trainer(make_cfg, small_data, tmp_path / str(clip), clip_grad_norm=clip)
+        steps = _record_steps(t)
+        t.fit()
+        norms[clip] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for _, _, g, *_ in
+                                                            steps[0]["params"]])).item()
+    assert norms[None] > 0.01
+    assert norms[1e-3] == pytest.approx(1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("scheduler,factors", [
+    ("none", [1, 1, 1, 1]),
+    ("step", [1, 1, 0.5, 0.5]),  # step_size is in epochs: x gamma after each 2-step epoch
+    ("cosine", [1, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
 ])
-def test_training_options_run(tiny_cfg, overrides):
-    if not any(o.startswith("train.epochs") for o in overrides):
-        overrides = [*overrides, "train.epochs=2"]
-    run = train(tiny_cfg, overrides=overrides)
-    assert run.checkpoint_path("best").is_file()
-    hist = _history(run)
-    assert all(float(r["train_loss"]) > 0 for r in hist)
+def test_scheduler_option_sets_the_lr_of_every_step(make_cfg, small_data, tmp_path, scheduler, factors):
+    t = _trainer(make_cfg, small_data, tmp_path, n=64, epochs=2, scheduler=scheduler, step_size=1, gamma=0.5)
+    steps = _record_steps(t)
+    t.fit()
+    head = [next(s[3] for s in step["params"] if s[5] == "head") for step in steps]
+    assert head == pytest.approx([0.05 * f for f in factors])
+
+
+def _scripted(values: list[dict]):
+    it = iter(values)
+    return lambda: dict(next(it))
+
+
+# val metrics per epoch: the best epoch by balanced accuracy is 2, by auc 3, by loss (lowest) 2
+VAL = [{"loss": 0.90, "auc": 0.70, "balanced_accuracy": 0.60}, {"loss": 0.80, "auc": 0.75, "balanced_accuracy": 0.70},
+       {"loss": 0.85, "auc": 0.80, "balanced_accuracy": 0.65}, {"loss": 0.95, "auc": 0.78, "balanced_accuracy": 0.66},
+       {"loss": 0.70, "auc": 0.90, "balanced_accuracy": 0.69}, {"loss": 0.60, "auc": 0.95, "balanced_accuracy": 0.90}]
+
+
+@pytest.mark.parametrize("monitor,patience,best,run", [
+    ("balanced_accuracy", 2, 2, 4), ("balanced_accuracy", 1, 2, 3), ("loss", 2, 2, 4), ("auc", 1, 3, 4),
+    ("balanced_accuracy", None, 6, 6),
+])
+def test_monitor_picks_the_best_epoch_and_early_stopping_counts_epochs_without_improvement(
+        make_cfg, small_data, tmp_path, monitor, patience, best, run):
+    t = _trainer(make_cfg, small_data, tmp_path, epochs=6, monitor=monitor, early_stopping_patience=patience)
+    t.validate = _scripted(VAL)  # scripted validation metrics: the epochs themselves train for real
+    summary = t.fit()
+    assert (summary["best_epoch"], summary["epochs_run"]) == (best, run)
+    assert summary["best_value"] == VAL[best - 1][monitor]
+    _, meta = load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")
+    assert meta["epoch"] == best
+
+
+def test_focal_loss_and_balanced_class_weights_reach_the_trainer(make_cfg, small_data, tmp_path):
+    t = _trainer(make_cfg, small_data, tmp_path, n=96, loss="focal", focal_gamma=2.0, class_weights="balanced")
+    y = small_data.train.labels[:96]
+    w = len(y) / (2 * np.bincount(y, minlength=2))
+    assert np.allclose(t.criterion.weight.numpy(), w) and w[0] > 1.2  # the rarer class (normal) weighs more
+    logits, target = torch.tensor([[math.log(9.0), 0.0]]), torch.tensor([0])  # p = 0.9 for the true class
+    assert t.criterion(logits, target).item() == pytest.approx(w[0] * 0.1**2 * -math.log(0.9), rel=1e-5)
+    assert isinstance(t.criterion, FocalLoss)
+
+
+@pytest.mark.parametrize("sampler", ["random", "balanced"])
+def test_sampler_option_sets_the_order_the_trainer_reads(make_cfg, small_data, tmp_path, sampler):
+    t = _trainer(make_cfg, small_data, tmp_path, n=96, sampler=sampler)
+    orders = []
+    t.train_batches.iterate = lambda order, **kw: orders.append(order) or iter(())  # the order only, no batches
+    t.validate = _scripted([{"loss": 1.0, "auc": 0.5}])
+    t.fit()
+    (order,) = orders
+    y = small_data.train.labels[:96]
+    assert y.mean() > 0.6  # PneumoniaMNIST: most training images show pneumonia
+    if sampler == "random":
+        assert np.array_equal(np.sort(order), np.arange(96))
+    else:
+        assert len(np.unique(order)) < 96 and abs(y[order].mean() - 0.5) < abs(y.mean() - 0.5)
+
+
+def test_frozen_backbone_keeps_its_weights_and_batch_norm_statistics(make_cfg, small_data, tmp_path):
+    t = _trainer(make_cfg, small_data, tmp_path, norm=True, freeze_backbone=True)
+    head = {k for k, _ in t.model.named_parameters() if k.startswith("net.fc.")}
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    assert any("running_mean" in k for k in before) and head
+    t.fit()
+    after = t.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == head
+
+
+@pytest.mark.parametrize("amp,dtype", [("bf16", torch.bfloat16), ("off", torch.float32)])
+def test_amp_option_runs_the_training_forward_in_that_precision(make_cfg, small_data, tmp_path, amp, dtype):
+    t = _trainer(make_cfg, small_data, tmp_path, amp=amp)
+    seen = []
+    t.model.register_forward_hook(lambda m, args, out: seen.append((m.training, out.dtype)))
+    t.fit()
+    assert {d for training, d in seen if training} == {dtype}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_option_sets_the_memory_format(make_cfg, small_data, tmp_path, channels_last):
+    t = _trainer(make_cfg, small_data, tmp_path, channels_last=channels_last)
+    # layouts differ only for weights and activations with more than one channel and pixel
+    convs = [m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d) and min(m.weight.shape[1:]) > 1]
+    inner = []
+    convs[0].register_forward_hook(lambda m, args, out: inner.append(out.is_contiguous()))
+    t.fit()
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) == channels_last for c in convs)
+    assert all(c.weight.is_contiguous() != channels_last for c in convs)
+    assert set(inner) == {not channels_last}
 
 
 def test_head_only_and_frozen_backbone_keep_backbone_weights(tiny_cfg):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")  # the 'serve' extra
@@ -147,22 +146,6 @@ def test_offline_uncached_text_encoder_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="not in the local cache"):
         load_tokenizer("medcls-test/no-such-model-here")
-
-
-def test_image_only_predictor_refuses_metadata(tmp_path):
-    from medcls.artefact import ModelSpec, Postprocess
-    from medcls.data.spec import DatasetSpec
-    from medcls.errors import DataError
-    from medcls.inference.predictor import Predictor
-    from medcls.models import create_model
-    from medcls.transforms import PreprocessConfig
-
-    spec = ModelSpec("test_resnet", DatasetSpec("x", "binary", ("a", "b"), 1), PreprocessConfig(size=32, in_chans=1))
-    pred = Predictor(spec, Postprocess(), model=create_model("test_resnet", 2, in_chans=1).eval())
-    img = np.zeros((32, 32), np.uint8)
-    assert "inputs_used" not in pred.predict([img])[0]
-    with pytest.raises(DataError, match="image only"):
-        pred.predict([img], metadata=[{"age": 3}])
 
 
 def test_web_page_has_the_metadata_field(client):

@@ -75,6 +75,8 @@ def decode_image(data: bytes, name: str = "image", *, draft: int | None = None) 
 def read_image(path: str | Path, *, draft: int | None = None) -> np.ndarray:
     """Read an image file into (H, W) or (H, W, 3), uint8 or uint16. Raises DataError if unreadable."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a directory, not an image file")
     if not p.is_file():
         raise DataError(f"image not found: {p}")
     return decode_image(p.read_bytes(), str(p), draft=draft)

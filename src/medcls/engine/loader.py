@@ -11,11 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.table import ImageTable
+from ..errors import ConfigError, did_you_mean
 from ..transforms import Preprocess
 from .cache import MemoryBudget, StoredImages, build_cache, collate, memory_budget, resolve_workers
 from .cache import cache_dir as cache_dir_of
 
 log = logging.getLogger(__name__)
+
+SAMPLERS = ("random", "balanced")
 
 
 class Batches:
@@ -128,6 +131,9 @@ def epoch_order(labels: np.ndarray, *, sampler: str, seed: int, epoch: int, rank
     Depends only on (seed, epoch) so a resumed run sees the same batches; under
     DDP each rank takes an equal, disjoint shard of the same order.
     """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"train.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}."
+                          f"{did_you_mean(sampler, SAMPLERS)}")
     g = np.random.default_rng([seed, epoch])
     n = len(labels)
     if sampler == "balanced":
