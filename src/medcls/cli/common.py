@@ -16,7 +16,6 @@ DataDir = Annotated[str | None, typer.Option(help="Where datasets are looked up 
 Checkpoint = Annotated[str, typer.Option(help="best | last")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
-SUMMARY = ("auc", "accuracy", "sensitivity", "specificity")
 METADATA_HELP = "Fused models: JSON object of metadata (and text), e.g. '{\"age\": 40, \"view\": \"frontal\"}'."
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import SUMMARY, Checkpoint, ConfigFile, DataDir, Device, Sets, overrides, print_table, with_ci
+from .common import Checkpoint, ConfigFile, DataDir, Device, Sets, overrides, print_table, with_ci
 
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")]
 
@@ -25,6 +25,7 @@ def train(
 ) -> None:
     """Train a classifier, calibrate it on val; writes a run directory and prints the evaluation summary."""
     from .. import api
+    from ..metrics import HEADLINE_BRIEF
 
     extra = overrides(sets, data_dir) + ([f"model.weights={weights}"] if weights else [])
     run = api.train(config, overrides=extra, run_dir=run_dir, resume=resume, evaluate_split=evaluate or None)
@@ -32,10 +33,10 @@ def train(
         return
     val = run.metrics().get("train", {}).get("val", {})
     rows = {"val (best epoch)": {k.removeprefix("val_"): v for k, v in val.items()
-                                 if k.startswith("val_") and k.removeprefix("val_") in SUMMARY}}
+                                 if k.startswith("val_") and k.removeprefix("val_") in HEADLINE_BRIEF}}
     if evaluate:
         m = json.loads((run.path / f"eval-{run.config.eval.split}" / "metrics.json").read_text())
-        rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, SUMMARY)
+        rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, HEADLINE_BRIEF)
     print_table(f"{run.spec.name} · {run.config.model.name}", rows)
     typer.echo(f"run written to {run.path}")
 
@@ -58,11 +59,11 @@ def calibrate(
 
 
 def evaluation_rows(m: dict, split: str) -> dict[str, dict[str, str]]:
-    from ..evaluation.evaluator import HEADLINE
+    from ..metrics import HEADLINE_SUMMARY
 
-    rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": with_ci(m, HEADLINE)}
+    rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": with_ci(m, HEADLINE_SUMMARY)}
     if "tta" in m:
-        rows[f"{split} + TTA"] = with_ci(m["tta"], HEADLINE)
+        rows[f"{split} + TTA"] = with_ci(m["tta"], HEADLINE_SUMMARY)
     for name, op in (m.get("operating_points") or {}).items():
         if isinstance(op, dict) and "threshold" in op:
             keys = [k for k in ("sensitivity", "specificity", "ppv", "npv") if isinstance(op.get(k), dict)]

@@ -41,14 +41,13 @@ from ..metrics import (
     roc_band,
     threshold_transfer,
 )
+from ..metrics.headline import HEADLINE_SUMMARY as HEADLINE
 from ..metrics.operating_points import apply_label_thresholds, label_decisions, multilabel_decision_metrics
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
 from .calibrate import calibrate_run, split_logits
 
 log = logging.getLogger("medcls")
-
-HEADLINE = ("auc", "micro_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:

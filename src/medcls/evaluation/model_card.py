@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..metrics import HEADLINE
 from ..metrics.operating_points import provenance
 from ..runs import Run
 from ..utils import atomic_write_text
@@ -20,8 +21,6 @@ from .report import fmt_threshold, leakage_lines, operating_points, read_json, s
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
                 "triage or treat patients.")
-HEADLINE = ("auc", "micro_auc", "ap", "macro_ap", "accuracy", "subset_accuracy", "balanced_accuracy", "sensitivity",
-            "specificity", "ppv", "npv", "f1", "kappa", "macro_f1", "quadratic_weighted_kappa")
 
 
 def _f(v: Any, d: int = 3) -> str:

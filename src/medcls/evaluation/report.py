@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..metrics import headline_subset
 from ..runs import Run
 from ..utils import atomic_write_text
 
 MAX_GALLERY = 24
 GRADCAM_HINT = "medcls evaluate RUN --gradcam-errors 8"
 NOT_CLINICAL = "Research use only — not for clinical decision making."
-RATES = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1", "kappa")
+# the validation metrics redrawn in the history figure (rates only: counts such as val_tp would flatten the axis)
+RATES = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "kappa",
+                        "macro_f1")
 
 CSS = """
 *{box-sizing:border-box}

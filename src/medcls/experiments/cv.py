@@ -33,7 +33,7 @@ from ..config import Config, build_config
 from ..data.sources import LoadedData, load_data
 from ..data.splits import ConcatTable, split_indices, strata
 from ..errors import ConfigError
-from ..metrics import compute_metrics, flat_metrics
+from ..metrics import compute_metrics, flat_metrics, headline_subset
 from ..runs import Run, new_run_dir
 from ..utils import atomic_write_json, atomic_write_text
 from ._common import HeldOutTable, as_config, dev_set, mean_sd
@@ -206,7 +206,7 @@ def _write_summary(root: Path, folds: int, per_fold: list[dict], summary: dict, 
     atomic_write_text(root / "cv_summary.csv", pd.DataFrame(rows).to_csv(index=False))
 
 
-SHOWN = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1")
+SHOWN = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1")
 
 
 def print_summary(result: CVResult) -> None:
