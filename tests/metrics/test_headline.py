@@ -8,12 +8,13 @@ from medcls.metrics import HEADLINE, HEADLINE_BRIEF, HEADLINE_BY_TASK, HEADLINE_
 
 
 def _views() -> dict[str, tuple[str, ...]]:
-    from medcls.evaluation import evaluator, model_card, report, subgroups
+    from medcls.evaluation import evaluator, subgroups
     from medcls.experiments.cv import SHOWN
     from medcls.metrics import bootstrap
+    from medcls.reports import evaluation, model_card
 
     views = {"summary": HEADLINE_SUMMARY, "brief": HEADLINE_BRIEF, "evaluator": evaluator.HEADLINE,
-             "model card": model_card.HEADLINE, "history figure": report.RATES, "cv": SHOWN}
+             "model card": model_card.HEADLINE, "history figure": evaluation.RATES, "cv": SHOWN}
     views.update({f"bootstrap {t}": bootstrap.HEADLINE_BY_TASK[t] for t in HEADLINE_BY_TASK})
     views.update({f"subgroups {t}": m for t, m in subgroups.METRICS.items()})
     return views

@@ -91,7 +91,7 @@ def evaluate(
     typer.echo(f"written to {out}")
     if gradcam_errors:
         from ..evaluation.gradcam import mine_errors
-        from ..evaluation.report import write_report
+        from ..reports.evaluation import write_report
         from ..runs import load_run
 
         run = load_run(run_dir)

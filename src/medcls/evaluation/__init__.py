@@ -1,4 +1,4 @@
-"""Evaluation of trained runs: metrics, per-sample predictions, curves."""
+"""Evaluation of trained runs: metrics, per-sample predictions, curves (drawn and reported by :mod:`medcls.reports`)."""
 
 from .evaluator import evaluate_run, headline
 

@@ -155,7 +155,7 @@ def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -
 
 
 def _write_outputs(run: Run, split: str, out: Path, table, labels, probs, logits, metrics, post: Postprocess) -> None:
-    from .plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
+    from ..reports.plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
 
     spec, ev = run.spec, run.config.eval
     names, task, pos = list(spec.class_names), spec.task, spec.positive_index
@@ -225,8 +225,8 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     metrics["postprocess"] = _postprocess_summary(post, split, eval_notes)
     out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
     _write_outputs(run, split, out, table, labels, probs, logits, metrics, post)
-    from .model_card import write_model_card
-    from .report import write_report
+    from ..reports.evaluation import write_report
+    from ..reports.model_card import write_model_card
 
     report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
     _record_summary(run, split, metrics, checkpoint)

@@ -12,7 +12,7 @@ import pytest
 
 from medcls.api import calibrate, evaluate, train
 from medcls.data.sources import LoadedData, load_data
-from medcls.evaluation.report import fmt_threshold
+from medcls.reports.evaluation import fmt_threshold
 from medcls.runs import load_run
 
 SECTIONS = ("data", "config", "training", "metrics", "operating-points", "confusion", "calibration", "errors")
@@ -108,7 +108,7 @@ def test_gradcam_gallery_is_embedded(evaluated, tmp_path):
 
     from PIL import Image
 
-    from medcls.evaluation.report import write_report
+    from medcls.reports.evaluation import write_report
 
     run, metrics, src = evaluated
     out = shutil.copytree(src, tmp_path / "eval")

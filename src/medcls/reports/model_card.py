@@ -16,7 +16,7 @@ from ..metrics import HEADLINE
 from ..metrics.operating_points import provenance
 from ..runs import Run
 from ..utils import atomic_write_text
-from .report import fmt_threshold, leakage_lines, operating_points, read_json, stored_postprocess
+from .evaluation import fmt_threshold, leakage_lines, operating_points, read_json, stored_postprocess
 
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
