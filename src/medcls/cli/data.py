@@ -143,8 +143,8 @@ def check(
     workers: Annotated[int | None, typer.Option(min=1, help="Threads decoding image files (default: up to 4).")] = None,
 ) -> int:
     """Data report (report.json + report.html): counts, image formats, unreadable files, duplicates and patients shared across splits."""
-    from ..data.check.report import check_new, print_summary
     from ..data.check.scan import check_data, parse_options
+    from ..data.check.summary import check_new, print_summary
 
     check_new(output)
     report = check_data(_guess_source(source), options=parse_options(option), data_dir=data_dir,
