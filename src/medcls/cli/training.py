@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..reports.kit import fmt_threshold
 from .common import Checkpoint, ConfigFile, DataDir, Device, Sets, overrides, print_table, with_ci
 
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")]
@@ -51,7 +52,8 @@ def calibrate(
 
     post = api.calibrate(run_dir, checkpoint, device=device)
     ck = post.checkpoint or {}
-    rule = f"{post.selected} at {post.threshold:.4g}" if post.thresholds is None else f"{post.selected} per label"
+    rule = (f"{post.selected} at {fmt_threshold(post.threshold)}" if post.thresholds is None
+            else f"{post.selected} per label")
     for note in post.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"calibrated {checkpoint} (epoch {ck.get('epoch')}) on {post.fitted_on} (n={post.n_val}): "
@@ -68,7 +70,7 @@ def evaluation_rows(m: dict, split: str) -> dict[str, dict[str, str]]:
         if isinstance(op, dict) and "threshold" in op:
             keys = [k for k in ("sensitivity", "specificity", "ppv", "npv") if isinstance(op.get(k), dict)]
             flat = {**{k: op[k]["value"] for k in keys}, "ci": {k: op[k] for k in keys}}
-            rows[f"{name} @ {op['threshold']:.3g}"] = with_ci(flat, keys)
+            rows[f"{name} @ {fmt_threshold(op['threshold'], 3)}"] = with_ci(flat, keys)
     return rows
 
 

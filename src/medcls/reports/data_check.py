@@ -1,17 +1,14 @@
 """The report of a data check (:mod:`medcls.data.check`): ``report.json``, a self-contained ``report.html``
 and a terminal summary.
 
-``report.html`` is self-contained: CSS inline and every thumbnail a base64 PNG, so it opens
-offline and can be archived with ``report.json``. Text from the data (ids, class names, errors)
+``report.html`` is built with :mod:`.kit`, self-contained: CSS inline and every thumbnail a base64 PNG, so
+it opens offline and can be archived with ``report.json``. Text from the data (ids, class names, errors)
 is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import io
-import time
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from ..data.check.summary import DataReport, plural
 from ..data.table import ImageTable
 from ..errors import RunError
 from ..utils import atomic_write_json, atomic_write_text, new_unique_dir
+from .kit import escape, figure, fmt, footer, page, png, section, table
 
 MAX_SHOWN = 24  # leaked pairs shown as thumbnails per category
 
@@ -55,29 +53,12 @@ def write_data_check(report: DataReport, output: str | Path | None = None, *, ro
 
 # ----------------------------------------------------------------------------------------------- HTML
 
-CSS = """
-*{box-sizing:border-box}body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#1d2330;
- background:#f4f6f9;margin:0}main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:32px}
-h3{font-size:16px;margin:16px 0 6px}.sub,.muted,figcaption{color:#5a6472}
-.banner{border-radius:4px;padding:10px 14px;margin:12px 0;border:1px solid #9ccc9f;border-left:6px solid #2e7d32;
- background:#eef7ee}.leak{background:#fdecea;border-color:#e6a4a0;border-left-color:#c0392b;font-weight:600}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:14px}th,td{padding:4px 10px;border:1px solid #dde3ea;
- text-align:right}th:first-child,td:first-child{text-align:left}thead th{background:#e9eef5}
-ul{padding-left:22px}li{margin:2px 0}code{font-size:13px}
-.pairs{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:12px}
-.pair{border:1px solid #dde3ea;border-radius:4px;padding:6px}.pair div{display:flex;gap:6px}
-.row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin-bottom:8px}figure{margin:0;width:104px}
-.pair figure{width:50%}figure img{width:100%;image-rendering:pixelated;background:#000}
-figcaption{font-size:11px;word-break:break-all}
-"""
-
-
-def _thumb(table: ImageTable | None, row: int, caption: str, size: int = 112) -> str:
+def _thumb(images: ImageTable | None, row: int, caption: str, size: int = 112) -> str:
+    """A captioned thumbnail of ``images[row]`` (scaled to 8 bits), or the error's name when it cannot be read."""
     from PIL import Image
 
     try:
-        arr = np.asarray(table.load(row))  # type: ignore[union-attr]
+        arr = np.asarray(images.load(row))  # type: ignore[union-attr]
         if arr.dtype != np.uint8:
             a = arr.astype(np.float64)
             lo, hi = float(a.min()), float(a.max())
@@ -86,19 +67,14 @@ def _thumb(table: ImageTable | None, row: int, caption: str, size: int = 112) ->
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, "PNG")
-        src = f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}" alt="">'
+        src = png(buf.getvalue())
     except Exception as e:  # a thumbnail must not stop the report
         src = f'<p class="muted">({escape(type(e).__name__)})</p>'
-    return f"<figure>{src}<figcaption>{escape(caption)}</figcaption></figure>"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return figure(src, caption, cls="thumb")
 
 
 def _pairs_html(report: DataReport, dups: dict[str, Any], what: str) -> str:
+    """Per pair of splits, the first ``MAX_SHOWN`` duplicate pairs between them, side by side."""
     out = []
     for key, v in dups["cross_split"].items():
         if not v["pairs"]:
@@ -107,34 +83,41 @@ def _pairs_html(report: DataReport, dups: dict[str, Any], what: str) -> str:
         cards = "".join(
             f'<div class="pair"><div>{_thumb(report.tables.get(p["split_a"]), p["index_a"], p["id_a"])}'
             f'{_thumb(report.tables.get(p["split_b"]), p["index_b"], p["id_b"])}</div>'
-            f'<small class="muted">phash distance {p["distance"]}, correlation {p["correlation"]:.4f}</small></div>'
+            f'<small class="muted">phash distance {p["distance"]}, correlation {fmt(p["correlation"], 4)}</small></div>'
             for p in shown)
         more = f" (showing {len(shown)})" if len(shown) < v["pairs"] else ""
         out.append(f"<h3>{escape(key)}: {plural(v['pairs'], what + ' pair')}{more}</h3><div class=\"pairs\">{cards}</div>")
     return "".join(out)
 
 
-def render_html(report: DataReport) -> str:
-    from .. import __version__
-
-    c, ex, nd, ov = report.counts, report.exact_duplicates, report.near_duplicates, report.group_overlap
-    counts = _table(["split", "images", *report.classes, "decoded"],
-                    [[s, v["n"], *v["per_class"].values(), report.checked.get(s, 0)] for s, v in c.items()])
-    img = report.images
-    props = '<div class="row">' + "".join(_table([name, "images"], list(img[key].items())) for key, name in
-                                          (("modes", "mode"), ("bit_depth", "bits"), ("sizes", "width x height")))
-    cross = _table(["splits", "exact pairs", "exact groups", "near pairs", "near groups", "shared patients/groups"],
-                   [[k, ex["cross_split"][k]["pairs"], ex["cross_split"][k]["clusters"], nd["cross_split"][k]["pairs"],
-                     nd["cross_split"][k]["clusters"], "—" if not ov or k not in ov else ov[k]["groups"]]
-                    for k in ex["cross_split"]])
-    within = _table(["split", "exact pairs", "exact copies", "near pairs", "near copies"],
-                    [[s, ex["within_split"][s]["pairs"], ex["within_split"][s]["copies"],
-                      nd["within_split"][s]["pairs"], nd["within_split"][s]["copies"]] for s in report.counts])
+def _sharing(report: DataReport) -> tuple[str, str, str]:
+    """Tables of duplicates across splits (with the leaked pairs side by side), within splits, and shared ids."""
+    ex, nd, ov = report.exact_duplicates, report.near_duplicates, report.group_overlap
+    cross = table(["splits", "exact pairs", "exact groups", "near pairs", "near groups", "shared patients/groups"],
+                  [[k, ex["cross_split"][k]["pairs"], ex["cross_split"][k]["clusters"], nd["cross_split"][k]["pairs"],
+                    nd["cross_split"][k]["clusters"], "—" if not ov or k not in ov else ov[k]["groups"]]
+                   for k in ex["cross_split"]], text=True)
+    within = table(["split", "exact pairs", "exact copies", "near pairs", "near copies"],
+                   [[s, *(d["within_split"][s][k] for d in (ex, nd) for k in ("pairs", "copies"))] for s in report.counts],
+                   text=True)
     groups = "".join(
         f"<h3>{escape(k)}: {plural(v['groups'], 'shared id')}</h3>"
-        + _table(["patient/group", *[x for x in v["examples"][0] if x != "group"]],
-                 [[e["group"], *[", ".join(ids) for x, ids in e.items() if x != "group"]] for e in v["examples"]])
+        + table(["patient/group", *[x for x in v["examples"][0] if x != "group"]],
+                [[e["group"], *[", ".join(ids) for x, ids in e.items() if x != "group"]] for e in v["examples"]],
+                text=True)
         for k, v in (ov or {}).items() if v["groups"]) or "<p class=\"muted\">No shared ids (or no ids in this source).</p>"
+    pairs = _pairs_html(report, ex, "exact duplicate") + _pairs_html(report, nd, "near-duplicate")
+    return cross + pairs, within, groups
+
+
+def render_html(report: DataReport) -> str:
+    """The self-contained ``report.html`` of a data check."""
+    c, img = report.counts, report.images
+    counts = table(["split", "images", *report.classes, "decoded"],
+                   [[s, v["n"], *v["per_class"].values(), report.checked.get(s, 0)] for s, v in c.items()], text=True)
+    props = '<div class="row">' + "".join(table([name, "images"], list(img[key].items()), text=True) for key, name in
+                                          (("modes", "mode"), ("bit_depth", "bits"), ("sizes", "width x height")))
+    cross, within, groups = _sharing(report)
     unread = ("<ul>" + "".join(f"<li><code>{escape(u['id'])}</code> ({escape(u['split'])}): {escape(u['error'])}</li>"
                                 for u in report.unreadable) + "</ul>") if report.unreadable else "<p>None.</p>"
     samples = "".join(f"<h3>{escape(s)}</h3>" + "".join(
@@ -142,14 +125,13 @@ def render_html(report: DataReport) -> str:
         + "".join(_thumb(report.tables.get(s), r, report.tables[s].ids[r]) for r in rows) + "</div>"
         for name, rows in per.items()) for s, per in report.samples.items())
     bullets = "".join(f"<li>{escape(w)}</li>" for w in report.warnings) or "<li>None.</li>"
-    banner = ('<div class="banner leak">Leakage found: ' + "; ".join(escape(r) for r in report.leakage_reasons) + "</div>"
-              if report.leakage else '<div class="banner">No leakage found between splits.</div>')
+    banner = ('<div class="banner notice">Leakage found: ' + "; ".join(escape(r) for r in report.leakage_reasons)
+              + "</div>" if report.leakage else '<div class="banner ok">No leakage found between splits.</div>')
     st = report.settings
     sections = [
         ("Warnings", f"<ul>{bullets}</ul>"), ("Counts per split and class", counts),
         ("Images", props + f"</div><p class=\"muted\">{img['distinct_sizes']} distinct sizes.</p>"),
-        ("Duplicates and shared patients across splits", cross + _pairs_html(report, ex, "exact duplicate")
-         + _pairs_html(report, nd, "near-duplicate")),
+        ("Duplicates and shared patients across splits", cross),
         ("Duplicates within splits", within), ("Patient/group overlap", groups), ("Unreadable files", unread),
         ("Samples per class", samples),
         ("Method", f"<ul><li>Exact: {escape(st['exact_duplicate_rule'])}</li><li>Near: {escape(st['near_duplicate_rule'])}"
@@ -157,12 +139,9 @@ def render_html(report: DataReport) -> str:
                    + "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>"),
     ]
     title = f"Data check · {report.dataset}"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><main><h1>{escape(title)}</h1><p class=\"sub\">"
-            f"<code>{escape(report.source)}</code> · {escape(report.task)} · {sum(v['n'] for v in c.values())} images"
-            f"</p>{banner}" + "".join(f"<section><h2>{escape(h)}</h2>{b}</section>" for h, b in sections)
-            + f"<footer class=\"muted\"><p>medcls {escape(__version__)} · {time.strftime('%Y-%m-%d %H:%M')}</p></footer>"
-            "</main></body></html>\n")
+    return page(title, f"<h1>{escape(title)}</h1><p class=\"sub\"><code>{escape(report.source)}</code> · "
+                       f"{escape(report.task)} · {sum(v['n'] for v in c.values())} images</p>{banner}"
+                + "".join(section(h, b) for h, b in sections) + footer())
 
 
 # ----------------------------------------------------------------------------------------------- terminal

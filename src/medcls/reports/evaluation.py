@@ -1,17 +1,14 @@
 """A single self-contained HTML report for one evaluated split: ``eval-<split>/report.html``.
 
-Every figure is embedded as a base64 PNG data URI and the CSS is inline, so
+Built with :mod:`.kit`: every figure is embedded as a base64 PNG data URI and the CSS is inline, so
 the file opens offline, can be mailed or archived, and prints cleanly. All
 text taken from the run (config, notes, class names) is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import tempfile
-import time
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from ..errors import DataError
 from ..metrics import headline_subset
 from ..runs import Run
 from ..utils import atomic_write_text
+from .kit import ci_cell, escape, figure, fmt, fmt_ci, fmt_threshold, footer, img, page, section, table
 
 MAX_GALLERY = 24
 GRADCAM_HINT = "medcls evaluate RUN --gradcam-errors 8"
@@ -28,85 +26,6 @@ NOT_CLINICAL = "Research use only — not for clinical decision making."
 # the validation metrics redrawn in the history figure (rates only: counts such as val_tp would flatten the axis)
 RATES = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "kappa",
                         "macro_f1")
-
-CSS = """
-*{box-sizing:border-box}
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d2330;
- background:#f4f6f9;margin:0}
-main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:36px}
-h3{font-size:16px;margin:18px 0 6px}
-.sub{color:#5a6472;margin:0 0 12px}
-.banner{background:#fff4e5;border:1px solid #f0b429;border-left:6px solid #d9822b;padding:10px 14px;margin:12px 0;
- border-radius:4px}
-.notice{background:#fdecea;border-left-color:#c0392b;border-color:#e6a4a0;font-weight:600}
-nav{font-size:14px;margin:10px 0 0}nav a{margin-right:14px;color:#2459a8;text-decoration:none}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:14px;min-width:40%}
-th,td{padding:5px 10px;border:1px solid #dde3ea;text-align:right}
-th:first-child,td:first-child{text-align:left}
-thead th{background:#e9eef5}tbody tr:nth-child(even){background:#f6f8fb}
-tr.selected td{background:#e8f3ea}tr.selected td:first-child{font-weight:600}
-td small{color:#5a6472}td small.ci{white-space:nowrap}.wide{overflow-x:auto}.wide table{font-size:13px;width:100%}.wide td:nth-child(3),.wide td:nth-child(4),.wide th:nth-child(3),.wide th:nth-child(4){text-align:left}
-.tag{display:inline-block;font-size:11px;padding:1px 6px;border-radius:8px;background:#2e7d32;color:#fff;margin-left:6px}
-pre{background:#f6f8fb;border:1px solid #dde3ea;padding:10px;font-size:12px;overflow:auto;max-height:560px}
-img{max-width:100%;height:auto}
-.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.figs figure{margin:0;flex:1 1 300px;max-width:520px}
-.cms{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
-.cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}
-.gallery figure{margin:0}figcaption{font-size:12px;color:#5a6472;word-break:break-all}
-.muted{color:#5a6472}.warn{color:#a4420c;font-size:12px;text-align:left;display:inline-block}
-footer{margin-top:40px;border-top:1px solid #dde3ea;padding-top:10px;font-size:13px;color:#5a6472}
-@media print{body{background:#fff}main{padding:0;max-width:none}nav{display:none}
- section,figure,table,.cm{break-inside:avoid}pre{max-height:none;white-space:pre-wrap}}
-"""
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if isinstance(v, bool) or v is None:
-        return "—" if v is None else str(v)
-    if isinstance(v, int | np.integer):
-        return str(int(v))
-    if isinstance(v, float | np.floating):
-        return "—" if not np.isfinite(v) else f"{v:.{digits}f}"
-    return escape(str(v))
-
-
-def fmt_threshold(t: float) -> str:
-    """How thresholds are printed in the report and model card (4 significant digits)."""
-    return f"{float(t):.4g}"
-
-
-def _ci(d: Any) -> str:
-    if isinstance(d, dict) and "low" in d and "high" in d:
-        return f"[{_fmt(d['low'])}, {_fmt(d['high'])}]"
-    return "—"
-
-
-def _val_ci(d: Any) -> str:
-    return f"{_fmt(d.get('value'))}<br><small class=\"ci\">{_ci(d)}</small>" if isinstance(d, dict) else "—"
-
-
-def _img(path: Path, alt: str) -> str:
-    if not path.is_file():
-        return f'<p class="muted">({escape(path.name)} was not produced)</p>'
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-
-
-def _fig(path: Path, caption: str) -> str:
-    return f"<figure>{_img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
-
-
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join((f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{x}</td>" for x in r) + "</tr>"
-                   for r, c in zip(rows, classes or [""] * len(rows), strict=True))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{escape(title)}</h2>{body}</section>'
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -126,18 +45,18 @@ def _data(run: Run) -> str:
     d = run.data_summary
     names = list(run.spec.class_names)
     splits = d.get("splits") or {}
-    rows = [[escape(s), *(_fmt(v.get("per_class", {}).get(c)) for c in names), _fmt(v.get("n"))]
+    rows = [[escape(s), *(fmt(v.get("per_class", {}).get(c)) for c in names), fmt(v.get("n"))]
             for s, v in splits.items()]
     pre = run.preprocess_cfg.to_dict()
-    out = (f'<p>Source <code>{escape(str(d.get("source", "?")))}</code> · dataset '
+    out = (f'<p>Source <code>{escape(d.get("source", "?"))}</code> · dataset '
            f'<b>{escape(run.spec.name)}</b> · task {escape(run.spec.task)}'
            + (f" · positive class <b>{escape(names[run.spec.positive_index])}</b>"
               if run.spec.task == "binary" and run.spec.positive_index is not None else "") + "</p>"
-           + _table(["split", *names, "total"], rows)
+           + table(["split", *names, "total"], rows)
            + "<p>Preprocessing: " + escape(", ".join(f"{k}={v}" for k, v in pre.items())) + "</p>")
     out += _leakage(run)
     notes = d.get("notes") or []
-    out += ("<h3>Data notes</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>" if notes
+    out += ("<h3>Data notes</h3><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>" if notes
             else '<p class="muted">No data notes were recorded (splits used as provided by the source).</p>')
     return out
 
@@ -169,13 +88,13 @@ def _leakage(run: Run) -> str:
         ex, nr = (lk.get("exact_duplicates") or {}).get(pair), (lk.get("near_duplicates") or {}).get(pair)
         go = (lk.get("group_overlap") or {}).get(pair)
         if ex or nr:
-            rows.append([pair, _fmt((ex or {}).get("pairs")), _fmt((nr or {}).get("pairs")),
-                         _fmt(go["groups"]) if go else "not checked"])
+            rows.append([pair, fmt((ex or {}).get("pairs")), fmt((nr or {}).get("pairs")),
+                         fmt(go["groups"]) if go else "not checked"])
     body = "".join(f'<div class="banner"><b>Leakage:</b> {escape(x)}</div>' if found else f"<p>{escape(x)}</p>"
                    for x in lines)
     if rows:
-        body += _table(["splits", "exact duplicate pairs", "near-duplicate pairs", "shared patient/group ids"], rows)
-        body += f'<p class="muted">{escape(str((lk.get("rules") or {}).get("near_duplicate_rule", "")))}</p>'
+        body += table(["splits", "exact duplicate pairs", "near-duplicate pairs", "shared patient/group ids"], rows)
+        body += f'<p class="muted">{escape((lk.get("rules") or {}).get("near_duplicate_rule", ""))}</p>'
     return "<h3>Leakage between this run's splits</h3>" + body
 
 
@@ -199,30 +118,30 @@ def _history(run: Run, out_dir: Path, tmp: Path) -> Path:
 def _ensemble(run: Run, metrics: dict[str, Any]) -> str:
     """An ensemble's members (from ``ensemble.json``): where each came from, its temperature, weight, val AUC."""
     info = read_json(run.path / "ensemble.json")
-    rows = [[escape(Path(m.get("run", "?")).name), escape(str(m.get("architecture"))), _fmt(m.get("seed")),
-             _fmt(m.get("temperature"), 3), _fmt(m.get("weight"), 3), _fmt(m.get("val_auc"), 4)]
+    rows = [[escape(Path(m.get("run", "?")).name), escape(m.get("architecture")), fmt(m.get("seed")),
+             fmt(m.get("temperature"), 3), fmt(m.get("weight"), 3), fmt(m.get("val_auc"), 4)]
             for m in info.get("members", [])]
     val = info.get("val") or {}
-    return (f"<p>Ensemble of {len(rows)} trained runs: {escape(str(run.model_spec.ensemble.get('combine')))}, "
-            f"{escape(str(info.get('weighting')))} weights; val AUC of the mixture <b>{_fmt(val.get('auc'), 4)}</b>; "
-            f"evaluated checkpoint: {escape(str(metrics.get('checkpoint', 'best')))}.</p>"
-            + _table(["member run", "architecture", "seed", "T", "weight", "val AUC"], rows))
+    return (f"<p>Ensemble of {len(rows)} trained runs: {escape(run.model_spec.ensemble.get('combine'))}, "
+            f"{escape(info.get('weighting'))} weights; val AUC of the mixture <b>{fmt(val.get('auc'), 4)}</b>; "
+            f"evaluated checkpoint: {escape(metrics.get('checkpoint', 'best'))}.</p>"
+            + table(["member run", "architecture", "seed", "T", "weight", "val AUC"], rows))
 
 
 def _training(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
     if run.model_spec.ensemble is not None:
         return _ensemble(run, metrics)
     t = run.metrics().get("train", {})
-    facts = [f"monitor <b>{escape(str(t.get('monitor', run.config.train.monitor)))}</b>"]
+    facts = [f"monitor <b>{escape(t.get('monitor', run.config.train.monitor))}</b>"]
     if "best_epoch" in t:
-        facts.append(f"best epoch <b>{_fmt(t['best_epoch'])}</b> (val {_fmt(t.get('best_value'), 4)})")
+        facts.append(f"best epoch <b>{fmt(t['best_epoch'])}</b> (val {fmt(t.get('best_value'), 4)})")
     if "epochs_run" in t:
-        facts.append(f"{_fmt(t['epochs_run'])} epoch(s) run of {run.config.train.epochs}")
+        facts.append(f"{fmt(t['epochs_run'])} epoch(s) run of {run.config.train.epochs}")
     if isinstance(t.get("train_seconds"), int | float):
-        facts.append(f"{t['train_seconds'] / 60:.1f} min training")
-    facts.append(f"evaluated checkpoint: {escape(str(metrics.get('checkpoint', 'best')))} "
-                 f"(epoch {_fmt(metrics.get('checkpoint_epoch'))})")
-    return "<p>" + " · ".join(facts) + "</p>" + _img(_history(run, out_dir, tmp), "training history")
+        facts.append(f"{fmt(t['train_seconds'] / 60, 1)} min training")
+    facts.append(f"evaluated checkpoint: {escape(metrics.get('checkpoint', 'best'))} "
+                 f"(epoch {fmt(metrics.get('checkpoint_epoch'))})")
+    return "<p>" + " · ".join(facts) + "</p>" + img(_history(run, out_dir, tmp), "training history")
 
 
 def _metrics(metrics: dict[str, Any], split: str) -> str:
@@ -231,18 +150,18 @@ def _metrics(metrics: dict[str, Any], split: str) -> str:
     keys = [k for k, v in ci.items() if isinstance(v, dict) and "value" in v]
     keys += [k for k, v in metrics.items() if k not in keys and k not in skip
              and isinstance(v, int | float) and not isinstance(v, bool)]
-    rows = [[escape(k), _fmt(metrics.get(k, ci.get(k, {}).get("value"))), _ci(ci.get(k))] for k in keys]
+    rows = [[escape(k), fmt(metrics.get(k, ci.get(k, {}).get("value"))), fmt_ci(ci.get(k), value=False)] for k in keys]
     dl = metrics.get("auc_delong")
     if isinstance(dl, dict):
-        rows.append(["auc (DeLong)", _fmt(dl.get("value")), _ci(dl)])
+        rows.append(["auc (DeLong)", fmt(dl.get("value")), fmt_ci(dl, value=False)])
     for k, v in (metrics.get("tta") or {}).items():
         if k in keys and isinstance(v, int | float):
-            rows.append([f"{escape(k)} (TTA)", _fmt(v), _ci((metrics["tta"].get("ci") or {}).get(k))])
-    how = escape(str(ci.get("method", "")))
-    out = (f"<p>{escape(split)} split, n = {_fmt(metrics.get('n'))}"
+            rows.append([f"{escape(k)} (TTA)", fmt(v), fmt_ci((metrics["tta"].get("ci") or {}).get(k), value=False)])
+    how = escape(ci.get("method", ""))
+    out = (f"<p>{escape(split)} split, n = {fmt(metrics.get('n'))}"
            + (f", decision threshold {fmt_threshold(metrics['threshold'])}" if "threshold" in metrics else "")
-           + (f"; 95% CI by {how} ({_fmt(ci.get('n_resamples'))} resamples)" if how else "; no bootstrap CIs")
-           + "</p>" + _table(["metric", "value", "95% CI [low, high]"], rows))
+           + (f"; 95% CI by {how} ({fmt(ci.get('n_resamples'))} resamples)" if how else "; no bootstrap CIs")
+           + "</p>" + table(["metric", "value", "95% CI [low, high]"], rows))
     per_class = metrics.get("per_class") or {}
     if per_class:
         cols = ["auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1", "support"]
@@ -250,7 +169,7 @@ def _metrics(metrics: dict[str, Any], split: str) -> str:
         if metrics.get("task") == "multilabel":
             out += _per_label(metrics, per_class, cols)
         else:
-            out += "<h3>Per class</h3>" + _table(["class", *cols], [[escape(c), *(_fmt(v.get(k)) for k in cols)]
+            out += "<h3>Per class</h3>" + table(["class", *cols], [[escape(c), *(fmt(v.get(k)) for k in cols)]
                                                                      for c, v in per_class.items()])
     return out
 
@@ -259,28 +178,28 @@ def _per_label(metrics: dict[str, Any], per_class: dict[str, Any], cols: list[st
     """Multilabel: one row per label, AUC with its DeLong CI, labels with one class flagged."""
     skipped = metrics.get("skipped_labels") or {}
     rows = [[escape(c) + (' <small>(one class here)</small>' if c in skipped else ""),
-             *(_fmt(v.get(k)) + (f'<br><small class="ci">{_ci(v.get("auc_delong"))}</small>'
-                                 if k == "auc" and "auc_delong" in v else "") for k in cols)]
+             *(ci_cell({**v["auc_delong"], "value": v.get(k)}) if k == "auc" and "auc_delong" in v else fmt(v.get(k))
+               for k in cols)]
             for c, v in per_class.items()]
     out = (f"<h3>Per label</h3><p>AUC with DeLong 95% CI; AP; sensitivity … F1 at threshold "
            f"{fmt_threshold(metrics.get('threshold', 0.5))} for every label (the per-label operating points are "
            "below). <code>auc</code> above is the macro mean over labels where it is defined; "
-           "<code>micro_auc</code> pools every (case, label) pair.</p>" + _table(["label", *cols], rows))
-    return out + "".join(f'<div class="banner"><b>{escape(c)}:</b> {escape(str(r))}</div>' for c, r in skipped.items())
+           "<code>micro_auc</code> pools every (case, label) pair.</p>" + table(["label", *cols], rows))
+    return out + "".join(f'<div class="banner"><b>{escape(c)}:</b> {escape(r)}</div>' for c, r in skipped.items())
 
 
 def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
     pp = metrics.get("postprocess") or {}
     notes = pp.get("notes") or []
-    out = "".join(f'<div class="banner"><b>Note:</b> {escape(str(n))}</div>' for n in notes)
+    out = "".join(f'<div class="banner"><b>Note:</b> {escape(n)}</div>' for n in notes)
     ops = operating_points(metrics)
     if run.spec.task == "multilabel":
-        return out + _label_operating_points(run, metrics) + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") \
-            + _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
+        return out + _label_operating_points(run, metrics) + '<div class="figs">' + figure(out_dir / "roc.png", "ROC") \
+            + figure(out_dir / "pr.png", "Precision-recall") + "</div>"
     if run.spec.task != "binary":
         return out + "<p>Operating points apply to binary and multilabel tasks; this run is multiclass " \
-            "(prediction = arg-max class).</p>" + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC") + \
-            _fig(out_dir / "pr.png", "Precision-recall") + "</div>"
+            "(prediction = arg-max class).</p>" + '<div class="figs">' + figure(out_dir / "roc.png", "ROC") + \
+            figure(out_dir / "pr.png", "Precision-recall") + "</div>"
     post_all = stored_postprocess(run, metrics)
     transfer, selected, split = metrics.get("threshold_transfer") or {}, pp.get("selected"), metrics.get("split", "")
     rows, classes = [], []
@@ -289,23 +208,23 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
         flags = tr.get("flags") or []
         cells = [escape(name) + ('<span class="tag">in use</span>' if name == selected else ""),
                  f'<span title="{op["threshold"]!r}">{fmt_threshold(op["threshold"])}</span>',
-                 f'<small>{escape(str(op.get("rule", "")))}</small>', escape(tr.get("provenance", "?"))]
+                 f'<small>{escape(op.get("rule", ""))}</small>', escape(tr.get("provenance", "?"))]
         cells += [_transfer_cell(tr.get(k) or {}, op.get(k)) for k in ("sensitivity", "specificity")]
-        cells += [_val_ci(op.get(k)) for k in ("ppv", "npv")]
+        cells += [ci_cell(op.get(k)) for k in ("ppv", "npv")]
         cells.append("<br>".join(f'<span class="warn">&#9888; {escape(f)}</span>' for f in flags) or "held")
         rows.append(cells)
         classes.append("selected" if name == selected else "")
     n_flagged = sum(bool((transfer.get(n) or {}).get("flags")) for n in ops)
     if rows:
         out += (f'<div class="banner"><b>Threshold transfer:</b> {n_flagged} of {len(rows)} operating points did not '
-                f"hold on {escape(str(split))}: what they showed on validation lies outside the {escape(str(split))} "
+                f"hold on {escape(split)}: what they showed on validation lies outside the {escape(split)} "
                 "95% CI (or its target was missed). Re-check thresholds on data from the deployment site.</div>"
                 if n_flagged else "")
-        out += (f"<p>Thresholds on p({escape(str(metrics.get('positive_class', '')))}): <i>fixed</i> ones come from the "
+        out += (f"<p>Thresholds on p({escape(metrics.get('positive_class', ''))}): <i>fixed</i> ones come from the "
                 f"configuration; <i>fitted</i> ones were chosen on the validation split (n = "
-                f"{_fmt(post_all.get('n_val'))}) and applied unchanged to {escape(str(split))}. Sensitivity and "
-                f"specificity show the validation value, then the {escape(str(split))} value with its 95% CI.</p>"
-                + '<div class="wide">' + _table(["rule", "threshold", "definition", "provenance",
+                f"{fmt(post_all.get('n_val'))}) and applied unchanged to {escape(split)}. Sensitivity and "
+                f"specificity show the validation value, then the {escape(split)} value with its 95% CI.</p>"
+                + '<div class="wide">' + table(["rule", "threshold", "definition", "provenance",
                                                   "sensitivity (val → here)", "specificity (val → here)",
                                                   "PPV", "NPV", "transfer"], rows, classes) + "</div>")
     else:
@@ -313,33 +232,33 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
     dca = ("<p>Decision curve: the net benefit of acting on the model at each threshold probability, against "
            "treating every case and none (Vickers &amp; Elkin, 2006); where the model's curve is not above both, "
            "using it does not help at that risk threshold.</p>") if (out_dir / "decision_curve.png").is_file() else ""
-    return out + '<div class="figs">' + _fig(out_dir / "roc.png", "ROC with operating points and its 95% band") + \
-        _fig(out_dir / "pr.png", "Precision-recall with operating points") + "</div>" + dca + \
-        '<div class="figs">' + _fig(out_dir / "decision_curve.png", "Decision curve (net benefit)") + "</div>"
+    return out + '<div class="figs">' + figure(out_dir / "roc.png", "ROC with operating points and its 95% band") + \
+        figure(out_dir / "pr.png", "Precision-recall with operating points") + "</div>" + dca + \
+        '<div class="figs">' + figure(out_dir / "decision_curve.png", "Decision curve (net benefit)") + "</div>"
 
 
 def _transfer_cell(tr: dict[str, Any], here: Any) -> str:
     """``val -> here [CI]`` with the target, if any."""
-    chosen = f"{_fmt(tr['chosen'])} → " if tr.get("chosen") is not None else ""
-    target = f"<br><small>target {_fmt(tr['target'], 2)}</small>" if tr.get("target") is not None else ""
-    return chosen + _val_ci(here) + target
+    chosen = f"{fmt(tr['chosen'])} → " if tr.get("chosen") is not None else ""
+    target = f"<br><small>target {fmt(tr['target'], 2)}</small>" if tr.get("target") is not None else ""
+    return chosen + ci_cell(here) + target
 
 
 def _subgroups(metrics: dict[str, Any]) -> str:
     sub = metrics["subgroups"]
-    out = (f"<p>Per value of each metadata column, on {escape(str(metrics.get('split', '')))}, with 95% bootstrap "
+    out = (f"<p>Per value of each metadata column, on {escape(metrics.get('split', ''))}, with 95% bootstrap "
            f"CIs. <i>Small</i> subgroups (n &lt; {sub['min_n']} or fewer than {sub['min_per_class']} cases of a "
            "class) have wide CIs and are left out of the largest gap.</p>")
     for col, c in sub["columns"].items():
         names = c["metrics"]
-        rows = [[escape(str(g["group"])) + (' <span class="warn">small</span>' if g["small"] else ""), _fmt(g["n"]),
+        rows = [[escape(g["group"]) + (' <span class="warn">small</span>' if g["small"] else ""), fmt(g["n"]),
                  escape(", ".join(f"{k} {v}" for k, v in g["per_class"].items())),
-                 *(_val_ci(g[m]) for m in names)] for g in c["groups"]]
-        out += f"<h3>{escape(col)}</h3>" + _table(["subgroup", "n", "cases per class", *names], rows)
+                 *(ci_cell(g[m]) for m in names)] for g in c["groups"]]
+        out += f"<h3>{escape(col)}</h3>" + table(["subgroup", "n", "cases per class", *names], rows)
         gap = c.get("largest_gap")
-        out += (f'<p>Largest AUC gap: <b>{escape(str(gap["higher"]))}</b> vs <b>{escape(str(gap["lower"]))}</b>, '
-                f'{gap["difference"]:+.3f} (p = {gap["p_value"]:.3f}, {escape(gap["test"])}).</p>' if gap else
-                '<p class="muted">No gap reported: fewer than two subgroups large enough.</p>')
+        out += (f'<p>Largest AUC gap: <b>{escape(gap["higher"])}</b> vs <b>{escape(gap["lower"])}</b>, '
+                f'{fmt(gap["difference"], signed=True)} (p = {fmt(gap["p_value"])}, {escape(gap["test"])}).</p>'
+                if gap else '<p class="muted">No gap reported: fewer than two subgroups large enough.</p>')
     return out
 
 
@@ -360,27 +279,27 @@ def _label_operating_points(run: Run, metrics: dict[str, Any]) -> str:
         rule = (dec.get("rules") or {}).get(name, "?")
         entry = chosen.get(name) or {}
         val = (entry.get(rule) or {}).get("val") or {}
-        prov = escape(str(entry["fallback"])) if "fallback" in entry else (
-            f"chosen on val (n = {_fmt(entry.get('n'))}, {_fmt(entry.get('n_positive'))} positive)"
-            + (f"<br><small>val sens {_fmt(val.get('sensitivity'))}, spec {_fmt(val.get('specificity'))}</small>"
+        prov = escape(entry["fallback"]) if "fallback" in entry else (
+            f"chosen on val (n = {fmt(entry.get('n'))}, {fmt(entry.get('n_positive'))} positive)"
+            + (f"<br><small>val sens {fmt(val.get('sensitivity'))}, spec {fmt(val.get('specificity'))}</small>"
                if val else ""))
         here = (applied.get(name) or {}).get(rule) or {}
-        cells = [_val_ci(here[k]) if isinstance(here.get(k), dict) else _fmt(d.get(k))
+        cells = [ci_cell(here[k]) if isinstance(here.get(k), dict) else fmt(d.get(k))
                  for k in ("sensitivity", "specificity", "ppv", "npv")]
         rows.append([escape(name), escape(rule), f'<span title="{d["threshold"]!r}">{fmt_threshold(d["threshold"])}</span>',
-                     prov, *cells, _fmt(d.get("f1"))])
+                     prov, *cells, fmt(d.get("f1"))])
     if not rows:
         return "<p>No per-label operating points were recorded.</p>"
-    split = escape(str(metrics.get("split", "")))
-    return (f"<p>One threshold per label, rule <b>{escape(str(dec.get('operating_point', '?')))}</b>, chosen on the "
+    split = escape(metrics.get("split", ""))
+    return (f"<p>One threshold per label, rule <b>{escape(dec.get('operating_point', '?'))}</b>, chosen on the "
             f"validation split and applied unchanged to {split}; a case's findings are the labels with p &ge; their "
             f"threshold (none: &ldquo;no finding&rdquo;). Values are on {split}"
             + (" with 95% CIs (stratified bootstrap per label)" if applied else "") + ".</p>"
-            + '<div class="wide">' + _table(["label", "rule", "threshold", "provenance", "sensitivity", "specificity",
+            + '<div class="wide">' + table(["label", "rule", "threshold", "provenance", "sensitivity", "specificity",
                                               "PPV", "NPV", "F1"], rows) + "</div>"
-            + f"<p>At these thresholds: subset accuracy {_fmt(dec.get('subset_accuracy'))}, Hamming accuracy "
-              f"{_fmt(dec.get('hamming_accuracy'))}, macro F1 {_fmt(dec.get('macro_f1'))}; "
-              f"{_fmt(dec.get('n_no_finding'))} of {_fmt(dec.get('n'))} cases with no finding.</p>")
+            + f"<p>At these thresholds: subset accuracy {fmt(dec.get('subset_accuracy'))}, Hamming accuracy "
+              f"{fmt(dec.get('hamming_accuracy'))}, macro F1 {fmt(dec.get('macro_f1'))}; "
+              f"{fmt(dec.get('n_no_finding'))} of {fmt(dec.get('n'))} cases with no finding.</p>")
 
 
 def _label_counts(metrics: dict[str, Any]) -> str:
@@ -388,11 +307,11 @@ def _label_counts(metrics: dict[str, Any]) -> str:
     per = (metrics.get("decision") or {}).get("per_label") or {}
     if not per:
         return "<p>Confusion matrices are not shown for multilabel tasks (see per-label metrics).</p>"
-    rows = [[escape(c), fmt_threshold(d["threshold"]), *(_fmt(d.get(k)) for k in ("tp", "fp", "fn", "tn"))]
+    rows = [[escape(c), fmt_threshold(d["threshold"]), *(fmt(d.get(k)) for k in ("tp", "fp", "fn", "tn"))]
             for c, d in per.items()]
     return ("<p>Each label is its own yes/no decision at its own threshold: true/false positives and negatives "
             "per label (a multilabel task has no single confusion matrix).</p>"
-            + _table(["label", "threshold", "TP", "FP", "FN", "TN"], rows))
+            + table(["label", "threshold", "TP", "FP", "FN", "TN"], rows))
 
 
 def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
@@ -426,24 +345,24 @@ def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> 
         a = plot_confusion(tmp / f"cm{i}.png", cm, names)
         b = plot_confusion(tmp / f"cm{i}n.png", cm, names, normalize=True)
         out += (f'<div class="cm"><h3>{escape(title)}</h3><div class="figs">'
-                + _fig(a, "counts") + _fig(b, "row-normalised") + "</div></div>")
+                + figure(a, "counts") + figure(b, "row-normalised") + "</div></div>")
     return out + "</div>"
 
 
 def _calibration(out_dir: Path, metrics: dict[str, Any]) -> str:
     cal = metrics.get("calibration") or {}
     if "error" in cal:
-        return f'<div class="banner">Calibration report unavailable: {escape(str(cal["error"]))}</div>'
+        return f'<div class="banner">Calibration report unavailable: {escape(cal["error"])}</div>'
     keys = ("ece", "mce", "brier", "nll")
-    rows = [[k.upper() if k != "brier" else "Brier", _fmt((cal.get("before") or {}).get(k), 4),
-             _fmt((cal.get("after") or {}).get(k), 4)] for k in keys]
+    rows = [[k.upper() if k != "brier" else "Brier", fmt((cal.get("before") or {}).get(k), 4),
+             fmt((cal.get("after") or {}).get(k), 4)] for k in keys]
     t = cal.get("temperature", (metrics.get("postprocess") or {}).get("temperature"))
     how = ("sigmoid(logits / T) for every label, one T shared by all labels" if metrics.get("task") == "multilabel"
            else "softmax(logits / T)")
-    return (f"<p>Temperature T = <b>{_fmt(t, 4)}</b> (fitted on val; probabilities = {how}). "
-            f"Lower is better for every score; {_fmt(cal.get('n_bins'))} bins.</p>"
-            + '<div class="figs"><div>' + _table(["score", "before (T = 1)", "after (T)"], rows) + "</div>"
-            + _fig(out_dir / "reliability.png", "Reliability diagram") + "</div>")
+    return (f"<p>Temperature T = <b>{fmt(t, 4)}</b> (fitted on val; probabilities = {how}). "
+            f"Lower is better for every score; {fmt(cal.get('n_bins'))} bins.</p>"
+            + '<div class="figs"><div>' + table(["score", "before (T = 1)", "after (T)"], rows) + "</div>"
+            + figure(out_dir / "reliability.png", "Reliability diagram") + "</div>")
 
 
 def _errors(out_dir: Path) -> str:
@@ -455,13 +374,11 @@ def _errors(out_dir: Path) -> str:
     shown = files[:MAX_GALLERY]
     more = f" (first {MAX_GALLERY} of {len(files)})" if len(files) > MAX_GALLERY else ""
     return (f"<p>Grad-CAM overlays of misclassified images{more}.</p><div class=\"gallery\">"
-            + "".join(_fig(f, f.relative_to(root).as_posix()) for f in shown) + "</div>")
+            + "".join(figure(f, f.relative_to(root).as_posix()) for f in shown) + "</div>")
 
 
 def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` (self-contained) for ``metrics`` of ``run`` on ``split``."""
-    from .. import __version__
-
     out_dir = Path(out_dir)
     cfg_file = run.path / "config.yaml"
     cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
@@ -480,18 +397,11 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("errors", "Errors (Grad-CAM)", _errors(out_dir)),
         ]
     nav = "".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name, _ in sections)
-    stamp = time.strftime("%Y-%m-%d %H:%M")
-    doc = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
-        f"<header><h1>{escape(title)}</h1><p class=\"sub\">Run <code>{escape(run.path.name)}</code> · "
-        f"{escape(run.spec.task)} · n = {_fmt(metrics.get('n'))} · checkpoint {escape(str(metrics.get('checkpoint')))}"
-        f"</p><div class=\"banner notice\">{escape(NOT_CLINICAL)}</div><nav>{nav}</nav></header>"
-        + "".join(_section(*s) for s in sections)
-        + f"<footer>Generated by medcls {escape(__version__)} on {stamp}. <b>{escape(NOT_CLINICAL)}</b></footer>"
-        "</main></body></html>\n"
-    )
+    body = (f"<header><h1>{escape(title)}</h1><p class=\"sub\">Run <code>{escape(run.path.name)}</code> · "
+            f"{escape(run.spec.task)} · n = {fmt(metrics.get('n'))} · checkpoint {escape(metrics.get('checkpoint'))}"
+            f"</p><div class=\"banner notice\">{escape(NOT_CLINICAL)}</div><nav>{nav}</nav></header>"
+            + "".join(section(name, html, sid=sid) for sid, name, html in sections)
+            + footer(f" <b>{escape(NOT_CLINICAL)}</b>"))
     path = out_dir / "report.html"
-    atomic_write_text(path, doc)
+    atomic_write_text(path, page(title, body))
     return path
