@@ -98,7 +98,9 @@ def evaluate(
 
         run = load_run(run_dir)
         cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint)
-        write_report(run, split, m, out)  # now with the error gallery
+        # now with the error gallery; without labels=/probs= (the evaluated arrays) the binary confusion
+        # matrices are not drawn: the section says there are no predictions
+        write_report(run, split, m, out)
         typer.echo(f"Grad-CAM of {len(cases)} errors written to {out / 'gradcam'}")
 
 

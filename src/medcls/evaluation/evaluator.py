@@ -228,7 +228,8 @@ def evaluate_run(run: Run, split: str = "test", *, checkpoint: str = "best", dev
     from ..reports.evaluation import write_report
     from ..reports.model_card import write_model_card
 
-    report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
+    report = write_report(run, split, metrics, out, labels=labels, probs=probs)
+    card = write_model_card(run, split, metrics, out)
     _record_summary(run, split, metrics, checkpoint)
     log.info("evaluation on %s written to %s (report %s, model card %s)", split, out, report, card)
     return metrics

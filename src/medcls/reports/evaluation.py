@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import headline_subset
+from ..metrics import confusion_counts, headline_subset
 from ..runs import Run
 from ..utils import atomic_write_text
 from .kit import ci_cell, escape, figure, fmt, fmt_ci, fmt_threshold, footer, img, page, section, table
@@ -314,28 +314,27 @@ def _label_counts(metrics: dict[str, Any]) -> str:
             + table(["label", "threshold", "TP", "FP", "FN", "TN"], rows))
 
 
-def _confusions(run: Run, out_dir: Path, metrics: dict[str, Any], tmp: Path) -> str:
+def _binary_confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: Any) -> dict[str, np.ndarray]:
+    """Binary: the confusion matrix at each operating point (``{}`` without labels and probabilities)."""
+    if labels is None or probs is None:
+        return {}
+    pos = run.spec.positive_index if run.spec.positive_index is not None else 1
+    ops = {k: v["threshold"] for k, v in operating_points(metrics).items()}
+    if not ops and "threshold" in metrics:
+        ops = {"threshold": metrics["threshold"]}
+    y, p = np.asarray(labels), np.asarray(probs)[:, pos]
+    return {f"{name} (threshold {fmt_threshold(t)})": confusion_counts(y, np.where(p >= t, pos, 1 - pos), 2)
+            for name, t in ops.items()}
+
+
+def _confusions(run: Run, metrics: dict[str, Any], tmp: Path, labels: Any, probs: Any) -> str:
     from .plots import plot_confusion
 
     names = list(run.spec.class_names)
     if run.spec.task == "binary":
-        import pandas as pd
-
-        pos = run.spec.positive_index if run.spec.positive_index is not None else 1
-        pred_file = out_dir / "predictions.csv"
-        ops = {k: v["threshold"] for k, v in operating_points(metrics).items()}
-        if not ops and "threshold" in metrics:
-            ops = {"threshold": metrics["threshold"]}
-        if not pred_file.is_file() or not ops:
+        mats = _binary_confusions(run, metrics, labels, probs)
+        if not mats:
             return '<p class="muted">No predictions to build confusion matrices from.</p>'
-        df = pd.read_csv(pred_file)
-        y = df["label"].astype(str).map({c: i for i, c in enumerate(names)}).to_numpy()
-        p = df[f"prob_{names[pos]}"].to_numpy()
-        mats = {}
-        for name, t in ops.items():
-            pred = np.where(p >= t, pos, 1 - pos)
-            mats[f"{name} (threshold {fmt_threshold(t)})"] = np.array(
-                [[int(((y == i) & (pred == j)).sum()) for j in range(2)] for i in range(2)])
     elif "confusion_matrix" in metrics:
         mats = {"arg-max class": np.asarray(metrics["confusion_matrix"])}
     else:
@@ -377,8 +376,13 @@ def _errors(out_dir: Path) -> str:
             + "".join(figure(f, f.relative_to(root).as_posix()) for f in shown) + "</div>")
 
 
-def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.html`` (self-contained) for ``metrics`` of ``run`` on ``split``."""
+def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path, *, labels: Any = None,
+                 probs: Any = None) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) for ``metrics`` of ``run`` on ``split``.
+
+    ``labels`` and ``probs`` (the split's class indices and calibrated probabilities, as evaluated) give a
+    binary task its confusion matrix at each operating point; without them that section says there are none.
+    """
     out_dir = Path(out_dir)
     cfg_file = run.path / "config.yaml"
     cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
@@ -391,7 +395,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("metrics", "Metrics", _metrics(metrics, split)),
             ("operating-points", "Operating points", _operating_points(run, out_dir, metrics)),
             ("confusion", "Per-label counts" if run.spec.task == "multilabel" else "Confusion matrices",
-             _confusions(run, out_dir, metrics, Path(tmp))),
+             _confusions(run, metrics, Path(tmp), labels, probs)),
             ("calibration", "Calibration", _calibration(out_dir, metrics)),
             *([("subgroups", "Subgroups", _subgroups(metrics))] if metrics.get("subgroups") else []),
             ("errors", "Errors (Grad-CAM)", _errors(out_dir)),
