@@ -166,10 +166,10 @@ def print_summary(report: DataReport, out_dir: Path | None = None, console=None)
         t.add_row(*map(str, r))
     con.print(t)
     img = report.images
-    fmt = ", ".join(f"{k} {v}" for k, v in img["modes"].items())
+    modes = ", ".join(f"{k} {v}" for k, v in img["modes"].items())
     bits = ", ".join(f"{k}-bit {v}" for k, v in img["bit_depth"].items())
     sizes = ", ".join(f"{k} ({v})" for k, v in list(img["sizes"].items())[:3])
-    con.print(markup_escape(f"images: {fmt}; {bits}; sizes {sizes}" + (" …" if img["distinct_sizes"] > 3 else "")))
+    con.print(markup_escape(f"images: {modes}; {bits}; sizes {sizes}" + (" …" if img["distinct_sizes"] > 3 else "")))
     ex, nd, ov = report.exact_duplicates, report.near_duplicates, report.group_overlap or {}
     lt = Table(title="across splits")
     for col in ("splits", "exact pairs (groups)", "near pairs (groups)", "shared patients"):

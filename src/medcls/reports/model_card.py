@@ -57,7 +57,7 @@ def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -
                      f"{fmt_threshold(d['threshold'])} ({rule})" if d else "—", at["sensitivity"], at["specificity"]])
     out = [f"## Per-label performance ({split} split)", "",
            *md_table(["label", "prevalence", "AUC (95% CI)", "AP", "threshold (rule)", "sensitivity",
-                       "specificity"], rows), "",
+                      "specificity"], rows), "",
            "AUC CIs by DeLong; sensitivity/specificity at each label's threshold"
            + (" with stratified bootstrap 95% CIs." if applied else "."), "",
            "## Operating points in use (one per label)", "",
@@ -112,8 +112,8 @@ def _data_and_training(run: Run, metrics: dict[str, Any]) -> list[str]:
     L = ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
          + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else ""), "",
          *md_table(["split", *names, "total"],
-                    [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
-                     for s, v in splits.items()]), "",
+                   [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
+                    for s, v in splits.items()]), "",
          "- **How val/test were made:** " + ("; ".join(notes) if notes else
                                               "official splits of the source used as provided (no re-splitting)."),
          f"- Split seed {cfg.data.split_seed}; " + (f"each split limited to {cfg.data.limit} samples."
