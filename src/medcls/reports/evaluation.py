@@ -170,7 +170,7 @@ def _metrics(metrics: dict[str, Any], split: str) -> str:
             out += _per_label(metrics, per_class, cols)
         else:
             out += "<h3>Per class</h3>" + table(["class", *cols], [[escape(c), *(fmt(v.get(k)) for k in cols)]
-                                                                     for c, v in per_class.items()])
+                                                                    for c, v in per_class.items()])
     return out
 
 
@@ -225,8 +225,8 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
                 f"{fmt(post_all.get('n_val'))}) and applied unchanged to {escape(split)}. Sensitivity and "
                 f"specificity show the validation value, then the {escape(split)} value with its 95% CI.</p>"
                 + '<div class="wide">' + table(["rule", "threshold", "definition", "provenance",
-                                                  "sensitivity (val → here)", "specificity (val → here)",
-                                                  "PPV", "NPV", "transfer"], rows, classes) + "</div>")
+                                                 "sensitivity (val → here)", "specificity (val → here)",
+                                                 "PPV", "NPV", "transfer"], rows, classes) + "</div>")
     else:
         out += "<p>No operating points were evaluated (bootstrap disabled or none could be chosen).</p>"
     dca = ("<p>Decision curve: the net benefit of acting on the model at each threshold probability, against "
@@ -296,7 +296,7 @@ def _label_operating_points(run: Run, metrics: dict[str, Any]) -> str:
             f"threshold (none: &ldquo;no finding&rdquo;). Values are on {split}"
             + (" with 95% CIs (stratified bootstrap per label)" if applied else "") + ".</p>"
             + '<div class="wide">' + table(["label", "rule", "threshold", "provenance", "sensitivity", "specificity",
-                                              "PPV", "NPV", "F1"], rows) + "</div>"
+                                             "PPV", "NPV", "F1"], rows) + "</div>"
             + f"<p>At these thresholds: subset accuracy {fmt(dec.get('subset_accuracy'))}, Hamming accuracy "
               f"{fmt(dec.get('hamming_accuracy'))}, macro F1 {fmt(dec.get('macro_f1'))}; "
               f"{fmt(dec.get('n_no_finding'))} of {fmt(dec.get('n'))} cases with no finding.</p>")
