@@ -31,7 +31,7 @@ ul{padding-left:22px}li{margin:2px 0}code{font-size:13px}
 .banner{background:#fff4e5;border:1px solid #f0b429;border-left:6px solid #d9822b;padding:10px 14px;margin:12px 0;
  border-radius:4px}
 .ok{background:#eef7ee;border-color:#9ccc9f;border-left-color:#2e7d32}
-.notice{background:#fdecea;border-left-color:#c0392b;border-color:#e6a4a0;font-weight:600}
+.notice{background:#fdecea;border-color:#e6a4a0;border-left-color:#c0392b;font-weight:600}
 nav{font-size:14px;margin:10px 0 0}nav a{margin-right:14px;color:#2459a8;text-decoration:none}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:14px;min-width:40%}
 th,td{padding:5px 10px;border:1px solid #dde3ea;text-align:right}
