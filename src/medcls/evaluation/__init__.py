@@ -1,4 +1,4 @@
-"""Evaluation of trained runs: metrics, per-sample predictions, curves (drawn and reported by :mod:`medcls.reports`)."""
+"""Evaluation of trained runs: metrics, per-sample predictions, curves."""
 
 from .evaluator import evaluate_run, headline
 
