@@ -32,7 +32,7 @@ import torch
 from _common import cpu_name
 
 import medcls
-from medcls.metrics import compute_metrics
+from medcls.metrics import HEADLINE_BRIEF, compute_metrics
 
 # (name, overrides, what it tests). The baseline is the config as it is.
 VARIANTS: list[tuple[str, list[str], str]] = [
@@ -52,7 +52,7 @@ DERIVED = {"tta": "baseline + flip TTA (eval only)",
            "last": "baseline, last epoch instead of best val AUC (eval only)",
            "ensemble": "mean of the baseline seeds (3x cost)",
            "half-ens": "2 x 5-epoch runs averaged (same cost)"}
-METRICS = ("auc", "accuracy", "sensitivity", "specificity")
+METRICS = HEADLINE_BRIEF
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:

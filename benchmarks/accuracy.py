@@ -25,6 +25,7 @@ import torch
 from _common import cpu_name
 
 import medcls
+from medcls.metrics import HEADLINE_BRIEF
 
 REFERENCE: list[tuple[str, float, float]] = [
     ("ResNet-18 (28)", 0.944, 0.854),
@@ -33,7 +34,7 @@ REFERENCE: list[tuple[str, float, float]] = [
     ("Google AutoML Vision", 0.991, 0.946),
 ]
 TIME_BUDGET_S = 600.0
-METRICS = ("auc", "accuracy", "sensitivity", "specificity")
+METRICS = HEADLINE_BRIEF
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -70,7 +70,7 @@ def test_subgroups_on_the_btxrd_fixture_reach_report_card_and_metrics(tmp_path, 
     evaluate(run, "test", device="cpu")
     m = json.loads((run.path / "eval-test" / "metrics.json").read_text())["subgroups"]["columns"]
     assert set(m) == {"gender", "center", "age"} and {g["group"] for g in m["gender"]["groups"]} == {"F", "M"}
-    assert m["gender"]["metrics"] == ["auc", "balanced_accuracy", "accuracy"]  # BTXRD is 3-class
+    assert m["gender"]["metrics"] == ["auc", "accuracy", "balanced_accuracy"]  # BTXRD is 3-class
     assert sum(g["n"] for g in m["center"]["groups"]) == 120 and m["gender"]["largest_gap"] is not None
     report = (run.path / "eval-test" / "report.html").read_text()
     card = (run.path / "eval-test" / "model_card.md").read_text()

@@ -111,3 +111,22 @@ def test_gradcam_leaves_a_fused_model_in_eval_mode(joint):
         compute_cam(model, x, extras={k: torch.as_tensor(v) for k, v in extras.items()})
         assert not any(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_markdown_table_formats_cis_and_differences():
+    """``ablation.md`` from a table: AUC [CI] to 3 decimals, signed ΔAUC, an en dash for what is undefined."""
+    from medcls.experiments.ablate import to_markdown
+
+    table = pd.DataFrame([
+        {"model": "image only", "inputs": "image", "test_auc": 0.75012, "auc_low": 0.70049, "auc_high": 0.8,
+         "accuracy": 0.7, "balanced_accuracy": np.nan, "auc_vs_image": np.nan, "diff_low": np.nan,
+         "diff_high": np.nan, "p_value": np.nan},
+        {"model": "concat", "inputs": "image + metadata (age)", "test_auc": 0.91, "auc_low": 0.88, "auc_high": 0.94,
+         "accuracy": 0.85, "balanced_accuracy": 0.84, "auc_vs_image": 0.15988, "diff_low": -0.012, "diff_high": 0.2,
+         "p_value": 0.0005}])
+    assert to_markdown(table, title="t").splitlines() == [
+        "**t**", "",
+        "| model | inputs | test AUC [95% CI] | accuracy | balanced acc. | ΔAUC vs image only [95% CI] | p |",
+        "|---|---|---|---|---|---|---|",
+        "| image only | image | 0.750 [0.700, 0.800] | 0.700 | – |  |  |",
+        "| concat | image + metadata (age) | 0.910 [0.880, 0.940] | 0.850 | 0.840 | +0.160 [-0.012, 0.200] | 0.001 |"]

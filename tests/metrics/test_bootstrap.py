@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 
 from medcls.errors import ConfigError, DataError
 from medcls.metrics import (
+    HEADLINE_BY_TASK,
     bootstrap_ci,
     compute_metrics,
     delong_auc_ci,
@@ -18,7 +19,6 @@ from medcls.metrics import (
     paired_bootstrap_diff,
     stratified_bootstrap_indices,
 )
-from medcls.metrics.bootstrap import HEADLINE
 
 BIN = ["normal", "pneumonia"]
 
@@ -76,7 +76,7 @@ def test_binary_matches_plain_metrics_on_every_resample(ties):
     point = compute_metrics("binary", y, p, class_names=BIN, threshold=0.4)
     idx = stratified_bootstrap_indices(y, 60, seed=5)
     per = [compute_metrics("binary", y[i], p[i], class_names=BIN, threshold=0.4) for i in idx]
-    for m in HEADLINE["binary"]:
+    for m in HEADLINE_BY_TASK["binary"]:
         assert res[m]["value"] == point[m]
         vals = np.array([r[m] for r in per])
         assert res[m]["n_valid"] == 60
@@ -95,8 +95,8 @@ def test_multiclass_and_multilabel_match_plain_metrics(task):
     with warnings.catch_warnings():  # a rare label may be missing from a plain resample
         warnings.simplefilter("ignore")
         per = [compute_metrics(task, y[i], p[i], class_names=names) for i in idx]
-    assert set(HEADLINE[task]) <= set(res)
-    for m in HEADLINE[task]:
+    assert set(HEADLINE_BY_TASK[task]) <= set(res)
+    for m in HEADLINE_BY_TASK[task]:
         assert res[m]["value"] == point[m]
         vals = np.array([r[m] for r in per])
         assert [res[m]["low"], res[m]["high"]] == pytest.approx(np.percentile(vals, [2.5, 97.5]), abs=1e-12)
@@ -107,10 +107,10 @@ def test_ci_contains_point_and_shrinks_with_more_data():
     for n in (200, 3000):
         y, p = _binary(0, n=n)
         res = bootstrap_ci("binary", y, p, class_names=BIN, n_resamples=400)
-        for m in HEADLINE["binary"]:
+        for m in HEADLINE_BY_TASK["binary"]:
             assert res[m]["low"] <= res[m]["value"] <= res[m]["high"], m
-        widths.append({m: res[m]["high"] - res[m]["low"] for m in HEADLINE["binary"]})
-    for m in HEADLINE["binary"]:
+        widths.append({m: res[m]["high"] - res[m]["low"] for m in HEADLINE_BY_TASK["binary"]})
+    for m in HEADLINE_BY_TASK["binary"]:
         assert widths[1][m] < 0.6 * widths[0][m], m
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import DataError
+from ..reports.kit import fmt, fmt_ci
 
 Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: --set train.epochs=5 (repeatable).")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (defaults when omitted).")]
@@ -16,7 +17,6 @@ DataDir = Annotated[str | None, typer.Option(help="Where datasets are looked up 
 Checkpoint = Annotated[str, typer.Option(help="best | last")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
-SUMMARY = ("auc", "accuracy", "sensitivity", "specificity")
 METADATA_HELP = "Fused models: JSON object of metadata (and text), e.g. '{\"age\": 40, \"view\": \"frontal\"}'."
 
 
@@ -34,7 +34,7 @@ def with_ci(metrics: dict, keys) -> dict[str, str]:
         if not isinstance(v, int | float):
             continue
         c = ci.get(k) if isinstance(ci, dict) else None
-        out[k] = f"{v:.4f} [{c['low']:.4f}, {c['high']:.4f}]" if isinstance(c, dict) and "low" in c else f"{v:.4f}"
+        out[k] = fmt_ci({**(c if isinstance(c, dict) else {}), "value": v}, 4)
     return out
 
 
@@ -52,7 +52,7 @@ def print_table(title: str, rows: dict[str, dict[str, float | str]], first: str 
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
     for name, r in rows.items():
-        table.add_row(name, *[(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols])
+        table.add_row(name, *[(fmt(r[c], 4) if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols])
     console = Console()
     need = Measurement.get(console, console.options.update(width=10_000), table).maximum
     if need > console.width:

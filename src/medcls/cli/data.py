@@ -143,14 +143,14 @@ def check(
     workers: Annotated[int | None, typer.Option(min=1, help="Threads decoding image files (default: up to 4).")] = None,
 ) -> int:
     """Data report (report.json + report.html): counts, image formats, unreadable files, duplicates and patients shared across splits."""
-    from ..data.check.report import check_new, print_summary
     from ..data.check.scan import check_data, parse_options
+    from ..reports.data_check import check_new, print_summary, write_data_check
 
     check_new(output)
     report = check_data(_guess_source(source), options=parse_options(option), data_dir=data_dir,
                         max_images=max_images, max_distance=max_distance, min_correlation=min_correlation,
                         workers=workers)
-    out = report.write(output)
+    out = write_data_check(report, output)
     print_summary(report, out)
     if strict and report.leakage:  # exit 1 = leakage; 2 = a user error (bad source, option or path)
         typer.echo(f"error: leakage between splits (--strict): {'; '.join(report.leakage_reasons)}", err=True)

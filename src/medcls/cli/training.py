@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from .common import SUMMARY, Checkpoint, ConfigFile, DataDir, Device, Sets, overrides, print_table, with_ci
+from ..reports.kit import fmt_threshold
+from .common import Checkpoint, ConfigFile, DataDir, Device, Sets, overrides, print_table, with_ci
 
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by `medcls train`.")]
 
@@ -25,6 +26,7 @@ def train(
 ) -> None:
     """Train a classifier, calibrate it on val; writes a run directory and prints the evaluation summary."""
     from .. import api
+    from ..metrics import HEADLINE_BRIEF
 
     extra = overrides(sets, data_dir) + ([f"model.weights={weights}"] if weights else [])
     run = api.train(config, overrides=extra, run_dir=run_dir, resume=resume, evaluate_split=evaluate or None)
@@ -32,10 +34,10 @@ def train(
         return
     val = run.metrics().get("train", {}).get("val", {})
     rows = {"val (best epoch)": {k.removeprefix("val_"): v for k, v in val.items()
-                                 if k.startswith("val_") and k.removeprefix("val_") in SUMMARY}}
+                                 if k.startswith("val_") and k.removeprefix("val_") in HEADLINE_BRIEF}}
     if evaluate:
         m = json.loads((run.path / f"eval-{run.config.eval.split}" / "metrics.json").read_text())
-        rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, SUMMARY)
+        rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, HEADLINE_BRIEF)
     print_table(f"{run.spec.name} · {run.config.model.name}", rows)
     typer.echo(f"run written to {run.path}")
 
@@ -50,7 +52,8 @@ def calibrate(
 
     post = api.calibrate(run_dir, checkpoint, device=device)
     ck = post.checkpoint or {}
-    rule = f"{post.selected} at {post.threshold:.4g}" if post.thresholds is None else f"{post.selected} per label"
+    rule = (f"{post.selected} at {fmt_threshold(post.threshold)}" if post.thresholds is None
+            else f"{post.selected} per label")
     for note in post.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"calibrated {checkpoint} (epoch {ck.get('epoch')}) on {post.fitted_on} (n={post.n_val}): "
@@ -58,16 +61,16 @@ def calibrate(
 
 
 def evaluation_rows(m: dict, split: str) -> dict[str, dict[str, str]]:
-    from ..evaluation.evaluator import HEADLINE
+    from ..metrics import HEADLINE_SUMMARY
 
-    rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": with_ci(m, HEADLINE)}
+    rows = {f"{split} @ {m.get('threshold', 0.5):g} (95% CI)": with_ci(m, HEADLINE_SUMMARY)}
     if "tta" in m:
-        rows[f"{split} + TTA"] = with_ci(m["tta"], HEADLINE)
+        rows[f"{split} + TTA"] = with_ci(m["tta"], HEADLINE_SUMMARY)
     for name, op in (m.get("operating_points") or {}).items():
         if isinstance(op, dict) and "threshold" in op:
             keys = [k for k in ("sensitivity", "specificity", "ppv", "npv") if isinstance(op.get(k), dict)]
             flat = {**{k: op[k]["value"] for k in keys}, "ci": {k: op[k] for k in keys}}
-            rows[f"{name} @ {op['threshold']:.3g}"] = with_ci(flat, keys)
+            rows[f"{name} @ {fmt_threshold(op['threshold'], 3)}"] = with_ci(flat, keys)
     return rows
 
 
@@ -89,13 +92,13 @@ def evaluate(
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"written to {out}")
     if gradcam_errors:
-        from ..evaluation.report import write_report
         from ..explain import mine_errors
+        from ..reports.evaluation import write_report
         from ..runs import load_run
 
         run = load_run(run_dir)
         cases = mine_errors(run, split, k=gradcam_errors, checkpoint=checkpoint, result=m)
-        write_report(run, split, m, out)  # now with the error gallery
+        write_report(run, split, m.metrics, out, labels=m.labels, probs=m.probs)  # now with the error gallery
         typer.echo(f"Grad-CAM of {len(cases)} errors written to {out / 'gradcam'}")
 
 

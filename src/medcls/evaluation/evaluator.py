@@ -42,14 +42,13 @@ from ..metrics import (
     roc_band,
     threshold_transfer,
 )
+from ..metrics.headline import HEADLINE_SUMMARY as HEADLINE
 from ..metrics.operating_points import apply_label_thresholds, multilabel_decision_metrics
 from ..runs import Run
 from ..utils import atomic_write_json, atomic_write_text
 from .result import EvalResult
 
 log = logging.getLogger("medcls")
-
-HEADLINE = ("auc", "micro_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -125,7 +124,7 @@ def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -
 
 
 def _plots(out: Path, result: EvalResult, post: Postprocess, history: Path) -> None:
-    from .plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
+    from ..reports.plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
 
     metrics, labels, probs, names = result.metrics, result.labels, result.probs, list(result.class_names)
     task, pos = result.task, result.positive_index
@@ -205,15 +204,16 @@ def evaluate_split(run: Run, split: str = "test", *, checkpoint: str = "best", d
 def write_evaluation(run: Run, result: EvalResult, post: Postprocess, out: Path) -> None:
     """The files of an evaluation: metrics.json, predictions.csv, plots, report.html, model_card.md, and the
     run's summary in ``RUN/metrics.json``."""
-    from .model_card import write_model_card
-    from .report import write_report
+    from ..reports.evaluation import write_report
+    from ..reports.model_card import write_model_card
 
     split, metrics = result.metrics["split"], result.metrics
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "predictions.csv", result.frame().to_csv(index=False))
     _plots(out, result, post, run.path / "history.csv")
-    report, card = write_report(run, split, metrics, out), write_model_card(run, split, metrics, out)
+    report = write_report(run, split, metrics, out, labels=result.labels, probs=result.probs)
+    card = write_model_card(run, split, metrics, out)
     _record_summary(run, split, metrics, metrics["checkpoint"])
     log.info("evaluation on %s written to %s (report %s, model card %s)", split, out, report, card)
 

@@ -2,7 +2,8 @@
 scanner), with bootstrap CIs and n, and the largest AUC gap between subgroups with a permutation test.
 
 Binary tasks report AUC, sensitivity and specificity (at the decision threshold in use); multiclass tasks
-AUC (macro one-vs-rest), balanced accuracy (the mean per-class sensitivity) and accuracy. A subgroup with
+AUC (macro one-vs-rest), accuracy and balanced accuracy (the mean per-class sensitivity), in the order of
+:data:`medcls.metrics.HEADLINE` like every other table. A subgroup with
 fewer than ``MIN_N`` cases, or fewer than ``MIN_PER_CLASS`` of some class, is marked small: its CIs are
 wide and it is left out of the gap.
 """
@@ -18,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, did_you_mean
-from ..metrics import bootstrap_ci
+from ..metrics import bootstrap_ci, headline_subset
 
 MIN_N, MIN_PER_CLASS, MAX_LEVELS, BANDS = 30, 5, 12, 4
-METRICS = {"binary": ("auc", "sensitivity", "specificity"), "multiclass": ("auc", "balanced_accuracy", "accuracy")}
+METRICS = {"binary": headline_subset("auc", "sensitivity", "specificity"),
+           "multiclass": headline_subset("auc", "accuracy", "balanced_accuracy")}
 
 
 def subgroup_labels(meta: pd.DataFrame | None, columns: Sequence[str]) -> dict[str, pd.Series]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..reports.kit import fmt, fmt_ci, md_table
 from ..utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("medcls")
@@ -107,18 +108,15 @@ def ablate(config=None, *, overrides=None, variants=VARIANTS, run_dir: str | Pat
     return AblationResult(root, table, runs)
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-
 def to_markdown(table: pd.DataFrame, title: str = "") -> str:
-    lines = ([f"**{title}**", ""] if title else []) + [
-        "| model | inputs | test AUC [95% CI] | accuracy | balanced acc. | ΔAUC vs image only [95% CI] | p |",
-        "|---|---|---|---|---|---|---|"]
+    """``ablation.md``: one row per variant, test AUC with its CI and the AUC difference to image only."""
+    rows = []
     for r in table.to_dict("records"):
-        diff = "" if pd.isna(r.get("auc_vs_image", np.nan)) else \
-            f"{r['auc_vs_image']:+.3f} [{_f(r['diff_low'])}, {_f(r['diff_high'])}]"
-        p = "" if pd.isna(r.get("p_value", np.nan)) else _f(r["p_value"])
-        lines.append(f"| {r['model']} | {r['inputs']} | {_f(r['test_auc'])} [{_f(r['auc_low'])}, {_f(r['auc_high'])}]"
-                     f" | {_f(r['accuracy'])} | {_f(r['balanced_accuracy'])} | {diff} | {p} |")
-    return "\n".join(lines) + "\n"
+        auc = fmt_ci({"value": r["test_auc"], "low": r["auc_low"], "high": r["auc_high"]}, dash="–")
+        diff = "" if pd.isna(r.get("auc_vs_image", np.nan)) else fmt_ci(
+            {"value": r["auc_vs_image"], "low": r["diff_low"], "high": r["diff_high"]}, dash="–", signed=True)
+        p = "" if pd.isna(r.get("p_value", np.nan)) else fmt(r["p_value"], dash="–")
+        rows.append([r["model"], r["inputs"], auc, fmt(r["accuracy"], dash="–"), fmt(r["balanced_accuracy"], dash="–"),
+                     diff, p])
+    header = ["model", "inputs", "test AUC [95% CI]", "accuracy", "balanced acc.", "ΔAUC vs image only [95% CI]", "p"]
+    return "\n".join(([f"**{title}**", ""] if title else []) + md_table(header, rows)) + "\n"

@@ -34,7 +34,8 @@ from ..data.sources import LoadedData, load_data
 from ..data.splits import ConcatTable, split_indices, strata
 from ..errors import ConfigError
 from ..evaluation.result import EvalResult
-from ..metrics import compute_metrics, flat_metrics
+from ..metrics import compute_metrics, flat_metrics, headline_subset
+from ..reports.kit import fmt
 from ..runs import Run, new_run_dir
 from ..utils import atomic_write_json, atomic_write_text
 from ._common import HeldOutTable, as_config, dev_set, mean_sd
@@ -207,16 +208,13 @@ def _write_summary(root: Path, folds: int, per_fold: list[dict], summary: dict, 
     atomic_write_text(root / "cv_summary.csv", pd.DataFrame(rows).to_csv(index=False))
 
 
-SHOWN = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1")
+SHOWN = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1")
 
 
 def print_summary(result: CVResult) -> None:
     """A rich table: one row per metric; one column per fold, mean ± sd, pooled out-of-fold (and test)."""
     from rich.console import Console
     from rich.table import Table
-
-    def fmt(v: Any) -> str:
-        return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     table = Table(title=f"{len(result.runs)}-fold cross-validation (out-of-fold)")
     table.add_column("metric")
@@ -229,11 +227,12 @@ def print_summary(result: CVResult) -> None:
     ms, ts = result.summary, (result.test or {}).get("summary", {})
     table.add_row("n", *[str(r["n"]) for r in result.per_fold], str(sum(r["n"] for r in result.per_fold)),
                   str(len(result.oof)), *([str(result.test["per_fold"][0]["n"])] if result.test else []))
-    table.add_row("best epoch", *[fmt(r.get("best_epoch")) for r in result.per_fold], "", "", *([""] if result.test else []))
+    table.add_row("best epoch", *[fmt(r.get("best_epoch"), dash="") for r in result.per_fold], "", "",
+                  *([""] if result.test else []))
     for c in (c for c in SHOWN if c in ms):
-        test_cell = [f"{ts[c]['mean']:.3f} ± {ts[c]['sd']:.3f}" if c in ts else ""] if result.test else []
-        table.add_row(c, *[fmt(r.get(c)) for r in result.per_fold], f"{ms[c]['mean']:.3f} ± {ms[c]['sd']:.3f}",
-                      fmt(result.pooled.get(c)), *test_cell)
+        test_cell = [f"{fmt(ts[c]['mean'])} ± {fmt(ts[c]['sd'])}" if c in ts else ""] if result.test else []
+        table.add_row(c, *[fmt(r.get(c), dash="") for r in result.per_fold],
+                      f"{fmt(ms[c]['mean'])} ± {fmt(ms[c]['sd'])}", fmt(result.pooled.get(c), dash=""), *test_cell)
     console = Console()
     console.print(table)
     for n in result.notes:

@@ -241,7 +241,7 @@ def _describe(run: Run, spec: ModelSpec, checkpoint: str, epoch, post: Postproce
 
 def _prune(run: Run, model, checkpoint: str, epoch, ratio: float, epochs: int):
     """The pruned model (with its spec, re-fitted post-processing and report), the data, the model card text."""
-    from ..evaluation.model_card import pruned_card
+    from ..reports.model_card import pruned_card
     from .prune import prune_for_export
 
     data = load_data(run.config.data)

@@ -2,7 +2,8 @@
 
 :mod:`.classification` (point metrics), :mod:`.bootstrap` (confidence intervals,
 paired comparisons, DeLong), :mod:`.calibration` (ECE, Brier, temperature
-scaling) and :mod:`.operating_points` (thresholds chosen on validation data).
+scaling), :mod:`.operating_points` (thresholds chosen on validation data) and
+:mod:`.headline` (the one ordered list of headline metrics and its selections).
 """
 
 from .bootstrap import (
@@ -36,9 +37,14 @@ from .classification import (
 )
 from .curves import net_benefit, roc_band
 from .flatten import flat_metrics
+from .headline import HEADLINE, HEADLINE_BRIEF, HEADLINE_BY_TASK, HEADLINE_SUMMARY, headline_subset
 from .operating_points import apply_thresholds, choose_thresholds, threshold_transfer
 
 __all__ = [
+    "HEADLINE",
+    "HEADLINE_BRIEF",
+    "HEADLINE_BY_TASK",
+    "HEADLINE_SUMMARY",
     "TASKS",
     "NotFittedError",
     "TemperatureScaler",
@@ -56,6 +62,7 @@ __all__ = [
     "delong_test",
     "expected_calibration_error",
     "flat_metrics",
+    "headline_subset",
     "max_calibration_error",
     "multiclass_metrics",
     "multilabel_metrics",

@@ -31,13 +31,8 @@ from scipy.stats import norm, rankdata
 
 from ..errors import ConfigError, DataError, did_you_mean
 from .classification import TASKS, UndefinedMetricWarning, _binary_inputs, compute_metrics
+from .headline import HEADLINE_BY_TASK
 
-HEADLINE = {
-    "binary": ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-               "ppv", "npv", "f1", "kappa"),
-    "multiclass": ("auc", "accuracy", "balanced_accuracy", "kappa", "macro_f1"),
-    "multilabel": ("auc",),
-}
 _BLOCK = 256
 Scorer = Callable[[np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]]
 
@@ -204,12 +199,12 @@ def _metric_names(task: str, metrics: Sequence[str] | None) -> tuple[str, ...]:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}." + did_you_mean(task, TASKS))
     if metrics is None:
-        return HEADLINE[task]
+        return HEADLINE_BY_TASK[task]
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     for m in names:
-        if m not in HEADLINE[task]:
+        if m not in HEADLINE_BY_TASK[task]:
             raise ConfigError(f"no bootstrap for metric {m!r} of a {task} task; choose from "
-                              f"{list(HEADLINE[task])}." + did_you_mean(m, HEADLINE[task]))
+                              f"{list(HEADLINE_BY_TASK[task])}." + did_you_mean(m, HEADLINE_BY_TASK[task]))
     return names
 
 

@@ -1,6 +1,9 @@
-"""Data check: counts, formats, unreadable files, duplicates and patients shared across splits, and its report."""
+"""Data check: counts, formats, unreadable files, duplicates and patients shared across splits.
 
-from .report import DataReport
+Its report (``report.json``, ``report.html``, the terminal summary) is :mod:`medcls.reports.data_check`.
+"""
+
 from .scan import check_data, check_tables, parse_options
+from .summary import DataReport
 
 __all__ = ["DataReport", "check_data", "check_tables", "parse_options"]

@@ -58,7 +58,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..sources import SOURCES, SPLITS, SourceData, call_source, parse_source
 from ..table import FileTable, H5Table, ImageTable
-from .report import DataReport, Scanned, summarise
+from .summary import DataReport, Scanned, summarise
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medcls.errors import ConfigError, DataError
-from medcls.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc
+from medcls.reports.plots import plot_confusion, plot_history, plot_pr, plot_roc
 
 
 def _check_png(path, min_px: int = 200) -> None:

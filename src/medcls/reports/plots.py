@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean
 from ..metrics.classification import TASKS
+from .kit import fmt, fmt_percent, fmt_threshold
 
 _DPI = 120
 
@@ -78,9 +79,9 @@ def _mark_points(ax: Any, y: np.ndarray, s: np.ndarray, thresholds: Mapping[str,
         tp, fp = float((pred & y).sum()), float((pred & ~y).sum())
         sens, fpr = tp / y.sum(), fp / (~y).sum()
         if kind == "roc":
-            ax.plot(fpr, sens, m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={t:.3g})")
+            ax.plot(fpr, sens, m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={fmt_threshold(t, 3)})")
         elif tp + fp > 0:
-            ax.plot(sens, tp / (tp + fp), m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={t:.3g})")
+            ax.plot(sens, tp / (tp + fp), m, ms=7, mfc="none", mew=1.6, label=f"{name} (t={fmt_threshold(t, 3)})")
 
 
 def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
@@ -102,8 +103,8 @@ def plot_roc(path: str | Path, y_true: Any, probs: Any, *, task: str,
         fpr, tpr, _ = roc_curve(y, s)
         if band is not None and task == "binary":
             ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=color, alpha=0.2, lw=0,
-                            label=f"{1 - band['alpha']:.0%} band ({band['n_resamples']} bootstrap resamples)")
-        ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+                            label=f"{fmt_percent(1 - band['alpha'])} band ({band['n_resamples']} bootstrap resamples)")
+        ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {fmt(roc_auc_score(y, s))})")
         if task == "binary":
             _mark_points(ax, y, s, thresholds, "roc")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
@@ -132,7 +133,7 @@ def plot_pr(path: str | Path, y_true: Any, probs: Any, *, task: str,
         precision, recall, _ = precision_recall_curve(y, s)
         prevalence = float(y.mean())
         ax.step(recall, precision, where="post", color=color, lw=1.6,
-                label=f"{name} (AP {average_precision_score(y, s):.3f}, prev. {prevalence:.2f})")
+                label=f"{name} (AP {fmt(average_precision_score(y, s))}, prev. {fmt(prevalence, 2)})")
         ax.axhline(prevalence, ls=":", color=color, lw=1, alpha=0.7)
         if task == "binary":
             _mark_points(ax, y, s, thresholds, "pr")
@@ -237,7 +238,7 @@ def plot_reliability(path: str | Path, y_true: Any, probs_before: Any, probs_aft
         conf, acc, cnt = (np.asarray(curve[k], dtype=float) for k in ("confidence", "accuracy", "count"))
         keep = cnt > 0
         ece = expected_calibration_error(yy, pp, n_bins=n_bins)
-        ax.plot(conf[keep], acc[keep], "-o", ms=4, color=color, label=f"{label} (ECE {ece:.3f})")
+        ax.plot(conf[keep], acc[keep], "-o", ms=4, color=color, label=f"{label} (ECE {fmt(ece)})")
     # how many cases each bin of the calibrated model holds: sparse bins are noisy
     edges = np.linspace(0, 1, n_bins + 1)
     counts = ax.twinx()
@@ -262,11 +263,12 @@ def plot_decision_curve(path: str | Path, curve: Mapping[str, Any], *, positive:
     prev = float(curve["prevalence"])
     fig, ax = plt.subplots(figsize=(6, 4.6))
     ax.plot(t, model, color="tab:blue", lw=1.8, label="model")
-    ax.plot(t, everyone, color="tab:grey", lw=1.2, ls="--", label=f"treat all (prevalence {prev:.2f})")
+    ax.plot(t, everyone, color="tab:grey", lw=1.2, ls="--", label=f"treat all (prevalence {fmt(prev, 2)})")
     ax.axhline(0, color="black", lw=1, label="treat none")
     for (name, th), m in zip((thresholds or {}).items(), "os^vDP*X" * 3, strict=False):
         if 0 < th < 1:
-            ax.plot(th, np.interp(th, t, model), m, ms=7, mfc="none", mew=1.5, label=f"{name} (t={th:.3g})")
+            ax.plot(th, np.interp(th, t, model), m, ms=7, mfc="none", mew=1.5,
+                    label=f"{name} (t={fmt_threshold(th, 3)})")
     ax.set(xlim=(0, 1), ylim=(min(-0.05, float(np.min(model)) - 0.02), max(prev, float(np.max(model))) + 0.05),
            xlabel=f"Threshold probability of {positive} (risk at which one would act)", ylabel="Net benefit",
            title="Decision curve")

@@ -12,7 +12,7 @@ import pytest
 
 from medcls.api import calibrate, evaluate, train
 from medcls.data.sources import LoadedData, load_data
-from medcls.evaluation.report import fmt_threshold
+from medcls.reports.evaluation import fmt_threshold
 from medcls.runs import load_run
 
 SECTIONS = ("data", "config", "training", "metrics", "operating-points", "confusion", "calibration", "errors")
@@ -108,7 +108,7 @@ def test_gradcam_gallery_is_embedded(evaluated, tmp_path):
 
     from PIL import Image
 
-    from medcls.evaluation.report import write_report
+    from medcls.reports.evaluation import write_report
 
     run, metrics, src = evaluated
     out = shutil.copytree(src, tmp_path / "eval")
@@ -165,3 +165,25 @@ def test_a_run_whose_val_copies_train_says_validation_is_optimistic(pneumonia_ar
     assert not (off.path / "leakage.json").exists()
     evaluate(off, "test", device="cpu")
     assert "were not checked for shared images" in (off.path / "eval-test" / "model_card.md").read_text()
+
+
+def test_confusion_matrices_come_from_the_arrays_passed(evaluated, tmp_path):
+    """Binary: one matrix per operating point from the labels and probabilities given (no file is read back)."""
+    import pandas as pd
+
+    from medcls.reports.evaluation import write_report
+
+    run, metrics, src = evaluated
+    df = pd.read_csv(src / "predictions.csv")
+    names = list(run.spec.class_names)
+    labels, probs = df["label"].map(names.index).to_numpy(), df[[f"prob_{c}" for c in names]].to_numpy()
+    ops = {k: v for k, v in metrics["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
+    out = tmp_path / "eval"
+    out.mkdir()
+    html = write_report(run, "test", metrics, out, labels=labels, probs=probs).read_text(encoding="utf-8")
+    confusion = html[html.index('id="confusion"'):html.index('id="calibration"')]
+    assert confusion.count("data:image/png;base64,") == 2 * len(ops)
+    assert all(f"{name} (threshold {fmt_threshold(op['threshold'])})" in confusion for name, op in ops.items())
+    (out / "predictions.csv").write_text("not read")
+    html = write_report(run, "test", metrics, out).read_text(encoding="utf-8")  # no arrays: said, not guessed
+    assert "No predictions to build confusion matrices from." in html[html.index('id="confusion"'):]

@@ -7,33 +7,20 @@ defaults for a research model and should be edited before any sharing.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+from ..metrics import HEADLINE
 from ..metrics.operating_points import provenance
 from ..runs import Run
 from ..utils import atomic_write_text
-from .report import fmt_threshold, leakage_lines, operating_points, read_json, stored_postprocess
+from .evaluation import leakage_lines, operating_points, read_json, stored_postprocess
+from .kit import fmt, fmt_ci, fmt_percent, fmt_threshold, md_table
 
 NOT_CLINICAL = ("**Not for clinical use.** This model is a research artefact. It has not been validated "
                 "prospectively or externally, is not a medical device, and must not be used to diagnose, "
                 "triage or treat patients.")
-HEADLINE = ("auc", "micro_auc", "ap", "macro_ap", "accuracy", "subset_accuracy", "balanced_accuracy", "sensitivity",
-            "specificity", "ppv", "npv", "f1", "kappa", "macro_f1", "quadratic_weighted_kappa")
-
-
-def _f(v: Any, d: int = 3) -> str:
-    return f"{v:.{d}f}" if isinstance(v, int | float) and not isinstance(v, bool) else "—"
-
-
-def _ci(d: Any) -> str:
-    return f"{_f(d['low'])}–{_f(d['high'])}" if isinstance(d, dict) and "low" in d else "—"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _caveats(run: Run) -> list[str]:
@@ -53,15 +40,6 @@ def _caveats(run: Run) -> list[str]:
     return out
 
 
-def _fd(v: Any) -> str:
-    """As :func:`_f`, with an undefined (nan) value shown as a dash."""
-    return "—" if isinstance(v, float) and math.isnan(v) else _f(v)
-
-
-def _cid(d: Any) -> str:
-    return f" ({_f(d['low'])}–{_f(d['high'])})" if isinstance(d, dict) and not math.isnan(d.get("low", math.nan)) else ""
-
-
 def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -> list[str]:
     """Multilabel: per-label performance at the thresholds in use, and where each threshold came from."""
     dec = metrics.get("decision") or {}
@@ -72,13 +50,14 @@ def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -
     for name, c in (metrics.get("per_class") or {}).items():
         d, rule = per.get(name) or {}, rules.get(name, "?")
         here = (applied.get(name) or {}).get(rule) or {}
-        at = {k: _fd(here[k]["value"]) + _cid(here[k]) if isinstance(here.get(k), dict) else _fd(d.get(k))
+        at = {k: fmt_ci(here[k], style="range") if isinstance(here.get(k), dict) else fmt(d.get(k))
               for k in ("sensitivity", "specificity")}
-        rows.append([name, _f(c.get("prevalence")), _fd(c.get("auc")) + _cid(c.get("auc_delong")), _fd(c.get("ap")),
+        auc = fmt_ci({**(c.get("auc_delong") or {}), "value": c.get("auc")}, style="range")
+        rows.append([name, fmt(c.get("prevalence")), auc, fmt(c.get("ap")),
                      f"{fmt_threshold(d['threshold'])} ({rule})" if d else "—", at["sensitivity"], at["specificity"]])
     out = [f"## Per-label performance ({split} split)", "",
-           *_md_table(["label", "prevalence", "AUC (95% CI)", "AP", "threshold (rule)", "sensitivity",
-                       "specificity"], rows), "",
+           *md_table(["label", "prevalence", "AUC (95% CI)", "AP", "threshold (rule)", "sensitivity",
+                      "specificity"], rows), "",
            "AUC CIs by DeLong; sensitivity/specificity at each label's threshold"
            + (" with stratified bootstrap 95% CIs." if applied else "."), "",
            "## Operating points in use (one per label)", "",
@@ -89,8 +68,8 @@ def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -
                                          f"{entry.get('n_positive', '?')} positive)")
         t = (per.get(name) or {}).get("threshold")
         out.append(f"- `{name}`: threshold {fmt_threshold(t) if t is not None else '—'} — {prov}")
-    out += [f"- At these thresholds on {split}: subset accuracy {_f(dec.get('subset_accuracy'))}, macro F1 "
-            f"{_f(dec.get('macro_f1'))}; {dec.get('n_no_finding', '?')} of {dec.get('n', '?')} cases with no finding.", ""]
+    out += [f"- At these thresholds on {split}: subset accuracy {fmt(dec.get('subset_accuracy'))}, macro F1 "
+            f"{fmt(dec.get('macro_f1'))}; {dec.get('n_no_finding', '?')} of {dec.get('n', '?')} cases with no finding.", ""]
     return out
 
 
@@ -132,9 +111,9 @@ def _data_and_training(run: Run, metrics: dict[str, Any]) -> list[str]:
     splits, notes = d.get("splits") or {}, d.get("notes") or []
     L = ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
          + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else ""), "",
-         *_md_table(["split", *names, "total"],
-                    [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
-                     for s, v in splits.items()]), "",
+         *md_table(["split", *names, "total"],
+                   [[s, *(str(v.get("per_class", {}).get(c, "—")) for c in names), str(v.get("n", "—"))]
+                    for s, v in splits.items()]), "",
          "- **How val/test were made:** " + ("; ".join(notes) if notes else
                                               "official splits of the source used as provided (no re-splitting)."),
          f"- Split seed {cfg.data.split_seed}; " + (f"each split limited to {cfg.data.limit} samples."
@@ -148,16 +127,18 @@ def _data_and_training(run: Run, metrics: dict[str, Any]) -> list[str]:
           f"{t.optimizer} (lr {t.lr}, weight decay {t.weight_decay}); scheduler {t.scheduler}; loss {t.loss} "
           f"(label smoothing {t.label_smoothing}); class weights {t.class_weights}; seed {cfg.seed}",
           f"- Model selection: best validation **{tr.get('monitor', t.monitor)}** at epoch "
-          f"**{tr.get('best_epoch', '?')}** (value {_f(tr.get('best_value'), 4)}); evaluated checkpoint "
+          f"**{tr.get('best_epoch', '?')}** (value {fmt(tr.get('best_value'), 4)}); evaluated checkpoint "
           f"`{metrics.get('checkpoint', 'best')}` (epoch {metrics.get('checkpoint_epoch', '?')})", ""]
     return L
 
 
 def _performance(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
     ci = metrics.get("ci") or {}
-    rows = [[k, _f(metrics[k]), _ci(ci.get(k))] for k in HEADLINE if isinstance(metrics.get(k), int | float)]
+    rows = [[k, fmt(metrics[k]), fmt_ci(ci.get(k), value=False, style="range")] for k in HEADLINE
+            if isinstance(metrics.get(k), int | float)]
     if isinstance(metrics.get("auc_delong"), dict):
-        rows.append(["auc (DeLong CI)", _f(metrics["auc_delong"].get("value")), _ci(metrics["auc_delong"])])
+        rows.append(["auc (DeLong CI)", fmt(metrics["auc_delong"].get("value")),
+                     fmt_ci(metrics["auc_delong"], value=False, style="range")])
     how = (f"Threshold-dependent metrics use threshold {fmt_threshold(metrics.get('threshold', 0.5))}"
            + (" for every label (auc = macro mean over labels where defined, micro_auc pools all case-label "
               "pairs; accuracy = mean per-label accuracy); decisions use one threshold per label (below)"
@@ -165,7 +146,7 @@ def _performance(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
            if task != "multiclass" else "Class predictions are the arg-max class")
     how += f"; 95% CIs by {ci.get('method')} ({ci.get('n_resamples')} resamples)." if ci else "; no CIs."
     return [f"## Performance ({split} split, n = {metrics.get('n', '?')})", "",
-            *_md_table(["metric", "value", "95% CI"], rows), "", how, ""]
+            *md_table(["metric", "value", "95% CI"], rows), "", how, ""]
 
 
 def _calibration(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
@@ -174,10 +155,10 @@ def _calibration(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
         return ["## Calibration", "", f"- Not available: {cal['error']}", ""]
     before, after = cal.get("before") or {}, cal.get("after") or {}
     return ["## Calibration", "",
-            f"- Temperature scaling fitted on val: T = {_f(cal.get('temperature', pp.get('temperature')), 4)}"
+            f"- Temperature scaling fitted on val: T = {fmt(cal.get('temperature', pp.get('temperature')), 4)}"
             + (" (one T shared by all labels: sigmoid(logit / T))" if task == "multilabel" else ""),
-            f"- ECE before {_f(before.get('ece'), 4)} → after {_f(after.get('ece'), 4)}; Brier before "
-            f"{_f(before.get('brier'), 4)} → after {_f(after.get('brier'), 4)} (on {split})", ""]
+            f"- ECE before {fmt(before.get('ece'), 4)} → after {fmt(after.get('ece'), 4)}; Brier before "
+            f"{fmt(before.get('brier'), 4)} → after {fmt(after.get('brier'), 4)} (on {split})", ""]
 
 
 def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[str, Any]) -> list[str]:
@@ -191,11 +172,11 @@ def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[s
         f"{where} (n = {post.get('n_val', '?')})"
     L = ["## Operating point in use", "",
          f"- Rule **{sel}**: {op.get('rule', '?')}; threshold **{fmt_threshold(pp.get('threshold', 0.5))}** on p({pos})",
-         f"- Provenance: {where}; val sensitivity {_f(val.get('sensitivity'))}, "
-         f"val specificity {_f(val.get('specificity'))}"]
+         f"- Provenance: {where}; val sensitivity {fmt(val.get('sensitivity'))}, "
+         f"val specificity {fmt(val.get('specificity'))}"]
     if here:
-        L.append(f"- On {split}: sensitivity {_f(here['sensitivity']['value'])} ({_ci(here['sensitivity'])}), "
-                 f"specificity {_f(here['specificity']['value'])} ({_ci(here['specificity'])})")
+        L.append(f"- On {split}: sensitivity {fmt_ci(here['sensitivity'], style='range')}, "
+                 f"specificity {fmt_ci(here['specificity'], style='range')}")
     transfer = metrics.get("threshold_transfer") or {}
     flagged = {k: v["flags"] for k, v in transfer.items() if v.get("flags")}
     for name, flags in flagged.items():
@@ -230,12 +211,12 @@ def _subgroups(split: str, sub: dict[str, Any]) -> list[str]:
     for col, c in sub["columns"].items():
         names = c["metrics"]
         rows = [[str(g["group"]) + (" *(small)*" if g["small"] else ""), str(g["n"]),
-                 *(f"{_fd(g[m]['value'])}{_cid(g[m])}" for m in names)] for g in c["groups"]]
-        L += [f"**{col}**", "", *_md_table(["subgroup", "n", *names], rows), ""]
+                 *(fmt_ci(g[m], style="range") for m in names)] for g in c["groups"]]
+        L += [f"**{col}**", "", *md_table(["subgroup", "n", *names], rows), ""]
         gap = c.get("largest_gap")
         if gap:
-            L += [f"Largest AUC gap: {gap['higher']} vs {gap['lower']}, {gap['difference']:+.3f} "
-                  f"(p = {gap['p_value']:.3f}, {gap['test']}).", ""]
+            L += [f"Largest AUC gap: {gap['higher']} vs {gap['lower']}, {fmt(gap['difference'], signed=True)} "
+                  f"(p = {fmt(gap['p_value'])}, {gap['test']}).", ""]
     return L
 
 
@@ -259,7 +240,7 @@ def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str
 def pruning_lines(report: dict[str, Any]) -> list[str]:
     """The "Model compression" section: what pruning removed and what it cost on val."""
     before, after = report.get("params_before"), report.get("params_after")
-    share = f" ({after / before:.0%} of the original)" if before and after else ""
+    share = f" ({fmt_percent(after / before)} of the original)" if before and after else ""
     tune = report.get("fine_tune") or {}
     how = (f"fine-tuned {report.get('fine_tune_epochs')} epoch(s) on the training split (lr {tune.get('lr')}, "
            f"{tune.get('scheduler')}; best val {tune.get('monitor')} at epoch {tune.get('best_epoch')})"
@@ -267,12 +248,12 @@ def pruning_lines(report: dict[str, Any]) -> list[str]:
            + "; same preprocessing and augmentation as training" if report.get("fine_tune_epochs")
            else "none (0 fine-tune epochs)")
     return ["## Model compression (pruning)", "",
-            f"- **Method:** {report.get('method', '?')}; {_f(report.get('ratio'), 2)} of the channels removed",
+            f"- **Method:** {report.get('method', '?')}; {fmt(report.get('ratio'), 2)} of the channels removed",
             f"- **Parameters:** {before:,} → {after:,}{share}" if before and after else "- **Parameters:** —",
             f"- **Fine-tuning:** {how}",
-            f"- **Val AUC:** {_f(report.get('val_auc_before'), 4)} before pruning → "
-            f"{_f(report.get('val_auc_pruned_before_fine_tune'), 4)} right after → "
-            f"{_f(report.get('val_auc_after'), 4)} as exported",
+            f"- **Val AUC:** {fmt(report.get('val_auc_before'), 4)} before pruning → "
+            f"{fmt(report.get('val_auc_pruned_before_fine_tune'), 4)} right after → "
+            f"{fmt(report.get('val_auc_after'), 4)} as exported",
             "- Temperature and operating points were re-fitted on val for the pruned model.", ""]
 
 
