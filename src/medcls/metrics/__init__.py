@@ -2,7 +2,8 @@
 
 :mod:`.classification` (point metrics), :mod:`.bootstrap` (confidence intervals,
 paired comparisons, DeLong), :mod:`.calibration` (ECE, Brier, temperature
-scaling) and :mod:`.operating_points` (thresholds chosen on validation data).
+scaling) and :mod:`.operating_points` (thresholds chosen on validation data);
+:mod:`.inputs` holds the input checks they share.
 """
 
 from .bootstrap import (
@@ -33,6 +34,7 @@ from .classification import (
     multilabel_metrics,
     roc_auc,
     roc_auc_many,
+    task_auc,
 )
 from .curves import net_benefit, roc_band
 from .flatten import flat_metrics
@@ -67,5 +69,6 @@ __all__ = [
     "roc_auc_many",
     "roc_band",
     "stratified_bootstrap_indices",
+    "task_auc",
     "threshold_transfer",
 ]
