@@ -170,8 +170,7 @@ class ConcatTable(ImageTable):
     def describe(self, i: int) -> str:
         return self.parts[self.part_of[i]].describe(int(self.row_of[i]))
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> ImageTable:
         return ConcatTable(self.parts, self.part_of[idx], self.row_of[idx])
 
 
