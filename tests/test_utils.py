@@ -1,4 +1,4 @@
-"""utils.file_lock: one holder at a time, released after the with-block and when the holder process dies."""
+"""utils.file_lock (one holder at a time, released after the block and when the holder dies) and check_new_output."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from medcls.errors import RunError
-from medcls.utils import file_lock
+from medcls.utils import check_new_output, file_lock
 
 _HOLD = """
 import sys, time
-from medcls.utils import file_lock
+from medcls.utils import check_new_output, file_lock
 with file_lock(sys.argv[1], "the thing"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -69,3 +69,17 @@ def test_waiting_takes_the_lock_once_the_holder_leaves(tmp_path):
         assert lock.read_text().strip() == str(os.getpid())
         with pytest.raises(RunError, match=rf"\(pid {os.getpid()}\)"), file_lock(lock, "the thing"):
             pass  # what this process holds is the file now at the path, not the removed one
+
+
+def test_check_new_output_refuses_what_exists_in_one_line(tmp_path):
+    check_new_output(tmp_path / "new", "runs")
+    (tmp_path / "empty").mkdir()
+    check_new_output(tmp_path / "empty", "bundles", empty_dir_ok=True)
+    with pytest.raises(RunError, match=r"empty already exists; choose another -o \(runs are never overwritten\)$"):
+        check_new_output(tmp_path / "empty", "runs")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").touch()
+    with pytest.raises(RunError, match=r"full already exists and is not empty; choose another -o \(bundles are"):
+        check_new_output(tmp_path / "full", "bundles", empty_dir_ok=True)
+    with pytest.raises(RunError, match=r"x already exists; pass --force to overwrite it$"):
+        check_new_output(tmp_path / "full" / "x", None, hint="pass --force to overwrite it")

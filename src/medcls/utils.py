@@ -109,12 +109,21 @@ def new_staging_dir(parent: str | Path, prefix: str) -> Path:
     return tmp
 
 
-def check_new_output(out: Path, what: str) -> None:
-    """``out`` must not exist or be an empty folder: one line otherwise (``what`` are never overwritten)."""
+def check_new_output(out: str | Path, what: str | None, *, hint: str = "choose another -o",
+                     empty_dir_ok: bool = False) -> None:
+    """Refuse to overwrite ``out``: it must not exist (with ``empty_dir_ok``, an empty folder is fine too).
+
+    Otherwise one :class:`~medcls.errors.RunError` line ``"<out> already exists[ and is not empty]; <hint>
+    (<what> are never overwritten)"``; ``what=None`` leaves out the parenthesis (outputs --force may replace).
+    """
     from .errors import RunError
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"{out} already exists and is not empty; choose another -o ({what} are never overwritten)")
+    out = Path(out)
+    if not out.exists() or (empty_dir_ok and out.is_dir() and not any(out.iterdir())):
+        return
+    state = " and is not empty" if empty_dir_ok else ""
+    never = f" ({what} are never overwritten)" if what else ""
+    raise RunError(f"{out} already exists{state}; {hint}{never}")
 
 
 def place_staged(tmp: Path, out: Path) -> None:

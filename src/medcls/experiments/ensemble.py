@@ -160,7 +160,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     if weights not in WEIGHTINGS:
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     out = Path(out)
-    check_new_output(out, "runs")
+    check_new_output(out, "runs", empty_dir_ok=True)
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     check_members(runs)
     dev, task = resolve_device(device), runs[0].spec.task
@@ -214,11 +214,10 @@ def train_ensemble(config: Any, out: str | Path, *, members: int = 3, budget: st
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     seconds = parse_budget(budget)
     out = Path(out)
-    check_new_output(out, "runs")
+    check_new_output(out, "runs", empty_dir_ok=True)
     cfg = as_config(config, overrides)
     home = out.parent / f".{out.name}-members"  # moved under out/ once the ensemble is written
-    if home.exists():
-        raise RunError(f"{home} exists (from an interrupted `medcls ensemble`?): remove it or choose another -o")
+    check_new_output(home, None, hint="remove it (left by an interrupted `medcls ensemble`?) or choose another -o")
     start, done, took = time.monotonic(), [], []
     for i in range(members):
         elapsed = time.monotonic() - start

@@ -78,7 +78,7 @@ def _extras(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def _check_request(out: Path, onnx: bool, quantize: str | None, torchscript: bool, fused: bool) -> None:
-    check_new_output(out, "bundles")
+    check_new_output(out, "bundles", empty_dir_ok=True)
     if quantize not in (None, "int8"):
         raise ModelError(f"--quantize supports 'int8', got {quantize!r}")
     if quantize and not onnx:

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import RunError
-from ...utils import atomic_write_json, atomic_write_text, new_unique_dir
+from ...utils import atomic_write_json, atomic_write_text, check_new_output, new_unique_dir
 from ..sources import SPLITS, SourceData
 from ..table import ImageTable
 
@@ -264,8 +263,8 @@ def new_report_dir(root: str | Path, name: str) -> Path:
 
 def check_new(output: str | Path | None) -> None:
     """Raise when ``output`` exists (call before the work: reports are never overwritten)."""
-    if output is not None and Path(output).exists():
-        raise RunError(f"{output} already exists; choose another --output (data reports are never overwritten)")
+    if output is not None:
+        check_new_output(output, "data reports", hint="choose another --output")
 
 
 def write_report(report: DataReport, output: str | Path | None = None, *, root: str | Path = "data-check") -> Path:
