@@ -1,4 +1,4 @@
-"""utils.file_lock (one holder at a time, released after the block and when the holder dies) and check_new_output."""
+"""utils: file_lock (one holder, released after the block and when the holder dies), check_new_output, flatten."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from medcls.errors import RunError
-from medcls.utils import check_new_output, file_lock
+from medcls.utils import check_new_output, file_lock, flatten
 
 _HOLD = """
 import sys, time
-from medcls.utils import check_new_output, file_lock
+from medcls.utils import check_new_output, file_lock, flatten
 with file_lock(sys.argv[1], "the thing"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -83,3 +83,9 @@ def test_check_new_output_refuses_what_exists_in_one_line(tmp_path):
         check_new_output(tmp_path / "full", "bundles", empty_dir_ok=True)
     with pytest.raises(RunError, match=r"x already exists; pass --force to overwrite it$"):
         check_new_output(tmp_path / "full" / "x", None, hint="pass --force to overwrite it")
+
+
+def test_flatten_joins_nested_keys_and_keeps_empty_dicts_as_values():
+    d = {"train": {"lr": 0.1, "sched": {"name": "cosine"}}, "data": {"options": {}}, "seed": 0}
+    assert flatten(d) == {"train.lr": 0.1, "train.sched.name": "cosine", "data.options": {}, "seed": 0}
+    assert list(flatten(d, sep="/")) == ["train/lr", "train/sched/name", "data/options", "seed"]

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, JSON, hashing, output folders, file locks."""
+"""Small shared helpers: atomic writes, JSON, hashing, nested dicts, output folders, file locks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,21 @@ def to_json(obj: Any) -> str:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, to_json(obj) + "\n")
+
+
+def nested_items(d: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """``(key path, value)`` of every leaf of nested dicts, depth first in insertion order (an empty dict is a
+    leaf)."""
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            yield from nested_items(v, (*path, str(k)))
+        else:
+            yield (*path, str(k)), v
+
+
+def flatten(d: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Nested dicts as one level: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    return {sep.join(path): v for path, v in nested_items(d)}
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

@@ -32,7 +32,7 @@ from ..defaults import resolve_auto
 from ..engine.trainer import monitor_mode
 from ..errors import ConfigError, MedclsError, RunError, did_you_mean
 from ..extras import require
-from ..utils import atomic_write_json, atomic_write_text, file_lock
+from ..utils import atomic_write_json, atomic_write_text, file_lock, flatten
 from ._common import as_config, without_test
 from .space import DEFAULT_SPACE, Param, load_space, parse_budget, parse_space, trial_config
 
@@ -87,16 +87,6 @@ def build_pruner(name: str, epochs: int):
 
 
 # ------------------------------------------------------------------ study bookkeeping
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "options":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _space_dict(space: list[Param]) -> dict[str, Any]:
     return {p.key: p.to_dict() for p in space}
 
@@ -106,7 +96,7 @@ def _check_same_study(tune_dir: Path, cfg: Config, space: list[Param]) -> None:
     base_p, space_p = tune_dir / "base_config.yaml", tune_dir / "space.yaml"
     if not base_p.is_file():
         return
-    old, new = _flat(yaml.safe_load(base_p.read_text()) or {}), _flat(cfg.to_dict())
+    old, new = flatten(yaml.safe_load(base_p.read_text()) or {}), flatten(cfg.to_dict())
     diffs = [k for k in sorted(set(old) | set(new)) if k not in RUNTIME and old.get(k) != new.get(k)]
     old_space = yaml.safe_load(space_p.read_text()) if space_p.is_file() else None
     if diffs or old_space != _space_dict(space):
