@@ -24,13 +24,13 @@ def stain_reference(
 
     from ..data.images import read_image
     from ..errors import ConfigError
-    from ..transforms.stain import StainNormalizer, preview_png, reference_document
+    from ..transforms.stain import FITTED, StainNormalizer, preview_png, reference_document
     from ..utils import atomic_write_bytes, atomic_write_json, check_new_output
 
-    if method not in ("macenko", "reinhard"):
+    if method not in FITTED:
         from ..errors import did_you_mean
 
-        raise ConfigError(f"--method must be macenko or reinhard, got {method!r}.{did_you_mean(method, ['macenko', 'reinhard'])}")
+        raise ConfigError(f"--method must be {' or '.join(FITTED)}, got {method!r}.{did_you_mean(method, FITTED)}")
     for out in (output, preview):
         if out is not None:
             check_new_output(out, "stain references", hint="choose another path")

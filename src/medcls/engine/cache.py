@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..choices import CacheMode, check_choice
 from ..data.table import ArrayTable, FileTable, H5Table, ImageTable
 from ..errors import ConfigError, DataError
 from ..transforms import Preprocess
@@ -446,6 +447,7 @@ def _check_space(folder: Path, need: int, what: str) -> None:
 def build_cache(table: ImageTable, preprocess: Preprocess, *, mode: str, budget: MemoryBudget, folder: Path,
                 workers: int, what: str) -> MemoryCache | DiskCache | None:
     """The cache ``mode`` asks for (``auto``: memory within the budget, else disk when it has room, else none)."""
+    check_choice(mode, CacheMode, "data.cache")
     if mode == "off" or len(table) == 0:
         return None
     if mode in ("memory", "on"):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..choices import Sampler, check_choice
 from ..data.table import ImageTable
 from ..transforms import Preprocess
 from .cache import MemoryBudget, StoredImages, build_cache, collate, memory_budget, resolve_workers
@@ -128,6 +129,7 @@ def epoch_order(labels: np.ndarray, *, sampler: str, seed: int, epoch: int, rank
     Depends only on (seed, epoch) so a resumed run sees the same batches; under
     DDP each rank takes an equal, disjoint shard of the same order.
     """
+    check_choice(sampler, Sampler, "train.sampler")
     g = np.random.default_rng([seed, epoch])
     n = len(labels)
     if sampler == "balanced":

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from scipy.stats import rankdata
 
+from ..choices import Task
 from ..errors import ConfigError, DataError, did_you_mean
 from .inputs import (
     binary_inputs,
@@ -28,7 +29,7 @@ from .inputs import (
     multilabel_inputs,
 )
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = get_args(Task)
 
 
 class UndefinedMetricWarning(UserWarning):

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from ..choices import OperatingPoint
 from ..errors import ConfigError, DataError, did_you_mean
 from .bootstrap import binary_scorer, check_options, percentile_interval, score_resamples
 from .classification import UndefinedMetricWarning, binary_metrics
 from .inputs import binary_inputs, check_array, check_class_names, check_scores, multilabel_inputs
 
+RULES = get_args(OperatingPoint)
 _VAL_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _CI_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 
@@ -182,7 +184,6 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
 
 
 # ------------------------------------------------------------------ multi-label
-RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
 _DECISION_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn")
 
 
