@@ -86,8 +86,18 @@ def test_resume_rejects_non_train_overrides_and_missing_runs(tiny_cfg, tmp_path)
     run = train({**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}})
     with pytest.raises(ConfigError, match="only train"):
         train(resume=run.path, overrides=["model.name=resnet34"])
-    more = train(resume=run.path, overrides=["train.epochs=2"])
+    more = train(resume=run.path, overrides=["train.epochs=2", "train.class_weights=auto"])
     assert len(_history(more)) == 2
+    assert more.config.train.class_weights == "balanced"  # an auto of a resume is resolved and stored too
+
+
+def test_the_trainer_refuses_unresolved_auto_values(tmp_path):
+    from medcls.config import build_config
+    from medcls.engine.trainer import Trainer
+
+    cfg = build_config({}, ["train.epochs=3", "train.ema=false"])
+    with pytest.raises(ConfigError, match=r"got train.class_weights=auto, transforms.preset=auto: pass medcls.defaults"):
+        Trainer(cfg, None, None, None, tmp_path, device=torch.device("cpu"))
 
 
 def test_existing_run_dir_is_never_overwritten(tiny_cfg, tmp_path):
