@@ -60,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _cpu_bf16_fast() -> bool:
-    try:
+    try:  # private: torch has no public bf16 test (torch.backends.cpu.get_cpu_capability stops at AVX512)
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
