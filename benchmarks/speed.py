@@ -35,6 +35,7 @@ from medcls import load_config
 from medcls.artefact import ModelSpec
 from medcls.data.sources import load_data
 from medcls.data.table import ImageTable
+from medcls.defaults import resolve_auto
 from medcls.engine.loader import Batches, epoch_order
 from medcls.engine.trainer import Trainer
 from medcls.transforms import Preprocess, build_augment
@@ -132,6 +133,7 @@ def main() -> None:
     data = load_data(cfg.data)
     n = min(args.images or len(data.train), len(data.train))
     data.train = data.train.subset(range(n))
+    cfg = resolve_auto(cfg, data)[0]
     spec = ModelSpec.for_config(cfg, data.spec)
     pre = spec.preprocess
     bs = cfg.train.batch_size

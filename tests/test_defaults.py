@@ -8,7 +8,17 @@ import pytest
 import yaml
 
 from medcls.config import build_config
-from medcls.defaults import EPOCH_IMAGE_BUDGET, MAX_EPOCHS, MIN_EPOCHS, auto_ema, auto_epochs, auto_preset, resolve_auto
+from medcls.defaults import (
+    AUTO_KEYS,
+    EPOCH_IMAGE_BUDGET,
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    auto_ema,
+    auto_epochs,
+    auto_preset,
+    resolve_auto,
+    unresolved,
+)
 
 
 def fake_data(n_train: int, task: str = "binary", name: str = "pneumoniamnist", channels: int = 1):
@@ -52,6 +62,7 @@ def test_resolve_auto_fills_every_auto_and_reports_it(task, weights):
     assert chosen == {"train.epochs": 88, "train.ema": True, "train.class_weights": weights,
                       "transforms.preset": "generic"}
     assert cfg.train.ema is True
+    assert unresolved(build_config({}, [])) == list(AUTO_KEYS) == list(chosen) and unresolved(cfg) == []
 
 
 def test_resolve_auto_keeps_explicit_values():

@@ -58,12 +58,12 @@ def _setup_device(cfg: Config):
 
 
 def _prepare(cfg: Config, data: LoadedData, prev: Run | None) -> tuple[Config, ModelSpec, dict[str, Any], Any]:
-    """Resolve autos (new runs), fit the metadata/text encoding on train, and write down the ModelSpec."""
-    chosen: dict[str, Any] = {}
-    if prev is None:
-        from .defaults import resolve_auto
+    """Resolve autos (a resume's train.* overrides may say auto too), fit the metadata/text encoding on train and
+    write down the ModelSpec (new runs)."""
+    from .defaults import resolve_auto
 
-        cfg, chosen = resolve_auto(cfg, data)
+    cfg, chosen = resolve_auto(cfg, data)
+    if prev is None:
         cfg = standalone_config(cfg)
         inputs = None
         if cfg.model.fusion != "none":  # metadata/text: fitted on the training split only
@@ -72,7 +72,7 @@ def _prepare(cfg: Config, data: LoadedData, prev: Run | None) -> tuple[Config, M
             inputs = InputEncoder.fit(cfg.inputs, data.train)
         spec = ModelSpec.for_config(cfg, data.spec, inputs)
     else:
-        spec, inputs, chosen = prev.model_spec, prev.inputs, prev.data_summary.get("auto", {})
+        spec, inputs, chosen = prev.model_spec, prev.inputs, {**prev.data_summary.get("auto", {}), **chosen}
     summary = {"splits": data.summary(), "notes": data.notes, "source": cfg.data.source}
     if chosen:
         summary["auto"] = chosen

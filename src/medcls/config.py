@@ -13,6 +13,20 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .choices import (
+    CacheMode,
+    Checkpoint,
+    Fusion,
+    Loss,
+    OperatingPoint,
+    Optimizer,
+    Preset,
+    Sampler,
+    Scheduler,
+    Split,
+    StainMethod,
+    Stem,
+)
 from .errors import ConfigError, did_you_mean
 
 
@@ -55,7 +69,7 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0)
     positive_class: str | None = Field(None, description="Binary tasks: the class name treated as positive (default: the second class).")
     strict: bool = Field(False, description="Fail on unreadable images instead of warning and skipping them.")
-    cache: Literal["auto", "memory", "disk", "off", "on"] = Field(
+    cache: CacheMode = Field(
         "auto", description="Keep the model-size images (uint8/uint16) of each split: memory, disk (shared by runs, "
         "trials, folds and DDP ranks; in cache_dir), off (decode every epoch); auto: memory within cache_memory_gb, "
         "else disk when it has room, else off. on = memory.")
@@ -70,14 +84,14 @@ class DataConfig(_Section):
 
 
 class TransformConfig(_Section):
-    preset: Literal["auto", "xray", "histology", "generic"] = Field(
+    preset: Preset = Field(
         "auto", description="Augmentation/TTA preset. auto: by modality (see medcls.defaults), e.g. no flips for x-ray and CT.")
     image_size: int | None = Field(None, ge=8, le=4096, description="Square input size; default: the dataset's native size when <= 64, else the model's.")
     clahe: bool = Field(False, description="Contrast-limited adaptive histogram equalisation (x-ray).")
     clahe_clip: float = Field(2.0, gt=0)
     strength: float = Field(1.0, ge=0, le=3, description="Scales every augmentation magnitude; 0 disables augmentation.")
     hflip: bool | None = Field(None, description="Random horizontal flips (default: the preset's choice; off for xray).")
-    stain: Literal["none", "macenko", "reinhard"] = Field(
+    stain: StainMethod = Field(
         "none", description="H&E stain normalisation of RGB images, fitted on stain_reference and stored in the run/bundle.")
     stain_reference: str | None = Field(
         None, description="Reference patch image, or a JSON from `medcls data stain-reference`; read once at training.")
@@ -101,12 +115,12 @@ class ModelConfig(_Section):
     pretrained: bool = False
     weights: str | None = Field(None, description="Local .safetensors weights to load into the backbone.")
     in_chans: int | None = Field(None, ge=1, le=4, description="Model input channels (default: the dataset's).")
-    stem: Literal["auto", "default", "small", "tiny"] = Field(
+    stem: Stem = Field(
         "auto", description="ResNet stem for small inputs. small: 3x3 stride-1 conv + max-pool (/2); "
         "tiny: 3x3 stride-1, no max-pool (full resolution, ~4x the compute); auto: small when the input is <= 64 px.")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     freeze_backbone: bool = False
-    fusion: Literal["none", "concat", "cross_attention", "gated", "meta_only"] = Field(
+    fusion: Fusion = Field(
         "none", description="How image and `inputs` (metadata, text) combine; none = image only, meta_only = no image.")
     fusion_dim: int = Field(64, ge=4, le=4096, description="Width of the per-modality embeddings in the fusion head.")
 
@@ -115,21 +129,21 @@ class TrainConfig(_Section):
     epochs: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = Field(
         "auto", description="Epochs; auto: about 48k training images' worth, clamped to 3-100 (see medcls.defaults).")
     batch_size: int = Field(128, ge=1, le=65_536)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = Field(2e-3, gt=0, le=10)
     backbone_lr_scale: float = Field(1.0, ge=0, le=10, description="Backbone LR = lr x this (head uses lr).")
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "onecycle", "step", "none"] = "onecycle"
+    scheduler: Scheduler = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
-    loss: Literal["auto", "ce", "focal", "bce"] = "auto"
+    loss: Loss = "auto"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
     class_weights: Literal["auto", "none", "balanced"] | list[float] = Field(
         "auto", description="Loss class weights; auto: balanced for binary tasks, none for multiclass and multilabel.")
-    sampler: Literal["random", "balanced"] = "random"
+    sampler: Sampler = "random"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_accum_steps: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)
@@ -152,13 +166,13 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    split: Literal["train", "val", "test"] = "test"
+    split: Split = "test"
     batch_size: int = Field(256, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="Threshold of the headline metrics (MedMNIST reports ACC at 0.5).")
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: Checkpoint = "best"
     n_bootstrap: int = Field(2000, ge=0, le=100_000, description="Stratified bootstrap resamples for 95% CIs (0 = no CIs).")
     calibrate: bool = Field(True, description="Fit temperature scaling on the validation split.")
-    operating_point: Literal["default", "youden", "max_f1", "target_sensitivity", "target_specificity"] = Field(
+    operating_point: OperatingPoint = Field(
         "default", description="Binary decision rule chosen on validation and used by predict.")
     tta: bool = Field(False, description="Also report test-time augmentation (flips; dihedral for histology).")
     subgroups: list[str] = Field(default_factory=list, description="Metadata columns (sex, age, centre, view, scanner ...) to report metrics per subgroup for, with CIs, n and the largest gap (numeric columns in quartile bands).")

@@ -45,6 +45,7 @@ log = logging.getLogger("medcls")
 EPOCH_IMAGE_BUDGET = 48_000
 MIN_EPOCHS, MAX_EPOCHS = 3, 100
 EMA_MAX_INIT_WEIGHT = 0.05  # share of the initial weights left in the average at the end
+AUTO_KEYS = ("train.epochs", "train.ema", "train.class_weights", "transforms.preset")  # what resolve_auto fills
 
 _MEDMNIST_PRESET = {
     "pathmnist": "histology", "bloodmnist": "histology", "tissuemnist": "histology",
@@ -102,3 +103,8 @@ def resolve_auto(cfg: Config, data: Any) -> tuple[Config, dict[str, Any]]:
     log.info("auto settings for %s (%d train images, %s): %s", spec.name, len(data.train), spec.task,
              ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return cfg, chosen
+
+
+def unresolved(cfg: Config) -> list[str]:
+    """The keys of ``AUTO_KEYS`` that ``cfg`` still holds as ``auto`` (none once :func:`resolve_auto` ran)."""
+    return [key for key in AUTO_KEYS if getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) == "auto"]

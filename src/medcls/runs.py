@@ -32,15 +32,14 @@ from .config import Config, build_config, load_yaml
 from .data.spec import DatasetSpec
 from .errors import RunError
 from .transforms import Preprocess, PreprocessConfig
-from .utils import atomic_write_json, atomic_write_text, new_unique_dir
+from .utils import atomic_write_json, atomic_write_text, check_new_output, new_unique_dir
 
 
 def new_run_dir(output_dir: str | Path, name: str, run_dir: str | Path | None = None) -> Path:
     """Create and return a fresh run directory; an existing one is never reused."""
     if run_dir is not None:
         p = Path(run_dir)
-        if p.exists():
-            raise RunError(f"run directory {p} already exists; choose another --run-dir or use --resume {p}")
+        check_new_output(p, "runs", hint=f"choose another --run-dir or use --resume {p}")
         p.mkdir(parents=True)
         return p
     return new_unique_dir(output_dir, name, "run directory")

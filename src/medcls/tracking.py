@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import Config
 from .extras import require
-from .utils import atomic_write_json
+from .utils import atomic_write_json, flatten
 
 log = logging.getLogger("medcls")
 
@@ -40,15 +40,9 @@ def check_tracking(cfg: Config) -> None:
         require("torch.utils.tensorboard", "tracking.backend=tensorboard")
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}`` (params are strings, at most ``MAX_PARAM`` long)."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)[:MAX_PARAM]
-    return out
+def config_params(cfg: Config) -> dict[str, str]:
+    """The config as params: ``{"train.lr": "0.1", ...}`` (strings, at most ``MAX_PARAM`` long)."""
+    return {k: str(v)[:MAX_PARAM] for k, v in flatten(cfg.to_dict()).items()}
 
 
 def numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -133,7 +127,7 @@ class MlflowTracker(Tracker):
         else:
             self.run_id = self.client.create_run(exp_id, run_name=run_dir.name,
                                                  tags={"medcls.run_dir": str(run_dir.resolve())}).info.run_id
-            self._params(flatten(cfg.to_dict()))
+            self._params(config_params(cfg))
 
     def _params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -186,7 +180,7 @@ class TensorBoardTracker(Tracker):
         root = Path(cfg.tracking.uri or Path(cfg.output_dir) / "tensorboard")
         self.logdir = root / run_dir.name
         self.writer = tb.SummaryWriter(log_dir=str(self.logdir))
-        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flatten(cfg.to_dict()).items()))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config_params(cfg).items()))
         self.root = root
 
     def _metrics(self, values: dict[str, float], step: int | None) -> None:

@@ -1,14 +1,19 @@
-"""Small shared helpers: atomic writes, JSON, hashing."""
+"""Small shared helpers: atomic writes, JSON, hashing, nested dicts, output folders, file locks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -82,6 +87,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, to_json(obj) + "\n")
 
 
+def nested_items(d: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """``(key path, value)`` of every leaf of nested dicts, depth first in insertion order (an empty dict is a
+    leaf)."""
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            yield from nested_items(v, (*path, str(k)))
+        else:
+            yield (*path, str(k)), v
+
+
+def flatten(d: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Nested dicts as one level: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    return {sep.join(path): v for path, v in nested_items(d)}
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in 1 MiB blocks."""
     with open(path, "rb") as f:
@@ -104,12 +124,21 @@ def new_staging_dir(parent: str | Path, prefix: str) -> Path:
     return tmp
 
 
-def check_new_output(out: Path, what: str) -> None:
-    """``out`` must not exist or be an empty folder: one line otherwise (``what`` are never overwritten)."""
+def check_new_output(out: str | Path, what: str | None, *, hint: str = "choose another -o",
+                     empty_dir_ok: bool = False) -> None:
+    """Refuse to overwrite ``out``: it must not exist (with ``empty_dir_ok``, an empty folder is fine too).
+
+    Otherwise one :class:`~medcls.errors.RunError` line ``"<out> already exists[ and is not empty]; <hint>
+    (<what> are never overwritten)"``; ``what=None`` leaves out the parenthesis (outputs --force may replace).
+    """
     from .errors import RunError
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"{out} already exists and is not empty; choose another -o ({what} are never overwritten)")
+    out = Path(out)
+    if not out.exists() or (empty_dir_ok and out.is_dir() and not any(out.iterdir())):
+        return
+    state = " and is not empty" if empty_dir_ok else ""
+    never = f" ({what} are never overwritten)" if what else ""
+    raise RunError(f"{out} already exists{state}; {hint}{never}")
 
 
 def place_staged(tmp: Path, out: Path) -> None:
@@ -135,3 +164,60 @@ def new_unique_dir(root: str | Path, name: str, what: str = "directory") -> Path
         except FileExistsError:
             continue
     raise RunError(f"could not create a new {what} under {root}")
+
+
+@contextmanager
+def file_lock(path: str | Path, what: str, *, holder: str = "another process", hint: str = "",
+              wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (which records the holder's pid) for the with-block.
+
+    When another process holds it, the line is ``"<what> is in use by <holder> (pid N); <hint>"``: raised as
+    a :class:`~medcls.errors.RunError`, or with ``wait`` logged before blocking until the lock is free. The
+    file is removed on exit; a holder that dies without exiting the block releases the lock with its process.
+    """
+    import fcntl
+
+    path = Path(path)
+    fd = _take_lock(path, what, holder, hint, wait)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # first: a process waiting on this file sees it gone and locks a new one
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _take_lock(path: Path, what: str, holder: str, hint: str, wait: bool) -> int:
+    """The open, locked descriptor of ``path``, once the file locked is still the one at ``path``."""
+    import fcntl
+
+    from .errors import RunError
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                line = f"{what} is in use by {holder}" + (f" (pid {pid})" if pid.isdigit() else "")
+                if not wait:
+                    raise RunError(line + (f"; {hint}" if hint else "")) from None
+                log.info("%s; waiting (%s)", line, path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_file_at(fd, path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed the file as it released it: lock the one at path now
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is (still) the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False

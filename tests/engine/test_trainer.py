@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medcls import load_run, train
-from medcls.api import model_spec_for
+from medcls.artefact import ModelSpec
 from medcls.config import build_config
 from medcls.data.sources import load_data
 from medcls.engine.checkpoint import load_checkpoint
@@ -96,8 +96,18 @@ def test_resume_rejects_non_train_overrides_and_missing_runs(tiny_cfg, tmp_path)
     run = train({**tiny_cfg, "train": {**tiny_cfg["train"], "epochs": 1}})
     with pytest.raises(ConfigError, match="only train"):
         train(resume=run.path, overrides=["model.name=resnet34"])
-    more = train(resume=run.path, overrides=["train.epochs=2"])
+    more = train(resume=run.path, overrides=["train.epochs=2", "train.class_weights=auto"])
     assert len(_history(more)) == 2
+    assert more.config.train.class_weights == "balanced"  # an auto of a resume is resolved and stored too
+
+
+def test_the_trainer_refuses_unresolved_auto_values(tmp_path):
+    from medcls.config import build_config
+    from medcls.engine.trainer import Trainer
+
+    cfg = build_config({}, ["train.epochs=3", "train.ema=false"])
+    with pytest.raises(ConfigError, match=r"got train.class_weights=auto, transforms.preset=auto: pass medcls.defaults"):
+        Trainer(cfg, None, None, None, tmp_path, device=torch.device("cpu"))
 
 
 def test_existing_run_dir_is_never_overwritten(tiny_cfg, tmp_path):
@@ -151,7 +161,7 @@ def _trainer(make_cfg, data, run_dir, *, n: int = 32, norm: bool = False, freeze
     data = replace(data, train=data.train.subset(range(n)))
     torch.manual_seed(cfg.seed)  # the same initial weights for every trainer of a test
     model = Classifier(TinyNet(norm), mean=(0.5,), std=(0.25,))
-    pre = Preprocess(model_spec_for(cfg, data).preprocess)
+    pre = Preprocess(ModelSpec.for_config(cfg, data.spec).preprocess)
     return Trainer(cfg, data, model, pre, run_dir, device=torch.device("cpu"))
 
 

@@ -24,7 +24,7 @@ class Tripwire(ImageTable):
     def load(self, i):
         raise AssertionError("a test image was read")
 
-    def subset(self, idx):
+    def _take(self, idx):
         raise AssertionError("the test split was subset")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from medcls.metrics import (
     multilabel_metrics,
     roc_auc,
     roc_auc_many,
+    task_auc,
 )
 
 
@@ -255,6 +257,30 @@ def test_compute_metrics_dispatches_other_tasks():
     y, probs = _multilabel_data(1)
     m = compute_metrics("multilabel", y, probs, class_names=list("wxyz"), threshold=0.3)
     assert m["task"] == "multilabel" and m["threshold"] == 0.3
+
+
+@pytest.mark.parametrize("positive_index", [None, 0])
+def test_task_auc_is_compute_metrics_auc(positive_index):
+    y, s = _binary_data(3, prevalence=0.2, ties=True)
+    probs = np.stack([1 - 1 / (1 + np.exp(-s)), 1 / (1 + np.exp(-s))], 1)
+    kw = {"class_names": ["a", "b"], "positive_index": positive_index}
+    assert task_auc("binary", y, probs, **kw) == compute_metrics("binary", y, probs, **kw)["auc"]
+    y, probs = _multiclass_data(2, k=4)
+    y[y == 3] = 0  # one class without cases: macro mean over the defined ones, as compute_metrics
+    with pytest.warns(UndefinedMetricWarning):
+        expected = compute_metrics("multiclass", y, probs, class_names="abcd")["auc"]
+    assert task_auc("multiclass", y, probs, class_names="abcd") == expected
+    y, probs = _multilabel_data(2)
+    assert task_auc("multilabel", y, probs, class_names="wxyz") == pytest.approx(
+        compute_metrics("multilabel", y, probs, class_names="wxyz")["auc"], abs=1e-15)
+
+
+def test_task_auc_undefined_is_nan_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(task_auc("binary", [1, 1], [[0.2, 0.8], [0.6, 0.4]], class_names="ab"))
+    with pytest.raises(ConfigError, match="Did you mean 'binary'"):
+        task_auc("binay", [0, 1], np.eye(2), class_names="ab")
 
 
 def test_compute_metrics_unknown_task():

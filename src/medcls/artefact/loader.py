@@ -18,11 +18,12 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
+from ..choices import Checkpoint
 from ..errors import RunError
 from ..multimodal.inputs import TEXT_DIR
 from ..transforms import Preprocess
@@ -35,7 +36,7 @@ log = logging.getLogger("medcls")
 MODEL_FILE = "model.json"
 BUNDLE_FILE = "bundle.json"
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = get_args(Checkpoint)
 BUNDLE_FORMATS = (2, 3)  # 2: no digest of bundle.json itself (loads with a warning)
 
 

@@ -15,10 +15,10 @@ from torch import nn
 from ..config import Config
 from ..data.spec import DatasetSpec
 from ..errors import ModelError, RunError
+from ..models import STEMS
 from ..transforms import PreprocessConfig
 
 FORMAT_VERSION = 1
-STEMS = ("default", "small", "tiny")
 
 
 @dataclass(frozen=True)

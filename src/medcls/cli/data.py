@@ -23,17 +23,17 @@ def stain_reference(
     import numpy as np
 
     from ..data.images import read_image
-    from ..errors import ConfigError, RunError
-    from ..transforms.stain import StainNormalizer, preview_png, reference_document
-    from ..utils import atomic_write_bytes, atomic_write_json
+    from ..errors import ConfigError
+    from ..transforms.stain import FITTED, StainNormalizer, preview_png, reference_document
+    from ..utils import atomic_write_bytes, atomic_write_json, check_new_output
 
-    if method not in ("macenko", "reinhard"):
+    if method not in FITTED:
         from ..errors import did_you_mean
 
-        raise ConfigError(f"--method must be macenko or reinhard, got {method!r}.{did_you_mean(method, ['macenko', 'reinhard'])}")
+        raise ConfigError(f"--method must be {' or '.join(FITTED)}, got {method!r}.{did_you_mean(method, FITTED)}")
     for out in (output, preview):
-        if out is not None and out.exists():
-            raise RunError(f"{out} already exists; choose another path (stain references are never overwritten)")
+        if out is not None:
+            check_new_output(out, "stain references", hint="choose another path")
     img = read_image(image)
     doc = reference_document(img, method, name=image.name, data=image.read_bytes())
     atomic_write_json(output, doc)
@@ -100,11 +100,10 @@ def split(
 
     from ..config import parse_override
     from ..data.resplit import split_source
-    from ..errors import RunError
-    from ..utils import atomic_write_text
+    from ..utils import atomic_write_text, check_new_output
 
-    if output.exists() and not force:
-        raise RunError(f"{output} already exists; pass --force to overwrite it or choose another -o")
+    if not force:
+        check_new_output(output, None, hint="pass --force to overwrite it or choose another -o")
     options = {}
     for item in option or []:
         key, value = parse_override(item)

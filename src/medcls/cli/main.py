@@ -12,7 +12,9 @@ import sys
 from typing import Annotated
 
 import typer
-from typer._click import exceptions as click_errors  # typer vendors click: its exceptions live here
+
+# typer vendors click and exports none of its exceptions but BadParameter (pip's click has other classes)
+from typer._click import exceptions as click_errors
 
 from .. import __version__
 from ..errors import MedclsError, did_you_mean

@@ -145,6 +145,7 @@ def _deflated_header(data: bytes, name: str):
     reads a single element: 100 KB on the wire are 100 MB in memory); None for other transfer syntaxes."""
     import zlib
 
+    # private: pydicom's public read_file_meta_info only opens a path (this is bytes), dcmread inflates it all
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, get_args
 
+from ..choices import Task
 from ..errors import DataError, did_you_mean
-
-Task = Literal["binary", "multiclass", "multilabel"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class DatasetSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in ("binary", "multiclass", "multilabel"):
+        if self.task not in get_args(Task):
             raise DataError(f"task must be binary, multiclass or multilabel, got {self.task!r}")
         if len(self.class_names) < 1 or (self.task != "multilabel" and len(self.class_names) < 2):
             raise DataError(f"{self.name}: need at least 2 classes, got {list(self.class_names)}")

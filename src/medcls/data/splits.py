@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from ..choices import Split
 from ..errors import DataError
 from .table import ImageTable
 
 SPLIT_FILE_COLUMNS = ("id", "split", "label", "group")
-_SPLITS = ("train", "val", "test")
+SPLITS = get_args(Split)
 
 
 def strata(labels: np.ndarray) -> np.ndarray:
@@ -170,14 +172,13 @@ class ConcatTable(ImageTable):
     def describe(self, i: int) -> str:
         return self.parts[self.part_of[i]].describe(int(self.row_of[i]))
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> ImageTable:
         return ConcatTable(self.parts, self.part_of[idx], self.row_of[idx])
 
 
 def pool_tables(tables: dict[str, ImageTable | None]) -> ImageTable:
     """All samples of a source's official splits as one table (the table itself when there is only one)."""
-    present = [t for s in _SPLITS if (t := tables.get(s)) is not None and len(t)]
+    present = [t for s in SPLITS if (t := tables.get(s)) is not None and len(t)]
     if not present:
         raise DataError("the source has no samples")
     if len(present) == 1:
@@ -221,7 +222,7 @@ def read_splits_file(path: str | Path):
         raise DataError(f"data.splits_file {p}: missing column(s) {', '.join(missing)}; expected "
                         f"{','.join(SPLIT_FILE_COLUMNS)}, got {','.join(map(str, df.columns))}")
     df["split"] = df["split"].str.strip().str.lower()
-    bad = ~df["split"].isin(_SPLITS)
+    bad = ~df["split"].isin(SPLITS)
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy()) + 2)[:5].tolist()
         raise DataError(f"data.splits_file {p}: split must be train, val or test; got "
@@ -262,7 +263,7 @@ def apply_splits_file(tables: dict[str, ImageTable | None], path: str | Path,
                             "in the file")
     out: dict[str, ImageTable] = {}
     split = df["split"].to_numpy()
-    for s in _SPLITS:
+    for s in SPLITS:
         sel = np.sort(rows[split == s])
         if len(sel) == 0:
             raise DataError(f"data.splits_file {p}: no {s!r} rows; a split file needs train, val and test samples")

@@ -25,6 +25,7 @@ class ImageTable:
 
     A table made by ``subset`` remembers the table it came from first (``base``) and its rows there
     (``base_rows``), so caches can be shared by every split, fold and trial cut from one source table.
+    Subclasses implement ``_take`` (the new table of some rows); ``subset`` adds the bookkeeping.
     """
 
     labels: np.ndarray
@@ -33,21 +34,6 @@ class ImageTable:
     meta: pd.DataFrame | None = None
     base: ImageTable | None = None
     base_rows: np.ndarray | None = None
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("subset")
-        if own is not None and not getattr(own, "_records_base", False):
-            def subset(self, idx, _own=own):
-                new = _own(self, idx)
-                rows = np.asarray(idx, dtype=np.int64)
-                new.base = self if self.base is None else self.base
-                new.base_rows = rows if self.base is None else self.base_rows[rows]
-                return new
-
-            subset._records_base = True
-            subset.__doc__ = own.__doc__
-            cls.subset = subset
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,6 +47,15 @@ class ImageTable:
         raise NotImplementedError
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> ImageTable:
+        """Rows ``idx`` of this table as a new table that records ``base`` and ``base_rows``."""
+        rows = np.asarray(idx, dtype=np.int64)
+        new = self._take(rows)
+        new.base = self if self.base is None else self.base
+        new.base_rows = rows if self.base is None else self.base_rows[rows]
+        return new
+
+    def _take(self, idx: np.ndarray) -> ImageTable:
+        """Rows ``idx`` (int64) of this table as a new table of the same kind; what ``subset`` builds on."""
         raise NotImplementedError
 
     def describe(self, i: int) -> str:
@@ -106,8 +101,7 @@ class ArrayTable(ImageTable):
     def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return self.images[i]
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> ImageTable:
         return ArrayTable(self.images[idx], **self._sub(idx))
 
 
@@ -130,8 +124,7 @@ class FileTable(ImageTable):
 
         return read_image(self.paths[i], draft=draft)
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> ImageTable:
         return FileTable([self.paths[j] for j in idx], **self._sub(idx))
 
 
@@ -186,8 +179,7 @@ class H5Table(ImageTable):
             lo = hi
         return out
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> ImageTable:
         return H5Table(self.path, self.key, self.rows[idx], **self._sub(idx))
 
     def __getstate__(self):

@@ -26,17 +26,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..choices import CacheMode, check_choice
 from ..data.table import ArrayTable, FileTable, H5Table, ImageTable
 from ..errors import ConfigError, DataError
 from ..transforms import Preprocess
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,8 @@ class DiskCache:
         key = cache_key(base, preprocess)
         self.path = folder / f"{key}.npy"
         self.built = False  # True in the process that wrote rows for this split
-        with _locked(folder / f"{key}.lock", what):
+        with file_lock(folder / f"{key}.lock", f"the cache of {what}", holder="another process building it",
+                       wait=True):
             self.built = self._fill(base, preprocess, workers=workers, what=what)
         if not self.built:
             log.info("cache of %s: reusing %s", what, self.path)
@@ -443,26 +444,10 @@ def _check_space(folder: Path, need: int, what: str) -> None:
                           f"data.cache=off to decode every epoch")
 
 
-@contextlib.contextmanager
-def _locked(path: Path, what: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``: one process builds, the others (DDP ranks, parallel trials) wait."""
-    import fcntl
-
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("cache of %s: another process is building it; waiting (%s)", what, path)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_cache(table: ImageTable, preprocess: Preprocess, *, mode: str, budget: MemoryBudget, folder: Path,
                 workers: int, what: str) -> MemoryCache | DiskCache | None:
     """The cache ``mode`` asks for (``auto``: memory within the budget, else disk when it has room, else none)."""
+    check_choice(mode, CacheMode, "data.cache")
     if mode == "off" or len(table) == 0:
         return None
     if mode in ("memory", "on"):

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..choices import Sampler, check_choice
 from ..data.table import ImageTable
-from ..errors import ConfigError, did_you_mean
 from ..transforms import Preprocess
 from .cache import MemoryBudget, StoredImages, build_cache, collate, memory_budget, resolve_workers
 from .cache import cache_dir as cache_dir_of
@@ -131,9 +131,7 @@ def epoch_order(labels: np.ndarray, *, sampler: str, seed: int, epoch: int, rank
     Depends only on (seed, epoch) so a resumed run sees the same batches; under
     DDP each rank takes an equal, disjoint shard of the same order.
     """
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"train.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}."
-                          f"{did_you_mean(sampler, SAMPLERS)}")
+    check_choice(sampler, Sampler, "train.sampler")
     g = np.random.default_rng([seed, epoch])
     n = len(labels)
     if sampler == "balanced":

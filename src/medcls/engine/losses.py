@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import Loss, check_choice
 from ..errors import ConfigError
 
 
@@ -46,6 +47,8 @@ def class_weights(labels: np.ndarray, num_classes: int, spec: str | list[float])
 
 def build_loss(kind: str, task: str, *, weights: torch.Tensor | None, label_smoothing: float,
                focal_gamma: float) -> nn.Module:
+    """The ``train.loss`` ``kind`` for ``task`` (auto: bce for multilabel tasks, else ce)."""
+    check_choice(kind, Loss, "train.loss")
     if kind == "auto":
         kind = "bce" if task == "multilabel" else "ce"
     if task == "multilabel" and kind != "bce":

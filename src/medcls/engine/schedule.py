@@ -6,8 +6,12 @@ import math
 
 import torch
 
+from ..choices import Optimizer, Scheduler, check_choice
+
 
 def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The ``train.optimizer`` ``name`` over parameter ``groups`` (each remembers its ``base_lr``)."""
+    check_choice(name, Optimizer, "train.optimizer")
     for g in groups:
         g["base_lr"] = g["lr"]
     if name == "sgd":
@@ -22,6 +26,7 @@ def lr_factor(kind: str, step: int, total: int, warmup: int, *, step_every: int 
     then cosine to 1/1e4 (as torch's OneCycleLR); step: x gamma every
     ``step_every`` steps; none: 1.
     """
+    check_choice(kind, Scheduler, "train.scheduler")
     total = max(total, 1)
     if kind == "none":
         return 1.0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data.sources import LoadedData
-from ..defaults import resolve_auto
+from ..defaults import unresolved
 from ..errors import ConfigError
 from ..metrics import compute_metrics
 from ..models import Classifier, freeze_backbone_norms, param_groups, set_backbone_trainable
@@ -60,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _cpu_bf16_fast() -> bool:
-    try:
+    try:  # private: torch has no public bf16 test (torch.backends.cpu.get_cpu_capability stops at AVX512)
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
@@ -86,65 +86,97 @@ def monitor_mode(name: str) -> str:
 
 
 class Trainer:
-    """Train ``model`` on ``data`` into ``run_dir`` as configured by ``cfg``."""
+    """Train ``model`` on ``data`` into ``run_dir`` as configured by ``cfg``, whose ``auto`` values are resolved
+    (:func:`medcls.defaults.resolve_auto`, as :func:`medcls.train` does)."""
 
     def __init__(self, cfg: Config, data: LoadedData, model: Classifier, preprocess: Preprocess, run_dir: Path, *,
                  device: torch.device, dist: DistInfo | None = None, callbacks: Sequence[Callback] = (),
                  inputs=None) -> None:
-        cfg = resolve_auto(cfg, data)[0]  # no-op when api.train already resolved it
+        if left := unresolved(cfg):
+            raise ConfigError(f"the Trainer needs a config with its auto values resolved, got "
+                              f"{', '.join(k + '=auto' for k in left)}: pass medcls.defaults.resolve_auto(cfg, data)[0], "
+                              "as medcls.train does")
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
-        self.dist = dist or DistInfo()
-        self.device = device
-        self.callbacks = list(callbacks)
-        t = cfg.train
+        self.dist, self.device, self.callbacks = dist or DistInfo(), device, list(callbacks)
         self.task = data.spec.task
-        self.model = model.to(device)
-        if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.model.freeze_backbone:
-            set_backbone_trainable(self.model, False)
-        self.amp = amp_dtype(t.amp, device)
+        self.model = self._placed(model)
+        self.amp = amp_dtype(cfg.train.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        d = cfg.data
-        budget = MemoryBudget(memory_budget(d.cache_memory_gb))  # the splits draw on one budget
-        self.train_batches, self.val_batches = (
-            Batches(table, preprocess, batch_size=bs, cache=d.cache, num_workers=d.num_workers, inputs=inputs,
-                    where=where, budget=budget, cache_dir=d.cache_dir, device=device)
-            for table, bs, where in ((data.train, t.batch_size, "train split"), (data.val, cfg.eval.batch_size, "val split")))
+        self.train_batches, self.val_batches = self._batches(preprocess, inputs)
         self.augment = build_augment(cfg.transforms.preset, cfg.transforms.strength, cfg.transforms.hflip)
-        w = class_weights(data.train.labels, data.spec.num_classes, t.class_weights)
-        self.criterion = build_loss(t.loss, self.task, weights=w, label_smoothing=t.label_smoothing,
-                                    focal_gamma=t.focal_gamma).to(device)
-        if hasattr(self.model, "param_groups"):  # fused model: own groups (text encoder at its own LR)
-            groups = self.model.param_groups(t.lr, t.backbone_lr_scale, t.weight_decay, t.text_lr_scale)
-        else:
-            groups = param_groups(self.model, t.lr, t.backbone_lr_scale, t.weight_decay)
-        self.optimizer = build_optimizer(t.optimizer, groups, lr=t.lr, momentum=t.momentum)
-        self.ddp_model: torch.nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=t.head_only_epochs > 0 or cfg.model.freeze_backbone)
-        self.ema = None
-        if t.ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=t.ema_decay, device=device)
-        n_train = len(epoch_order(data.train.labels, sampler=t.sampler, seed=cfg.seed, epoch=0,
-                                  rank=self.dist.rank, world_size=self.dist.world_size))
-        self.steps_per_epoch = max(1, math.ceil(n_train / t.batch_size / t.grad_accum_steps))
-        self.total_steps = self.steps_per_epoch * t.epochs
-        self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
-        self.step = 0
-        self.start_epoch = 0
+        self.criterion = self._criterion()
+        self.optimizer = self._optimizer()
+        self.ddp_model = self._ddp_model()
+        self.ema = self._ema()
+        self.steps_per_epoch, self.total_steps, self.warmup_steps = self._steps()
+        self.step, self.start_epoch, self.bad_epochs = 0, 0, 0
         self.best_value: float | None = None
         self.best_epoch: int | None = None
-        self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self._check_monitor()
 
     # ----------------------------------------------------------------- setup
+    def _placed(self, model: Classifier) -> Classifier:
+        """``model`` on the device (channels-last if configured), its backbone frozen if configured."""
+        model = model.to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.cfg.model.freeze_backbone:
+            set_backbone_trainable(model, False)
+        return model
+
+    def _batches(self, preprocess: Preprocess, inputs) -> tuple[Batches, Batches]:
+        """Train and val batches; their caches draw on one memory budget."""
+        d = self.cfg.data
+        budget = MemoryBudget(memory_budget(d.cache_memory_gb))
+
+        def batches(table, batch_size: int, where: str) -> Batches:
+            return Batches(table, preprocess, batch_size=batch_size, cache=d.cache, num_workers=d.num_workers,
+                           inputs=inputs, where=where, budget=budget, cache_dir=d.cache_dir, device=self.device)
+
+        return (batches(self.data.train, self.cfg.train.batch_size, "train split"),
+                batches(self.data.val, self.cfg.eval.batch_size, "val split"))
+
+    def _criterion(self) -> torch.nn.Module:
+        t, spec = self.cfg.train, self.data.spec
+        w = class_weights(self.data.train.labels, spec.num_classes, t.class_weights)
+        return build_loss(t.loss, self.task, weights=w, label_smoothing=t.label_smoothing,
+                          focal_gamma=t.focal_gamma).to(self.device)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        if hasattr(self.model, "param_groups"):  # fused model: own groups (text encoder at its own LR)
+            groups = self.model.param_groups(t.lr, t.backbone_lr_scale, t.weight_decay, t.text_lr_scale)
+        else:
+            groups = param_groups(self.model, t.lr, t.backbone_lr_scale, t.weight_decay)
+        return build_optimizer(t.optimizer, groups, lr=t.lr, momentum=t.momentum)
+
+    def _ddp_model(self) -> torch.nn.Module:
+        """The model wrapped in DistributedDataParallel when training is distributed, else the model."""
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        unused = self.cfg.train.head_only_epochs > 0 or self.cfg.model.freeze_backbone
+        return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
+
+    def _ema(self):
+        """The exponential moving average of the weights (``train.ema``), or None."""
+        if not self.cfg.train.ema:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.train.ema_decay, device=self.device)
+
+    def _steps(self) -> tuple[int, int, int]:
+        """Optimizer steps per epoch (this rank's shard), in the whole run, and of warmup."""
+        t = self.cfg.train
+        n_train = len(epoch_order(self.data.train.labels, sampler=t.sampler, seed=self.cfg.seed, epoch=0,
+                                  rank=self.dist.rank, world_size=self.dist.world_size))
+        per_epoch = max(1, math.ceil(n_train / t.batch_size / t.grad_accum_steps))
+        return per_epoch, per_epoch * t.epochs, round(t.warmup_epochs * per_epoch)
+
     def _check_monitor(self) -> None:
         name = self.cfg.train.monitor
         if name == "loss":

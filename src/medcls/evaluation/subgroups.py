@@ -13,13 +13,14 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, did_you_mean
-from ..metrics import bootstrap_ci, headline_subset
+from ..metrics import bootstrap_ci, headline_subset, task_auc
 
 MIN_N, MIN_PER_CLASS, MAX_LEVELS, BANDS = 30, 5, 12, 4
 METRICS = {"binary": headline_subset("auc", "sensitivity", "specificity"),
@@ -51,19 +52,6 @@ def _natural(text: str) -> list:
     return [(0, float(t), "") if t[:1].isdigit() else (1, 0.0, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+", text)]
 
 
-def _auc(task: str, y: np.ndarray, p: np.ndarray, names: Sequence[str], pos: int | None) -> float:
-    """AUC as compute_metrics defines it (binary: of the positive class; multiclass: macro one-vs-rest),
-    straight from scikit-learn: the permutation test calls it thousands of times."""
-    from sklearn.metrics import roc_auc_score
-
-    try:
-        if task == "binary":
-            return float(roc_auc_score(y == pos, p[:, pos]))
-        return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(len(names)))))
-    except ValueError:  # a subgroup without some class: AUC undefined
-        return float("nan")
-
-
 def _gap(task: str, y: np.ndarray, p: np.ndarray, groups: pd.Series, rows: list[dict[str, Any]],
          names: Sequence[str], pos: int | None, n_permutations: int, seed: int) -> dict[str, Any] | None:
     """The largest AUC difference between two subgroups that are not small, and a permutation test of it
@@ -76,9 +64,10 @@ def _gap(task: str, y: np.ndarray, p: np.ndarray, groups: pd.Series, rows: list[
     in_hi = (groups.iloc[idx] == hi["group"]).to_numpy()
     observed = hi["auc"]["value"] - lo["auc"]["value"]
     rng, beyond = np.random.default_rng(seed), 0
+    auc = partial(task_auc, task, class_names=names, positive_index=pos)
     for _ in range(n_permutations):
         perm = rng.permutation(in_hi)
-        d = _auc(task, y[idx[perm]], p[idx[perm]], names, pos) - _auc(task, y[idx[~perm]], p[idx[~perm]], names, pos)
+        d = auc(y[idx[perm]], p[idx[perm]]) - auc(y[idx[~perm]], p[idx[~perm]])
         beyond += bool(abs(d) >= abs(observed) - 1e-12)
     return {"metric": "auc", "higher": hi["group"], "lower": lo["group"], "difference": observed,
             "p_value": (beyond + 1) / (n_permutations + 1), "test": f"permutation test, {n_permutations} permutations"}

@@ -31,7 +31,7 @@ class HeldOutTable(ImageTable):
     def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         raise RunError(f"{self.reason}: refusing to read test image {i}")
 
-    def subset(self, idx) -> ImageTable:
+    def _take(self, idx: np.ndarray) -> ImageTable:
         raise RunError(f"{self.reason}: refusing to subset the test split")
 
 

@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from ..choices import Fusion
 from ..errors import ConfigError
 from ..reports.kit import fmt, fmt_ci, md_table
 from ..utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("medcls")
 
-VARIANTS = ("none", "meta_only", "concat", "cross_attention", "gated")
+VARIANTS = get_args(Fusion)  # every model.fusion, image-only first
 LABELS = {"none": "image only", "meta_only": "metadata only", "concat": "concat", "cross_attention": "cross-attention",
           "gated": "gated"}
 

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from ..data.sources import load_data
 from ..engine.checkpoint import save_checkpoint, with_prefix
 from ..engine.trainer import resolve_device
 from ..errors import ConfigError, ModelError, RunError
-from ..metrics import compute_metrics, negative_log_likelihood
+from ..metrics import negative_log_likelihood, task_auc
 from ..models.ensemble import Ensemble
 from ..runs import LEAKAGE_FILE, Run, environment, load_run
 from ..utils import atomic_write_json, atomic_write_text, check_new_output, new_staging_dir, place_staged
@@ -125,12 +126,6 @@ def fit_weights(labels: np.ndarray, member_probs: Sequence[np.ndarray]) -> np.nd
     return w
 
 
-def _auc(run: Run, labels: np.ndarray, probs: np.ndarray) -> float:
-    s = run.spec
-    return float(compute_metrics(s.task, labels, probs, class_names=list(s.class_names),
-                                 positive_index=s.positive_index)["auc"])
-
-
 # ------------------------------------------------------------------ the run-like directory
 def _spec(runs: Sequence[Run], temperatures: list[float], weights: list[float], weighting: str) -> ModelSpec:
     first = runs[0].model_spec
@@ -165,7 +160,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     if weights not in WEIGHTINGS:
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     out = Path(out)
-    check_new_output(out, "runs")
+    check_new_output(out, "runs", empty_dir_ok=True)
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     check_members(runs)
     dev, task = resolve_device(device), runs[0].spec.task
@@ -181,11 +176,13 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     with torch.no_grad():  # the ensemble's val logits from its members': calibrated without another pass over val
         val_logits = model.combine([torch.from_numpy(z) for z in logits]).numpy()
     spec = _spec(runs, temps, [float(x) for x in w], weights)
+    s = runs[0].spec
+    auc = partial(task_auc, task, labels, class_names=s.class_names, positive_index=s.positive_index)
     members = [{"run": str(r.path.resolve()), "architecture": r.model_spec.architecture, "seed": r.config.seed,
-                "temperature": t, "weight": float(wi), "val_auc": _auc(r, labels, p)}
+                "temperature": t, "weight": float(wi), "val_auc": auc(p)}
                for r, t, wi, p in zip(runs, temps, w, probs, strict=True)]
     mixed = np.tensordot(w, np.stack(probs), axes=1)
-    val = {"auc": _auc(runs[0], labels, mixed), "log_loss": _log_loss(labels, mixed)}
+    val = {"auc": auc(mixed), "log_loss": _log_loss(labels, mixed)}
     info = {"name": name or out.name, "sources": [m["run"] for m in members], "weighting": weights,
             "members": members, "val": val}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,11 +214,10 @@ def train_ensemble(config: Any, out: str | Path, *, members: int = 3, budget: st
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     seconds = parse_budget(budget)
     out = Path(out)
-    check_new_output(out, "runs")
+    check_new_output(out, "runs", empty_dir_ok=True)
     cfg = as_config(config, overrides)
     home = out.parent / f".{out.name}-members"  # moved under out/ once the ensemble is written
-    if home.exists():
-        raise RunError(f"{home} exists (from an interrupted `medcls ensemble`?): remove it or choose another -o")
+    check_new_output(home, None, hint="remove it (left by an interrupted `medcls ensemble`?) or choose another -o")
     start, done, took = time.monotonic(), [], []
     for i in range(members):
         elapsed = time.monotonic() - start

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from ..defaults import resolve_auto
 from ..engine.trainer import monitor_mode
 from ..errors import ConfigError, MedclsError, RunError, did_you_mean
 from ..extras import require
-from ..utils import atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text, file_lock, flatten
 from ._common import as_config, without_test
 from .space import DEFAULT_SPACE, Param, load_space, parse_budget, parse_space, trial_config
 
@@ -89,37 +87,6 @@ def build_pruner(name: str, epochs: int):
 
 
 # ------------------------------------------------------------------ study bookkeeping
-@contextmanager
-def _lock(tune_dir: Path):
-    p = tune_dir / "tune.lock"
-    if p.is_file():
-        try:
-            pid = int(p.read_text().strip())
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if alive:
-            raise RunError(f"{tune_dir} is in use by another medcls tune (pid {pid}); wait for it or choose another --name")
-    atomic_write_text(p, str(os.getpid()))
-    try:
-        yield
-    finally:
-        p.unlink(missing_ok=True)
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "options":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _space_dict(space: list[Param]) -> dict[str, Any]:
     return {p.key: p.to_dict() for p in space}
 
@@ -129,7 +96,7 @@ def _check_same_study(tune_dir: Path, cfg: Config, space: list[Param]) -> None:
     base_p, space_p = tune_dir / "base_config.yaml", tune_dir / "space.yaml"
     if not base_p.is_file():
         return
-    old, new = _flat(yaml.safe_load(base_p.read_text()) or {}), _flat(cfg.to_dict())
+    old, new = flatten(yaml.safe_load(base_p.read_text()) or {}), flatten(cfg.to_dict())
     diffs = [k for k in sorted(set(old) | set(new)) if k not in RUNTIME and old.get(k) != new.get(k)]
     old_space = yaml.safe_load(space_p.read_text()) if space_p.is_file() else None
     if diffs or old_space != _space_dict(space):
@@ -323,7 +290,8 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     tune_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(tune_dir / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _lock(tune_dir):
+    with file_lock(tune_dir / "tune.lock", str(tune_dir), holder="another medcls tune",
+                   hint="wait for it or choose another --name"):
         _check_same_study(tune_dir, cfg, params)
         data = without_test(load_data(cfg.data), NO_TEST)
         epochs = resolve_auto(cfg, data)[0].train.epochs  # what each trial will train (train resolves the same)

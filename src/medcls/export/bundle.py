@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,8 @@ from .. import __version__
 from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_artefact
 from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
-from ..data.spec import DatasetSpec
 from ..errors import ModelError
-from ..metrics import compute_metrics
+from ..metrics import task_auc
 from ..runs import Run, load_run
 from ..utils import (
     atomic_write_bytes,
@@ -77,14 +77,8 @@ def _extras(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
     return run.inputs.encode_table(table.subset(idx), "val split")
 
 
-def _auc(spec: DatasetSpec, labels: np.ndarray, probs: np.ndarray) -> float:
-    m = compute_metrics(spec.task, labels, probs, class_names=list(spec.class_names),
-                        positive_index=spec.positive_index)
-    return float(m["auc"])
-
-
 def _check_request(out: Path, onnx: bool, quantize: str | None, torchscript: bool, fused: bool) -> None:
-    check_new_output(out, "bundles")
+    check_new_output(out, "bundles", empty_dir_ok=True)
     if quantize not in (None, "int8"):
         raise ModelError(f"--quantize supports 'int8', got {quantize!r}")
     if quantize and not onnx:
@@ -168,8 +162,9 @@ def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dic
     pre = run.preprocess
     x_all = torch.stack([pre(data.val.load(i, draft=pre.draft)) for i in range(len(data.val))]).numpy()
     y = np.asarray(data.val.labels)
-    auc32 = _auc(spec, y, probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_all), spec.task))
-    auc8 = _auc(spec, y, probabilities(ort_logits(ort_session(tmp / "model.int8.onnx"), x_all), spec.task))
+    auc = partial(task_auc, spec.task, y, class_names=spec.class_names, positive_index=spec.positive_index)
+    auc32 = auc(probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_all), spec.task))
+    auc8 = auc(probabilities(ort_logits(ort_session(tmp / "model.int8.onnx"), x_all), spec.task))
     if auc32 - auc8 > max_drop:
         raise ModelError(f"INT8 model loses {auc32 - auc8:.4f} validation AUC ({auc32:.4f} -> {auc8:.4f}), "
                          f"more than the allowed {max_drop}; export without --quantize or raise --max-int8-auc-drop")

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..choices import Task
+
 
 class Decision(BaseModel):
     """How the probabilities became ``predicted``: the operating point and its threshold(s)."""
@@ -47,7 +49,7 @@ class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     file: str | None = Field(None, description="File name (or <bytes>, <array>) the prediction is for.")
-    task: Literal["binary", "multiclass", "multilabel"]
+    task: Task
     probabilities: dict[str, float] = Field(..., description="Calibrated: softmax (sigmoid) of logits / temperature.")
     predicted: str | list[str] = Field(..., description="Class at the operating point (multilabel: findings).")
     findings: list[str] | None = Field(None, description="Multilabel: the same list as predicted.")

@@ -3,7 +3,8 @@
 :mod:`.classification` (point metrics), :mod:`.bootstrap` (confidence intervals,
 paired comparisons, DeLong), :mod:`.calibration` (ECE, Brier, temperature
 scaling), :mod:`.operating_points` (thresholds chosen on validation data) and
-:mod:`.headline` (the one ordered list of headline metrics and its selections).
+:mod:`.headline` (the one ordered list of headline metrics and its selections); :mod:`.inputs` holds the input
+checks they share.
 """
 
 from .bootstrap import (
@@ -34,6 +35,7 @@ from .classification import (
     multilabel_metrics,
     roc_auc,
     roc_auc_many,
+    task_auc,
 )
 from .curves import net_benefit, roc_band
 from .flatten import flat_metrics
@@ -74,5 +76,6 @@ __all__ = [
     "roc_auc_many",
     "roc_band",
     "stratified_bootstrap_indices",
+    "task_auc",
     "threshold_transfer",
 ]

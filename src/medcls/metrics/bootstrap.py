@@ -30,15 +30,16 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from ..errors import ConfigError, DataError, did_you_mean
-from .classification import TASKS, UndefinedMetricWarning, _binary_inputs, compute_metrics
+from .classification import UndefinedMetricWarning, check_task, compute_metrics
 from .headline import HEADLINE_BY_TASK
+from .inputs import binary_inputs
 
 _BLOCK = 256
 Scorer = Callable[[np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]]
 
 
 # ------------------------------------------------------------------ resampling
-def _check_options(n_resamples: int, alpha: float = 0.05) -> None:
+def check_options(n_resamples: int, alpha: float = 0.05) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
         raise ConfigError(f"n_resamples must be a positive integer, got {n_resamples!r}")
     if not 0 < alpha < 1:
@@ -65,7 +66,7 @@ def stratified_bootstrap_indices(y_true: Any, n_resamples: int = 2000, *, seed: 
     y = np.asarray(y_true)
     if y.ndim not in (1, 2) or len(y) == 0:
         raise DataError(f"expected y_true of shape (N,) or (N, L) with N > 0, got {tuple(y.shape)}")
-    _check_options(n_resamples)
+    check_options(n_resamples)
     return np.concatenate(list(_index_blocks(y, int(n_resamples), seed)), axis=0)
 
 
@@ -118,7 +119,7 @@ def _ranking(w: np.ndarray, plan: tuple, *, ap: bool = False) -> tuple[np.ndarra
     return auc, _ratio((pos * precision).sum(1), n_pos)
 
 
-def _binary_scorer(y: np.ndarray, s: np.ndarray, threshold: float, names: Sequence[str]) -> Scorer:
+def binary_scorer(y: np.ndarray, s: np.ndarray, threshold: float, names: Sequence[str]) -> Scorer:
     pred = s >= threshold
     cells = np.stack([y & pred, y & ~pred, ~y & pred, ~y & ~pred], axis=1).astype(np.float64)
     plan = _plan(y, s) if {"auc", "ap"} & set(names) else None
@@ -174,7 +175,7 @@ def _multilabel_scorer(y: np.ndarray, p: np.ndarray, names: Sequence[str]) -> Sc
     return score
 
 
-def _run(scorers: Sequence[Scorer], y: np.ndarray, n_resamples: int, seed: int
+def score_resamples(scorers: Sequence[Scorer], y: np.ndarray, n_resamples: int, seed: int
          ) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     """Score every resample (the same ones for each scorer); values and degenerate flags."""
     parts: list[list[tuple[dict[str, np.ndarray], np.ndarray]]] = [[] for _ in scorers]
@@ -186,7 +187,7 @@ def _run(scorers: Sequence[Scorer], y: np.ndarray, n_resamples: int, seed: int
     return values, [np.concatenate([d for _, d in part]) for part in parts]
 
 
-def _interval(values: np.ndarray, alpha: float) -> dict[str, Any]:
+def percentile_interval(values: np.ndarray, alpha: float) -> dict[str, Any]:
     ok = values[~np.isnan(values)]
     if not len(ok):
         return {"low": float("nan"), "high": float("nan"), "n_valid": 0}
@@ -196,8 +197,7 @@ def _interval(values: np.ndarray, alpha: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ public API
 def _metric_names(task: str, metrics: Sequence[str] | None) -> tuple[str, ...]:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}." + did_you_mean(task, TASKS))
+    check_task(task)
     if metrics is None:
         return HEADLINE_BY_TASK[task]
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
@@ -215,7 +215,7 @@ def _scorer(task: str, y_true: Any, probs: Any, positive_index: int | None, thre
     if task == "binary":
         pos = 1 if positive_index is None else int(positive_index)
         y = np.asarray(y_true).astype(np.int64) == pos
-        return _binary_scorer(y, p[:, pos], threshold, names), y
+        return binary_scorer(y, p[:, pos], threshold, names), y
     if task == "multiclass":
         y = np.asarray(y_true).astype(np.int64)
         return _multiclass_scorer(y, p, names), y
@@ -234,12 +234,12 @@ def bootstrap_ci(task: str, y_true: Any, probs: Any, *, class_names: Sequence[st
     any per-class AUC of a macro mean, is undefined), ``alpha``, ``method``, ``seed``.
     """
     names = _metric_names(task, metrics)
-    _check_options(n_resamples, alpha)
+    check_options(n_resamples, alpha)
     point = compute_metrics(task, y_true, probs, class_names=class_names, positive_index=positive_index,
                             threshold=threshold)
     scorer, y = _scorer(task, y_true, probs, positive_index, threshold, names)
-    (values,), (bad,) = _run([scorer], y, int(n_resamples), seed)
-    out: dict[str, Any] = {m: {"value": float(point[m]), **_interval(values[m], alpha)} for m in names}
+    (values,), (bad,) = score_resamples([scorer], y, int(n_resamples), seed)
+    out: dict[str, Any] = {m: {"value": float(point[m]), **percentile_interval(values[m], alpha)} for m in names}
     method = "percentile bootstrap" if task == "multilabel" else "stratified percentile bootstrap"
     return {**out, "n_resamples": int(n_resamples), "n_degenerate": int(bad.sum()), "alpha": float(alpha),
             "method": method, "seed": seed, "n": len(y)}
@@ -270,18 +270,18 @@ def paired_bootstrap_diff(y_true: Any, probs_a: Any, probs_b: Any, *, task: str,
     binary-only; unknown names raise :class:`ConfigError`.
     """
     names = _metric_names(task, metrics)
-    _check_options(n_resamples, alpha)
+    check_options(n_resamples, alpha)
     kw: dict[str, Any] = {"class_names": class_names, "positive_index": positive_index, "threshold": threshold}
     pa, pb = compute_metrics(task, y_true, probs_a, **kw), compute_metrics(task, y_true, probs_b, **kw)
     if np.shape(probs_a) != np.shape(probs_b):
         raise DataError(f"probs_a has shape {np.shape(probs_a)} but probs_b has {np.shape(probs_b)}")
     sa, y = _scorer(task, y_true, probs_a, positive_index, threshold, names)
     sb, _ = _scorer(task, y_true, probs_b, positive_index, threshold, names)
-    (va, vb), (bad_a, bad_b) = _run([sa, sb], y, int(n_resamples), seed)
+    (va, vb), (bad_a, bad_b) = score_resamples([sa, sb], y, int(n_resamples), seed)
     out: dict[str, Any] = {}
     for m in names:
         diff, observed = vb[m] - va[m], float(pb[m]) - float(pa[m])
-        out[m] = {"a": float(pa[m]), "b": float(pb[m]), "diff": observed, **_interval(diff, alpha),
+        out[m] = {"a": float(pa[m]), "b": float(pb[m]), "diff": observed, **percentile_interval(diff, alpha),
                   "p_value": _p_value(diff, observed)}
     return {**out, "n_resamples": int(n_resamples), "n_degenerate": int((bad_a | bad_b).sum()),
             "alpha": float(alpha), "method": "paired stratified percentile bootstrap (b - a)",
@@ -315,8 +315,8 @@ def delong_auc_ci(y_true: Any, score: Any, *, alpha: float = 0.05) -> dict[str, 
     ``nan`` (with a warning) when a class is missing; ``se`` is ``nan`` with fewer
     than two cases in a class.
     """
-    _check_options(1, alpha)
-    y, s = _binary_inputs(y_true, score)
+    check_options(1, alpha)
+    y, s = binary_inputs(y_true, score)
     aucs, cov = _delong(y, s[None])
     auc, se = float(aucs[0]), float(np.sqrt(cov[0, 0]))
     half = norm.ppf(1 - alpha / 2) * se
@@ -326,8 +326,8 @@ def delong_auc_ci(y_true: Any, score: Any, *, alpha: float = 0.05) -> dict[str, 
 
 def delong_test(y_true: Any, score_a: Any, score_b: Any) -> dict[str, float]:
     """DeLong's test of two correlated AUCs on the same cases: ``diff = auc_b - auc_a``, two-sided ``p``."""
-    y, sa = _binary_inputs(y_true, score_a)
-    _, sb = _binary_inputs(y_true, score_b)
+    y, sa = binary_inputs(y_true, score_a)
+    _, sb = binary_inputs(y_true, score_b)
     aucs, cov = _delong(y, np.stack([sa, sb]))
     diff = float(aucs[1] - aucs[0])
     se = float(np.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))

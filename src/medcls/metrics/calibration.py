@@ -32,8 +32,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
 
-from ..errors import ConfigError, DataError, MedclsError, did_you_mean
-from .classification import TASKS, _array, _labels, _same_length, _scores
+from ..errors import ConfigError, DataError, MedclsError
+from .classification import check_task
+from .inputs import check_array, check_labels, check_same_length, check_scores
 
 _EPS = 1e-15
 
@@ -45,18 +46,18 @@ class NotFittedError(MedclsError, ValueError, AttributeError):
 # --------------------------------------------------------------------- inputs
 def _inputs(y_true: Any, probs: Any) -> tuple[str, np.ndarray, np.ndarray]:
     """Kind ("binary" | "multiclass" | "multilabel"), validated labels and probabilities."""
-    p = _scores("probs", np.asarray(probs))
+    p = check_scores("probs", np.asarray(probs))
     y = np.asarray(y_true)
     if p.ndim == 1:
-        kind, y = "binary", _labels("y_true", _array("y_true", y, 1), 2)
+        kind, y = "binary", check_labels("y_true", check_array("y_true", y, 1), 2)
     elif p.ndim == 2 and y.ndim == 2:
-        kind, y = "multilabel", _labels("y_true", _array("y_true", y, 2, p.shape[1]), 2)
+        kind, y = "multilabel", check_labels("y_true", check_array("y_true", y, 2, p.shape[1]), 2)
     elif p.ndim == 2 and p.shape[1] >= 2:
-        kind, y = "multiclass", _labels("y_true", _array("y_true", y, 1), p.shape[1])
+        kind, y = "multiclass", check_labels("y_true", check_array("y_true", y, 1), p.shape[1])
     else:
         raise DataError(f"expected probs of shape (N,), (N, K>=2) or (N, L) with y_true (N, L); "
                         f"got probs {p.shape} and y_true {y.shape}")
-    _same_length("y_true", y, "probs", p)
+    check_same_length("y_true", y, "probs", p)
     if p.min() < 0 or p.max() > 1:
         raise DataError(f"probs must lie in [0, 1], got values in [{p.min():.3g}, {p.max():.3g}]; "
                         "pass probabilities, not logits")
@@ -128,19 +129,13 @@ def negative_log_likelihood(y_true: Any, probs: Any) -> float:
 
 
 # ---------------------------------------------------------- temperature scaling
-def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}." + did_you_mean(task, TASKS))
-    return task
-
-
 def _sigmoid_task(task: str, z: np.ndarray) -> bool:
     """Whether logits are per-label sigmoid logits (multi-label, or a single binary logit)."""
     return task == "multilabel" or (task == "binary" and z.ndim == 1)
 
 
 def _logits(task: str, logits: Any) -> np.ndarray:
-    z = _scores("logits", np.asarray(logits))
+    z = check_scores("logits", np.asarray(logits))
     ok = (z.ndim == 1 and task == "binary") or (z.ndim == 2 and (task == "multilabel" or z.shape[1] >= 2))
     if not ok or (task == "binary" and z.ndim == 2 and z.shape[1] != 2) or len(z) == 0:
         expected = {"binary": "(N,) or (N, 2)", "multiclass": "(N, K)", "multilabel": "(N, L)"}[task]
@@ -170,7 +165,7 @@ class TemperatureScaler:
     """
 
     def __init__(self, *, task: str = "multiclass", bounds: tuple[float, float] = (1e-2, 1e2)) -> None:
-        self.task = _check_task(task)
+        self.task = check_task(task)
         if not 0 < bounds[0] < bounds[1] < math.inf:
             raise ConfigError(f"bounds must satisfy 0 < low < high < inf, got {bounds}")
         self.bounds = bounds
@@ -178,10 +173,10 @@ class TemperatureScaler:
     def _labels(self, z: np.ndarray, y_true: Any) -> np.ndarray:
         y = np.asarray(y_true)
         if self.task == "multilabel":
-            y = _labels("y_true", _array("y_true", y, 2, z.shape[1]), 2)
+            y = check_labels("y_true", check_array("y_true", y, 2, z.shape[1]), 2)
         else:
-            y = _labels("y_true", _array("y_true", y, 1), 2 if z.ndim == 1 else z.shape[1])
-        _same_length("y_true", y, "logits", z)
+            y = check_labels("y_true", check_array("y_true", y, 1), 2 if z.ndim == 1 else z.shape[1])
+        check_same_length("y_true", y, "logits", z)
         return y
 
     def fit(self, logits: Any, y_true: Any) -> TemperatureScaler:
@@ -232,7 +227,7 @@ def calibration_report(y_true: Any, logits: Any, *, task: str, temperature: floa
     split; with ``None`` it is fitted on these same cases, which flatters the
     "after" numbers (``temperature_source`` says which).
     """
-    z = _logits(_check_task(task), logits)
+    z = _logits(check_task(task), logits)
     if temperature is None:
         temperature, source = TemperatureScaler(task=task).fit(z, y_true).temperature_, "fitted on these data"
     elif not (isinstance(temperature, int | float) and 0 < temperature < math.inf):

@@ -12,63 +12,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from scipy.stats import rankdata
 
+from ..choices import Task
 from ..errors import ConfigError, DataError, did_you_mean
+from .inputs import (
+    binary_inputs,
+    binary_task_inputs,
+    check_array,
+    check_labels,
+    check_same_length,
+    multiclass_inputs,
+    multilabel_inputs,
+)
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = get_args(Task)
 
 
 class UndefinedMetricWarning(UserWarning):
     """A metric is undefined for the given data and was reported as ``nan``."""
-
-
-# --------------------------------------------------------------------- checks
-def _array(name: str, x: Any, ndim: int, k: int | None = None) -> np.ndarray:
-    """``x`` as an array of ``ndim`` dims (and ``k`` columns if given), else a DataError."""
-    arr = np.asarray(x)
-    if arr.ndim != ndim or (k is not None and arr.shape[1] != k):
-        expected = "(N,)" if ndim == 1 else "(B, M)" if name == "idx" else f"(N, {'K' if k is None else k})"
-        raise DataError(f"expected {name} of shape {expected}, got {tuple(arr.shape)}")
-    return arr
-
-
-def _same_length(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray) -> None:
-    """Both inputs hold the same, non-zero number of samples."""
-    if len(a) == 0:
-        raise DataError(f"{a_name} is empty: no samples to score")
-    if len(a) != len(b):
-        raise DataError(f"{a_name} has {len(a)} samples but {b_name} has {len(b)}")
-
-
-def _scores(name: str, x: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
-        raise DataError(f"expected numeric {name}, got dtype {x.dtype}")
-    x = x.astype(np.float64, copy=False)
-    if not np.isfinite(x).all():
-        raise DataError(f"{name} contains {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
-    return x
-
-
-def _labels(name: str, x: np.ndarray, num_classes: int) -> np.ndarray:
-    """Integer class indices in ``[0, num_classes)`` (integer-valued floats/bools accepted)."""
-    orig, x = x, _scores(name, x)
-    bad = (x != np.round(x)) | (x < 0) | (x >= num_classes)
-    if bad.any():
-        shown = np.unique(orig[bad])[:5].tolist()
-        raise DataError(f"{name} must hold integer class indices in [0, {num_classes - 1}], "
-                        f"got {shown}")
-    return x.astype(np.int64)
-
-
-def _names(class_names: Sequence[str], k: int, what: str = "probs") -> list[str]:
-    names = [str(c) for c in class_names]
-    if len(names) != k:
-        raise DataError(f"got {len(names)} class_names but {what} has {k} columns")
-    return names
 
 
 # --------------------------------------------------------------- primitives
@@ -93,13 +58,6 @@ def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return auc
 
 
-def _binary_inputs(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = _labels("y_true", _array("y_true", y_true, 1), 2).astype(bool)
-    s = _scores("score", _array("score", score, 1))
-    _same_length("y_true", y, "score", s)
-    return y, s
-
-
 def _warn_undefined(what: str) -> None:
     warnings.warn(f"{what} is undefined (only one class present); reported as nan",
                   UndefinedMetricWarning, stacklevel=3)
@@ -112,7 +70,7 @@ def roc_auc(y_true: Any, score: Any) -> float:
     scores of shape (N,). Returns ``nan`` (with an :class:`UndefinedMetricWarning`)
     when only one class is present.
     """
-    y, s = _binary_inputs(y_true, score)
+    y, s = binary_inputs(y_true, score)
     auc = float(_auc_rows(y[None], s[None])[0])
     if np.isnan(auc):
         _warn_undefined("ROC AUC")
@@ -126,8 +84,8 @@ def roc_auc_many(y_true: Any, score: Any, idx: Any) -> np.ndarray:
     Returns a float array of shape (B,); rows with a single class are ``nan``
     (no warning: that is expected for small bootstrap samples).
     """
-    y, s = _binary_inputs(y_true, score)
-    idx = _array("idx", idx, 2)
+    y, s = binary_inputs(y_true, score)
+    idx = check_array("idx", idx, 2)
     if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= len(y)):
         raise DataError(f"idx must hold integer indices in [0, {len(y) - 1}]")
     return _auc_rows(y[idx], s[idx])
@@ -139,7 +97,7 @@ def average_precision(y_true: Any, score: Any) -> float:
     Same definition as ``sklearn.metrics.average_precision_score`` (no
     interpolation). ``nan`` with a warning when there are no positives.
     """
-    y, s = _binary_inputs(y_true, score)
+    y, s = binary_inputs(y_true, score)
     if not y.any():
         _warn_undefined("average precision")
         return float("nan")
@@ -157,9 +115,9 @@ def confusion_counts(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     if int(num_classes) < 1:
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
     k = int(num_classes)
-    t = _labels("y_true", _array("y_true", y_true, 1), k)
-    p = _labels("y_pred", _array("y_pred", y_pred, 1), k)
-    _same_length("y_true", t, "y_pred", p)
+    t = check_labels("y_true", check_array("y_true", y_true, 1), k)
+    p = check_labels("y_pred", check_array("y_pred", y_pred, 1), k)
+    check_same_length("y_true", t, "y_pred", p)
     return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
 
 
@@ -200,7 +158,7 @@ def binary_metrics(y_true: Any, p_pos: Any, *, threshold: float = 0.5) -> dict[s
     ``y_true`` holds 0/1 labels, ``p_pos`` the score of the positive class; a
     sample is predicted positive when ``p_pos >= threshold``.
     """
-    y, s = _binary_inputs(y_true, p_pos)
+    y, s = binary_inputs(y_true, p_pos)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         auc, ap = roc_auc(y, s), average_precision(y, s)
@@ -237,10 +195,7 @@ def multiclass_metrics(y_true: Any, probs: Any, *, class_names: Sequence[str]) -
     over the classes for which it is defined. ``macro_f1`` averages the classes
     present in y_true or in the predictions (scikit-learn's default).
     """
-    p = _scores("probs", _array("probs", probs, 2))
-    names = _names(class_names, p.shape[1])
-    y = _labels("y_true", _array("y_true", y_true, 1), len(names))
-    _same_length("y_true", y, "probs", p)
+    y, p, names = multiclass_inputs(y_true, probs, class_names)
     cm = confusion_counts(y, p.argmax(1), len(names))
     aucs, aps = _ranking_per_class(y[:, None] == np.arange(len(names)), p, names)
     per_class: dict[str, dict[str, Any]] = {}
@@ -264,10 +219,7 @@ def multilabel_metrics(y_true: Any, probs: Any, *, class_names: Sequence[str],
     reports for ChestMNIST); ``subset_accuracy`` requires all labels right.
     ``auc`` is the macro AUC over labels where it is defined.
     """
-    p = _scores("probs", _array("probs", probs, 2))
-    names = _names(class_names, p.shape[1])
-    y = _labels("y_true", _array("y_true", y_true, 2, len(names)), 2).astype(bool)
-    _same_length("y_true", y, "probs", p)
+    y, p, names = multilabel_inputs(y_true, probs, class_names)
     pred = p >= threshold
     aucs, aps = _ranking_per_class(y, p, names)
     per_label: dict[str, dict[str, Any]] = {}
@@ -298,22 +250,41 @@ def compute_metrics(task: str, y_true: Any, probs: Any, *, class_names: Sequence
     ``confusion_matrix`` (rows = true class, in ``class_names`` order) and
     ``positive_class``. Every result carries ``task``.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}."
-                          + did_you_mean(task, TASKS))
+    check_task(task)
     if task == "multiclass":
         return {"task": task, **multiclass_metrics(y_true, probs, class_names=class_names)}
     if task == "multilabel":
         return {"task": task, **multilabel_metrics(y_true, probs, class_names=class_names,
                                                    threshold=threshold)}
-    p = _scores("probs", _array("probs", probs, 2, 2))
-    names = _names(class_names, 2)
-    pos = 1 if positive_index is None else int(positive_index)
-    if pos not in (0, 1):
-        raise DataError(f"positive_index must be 0 or 1 for a binary task, got {positive_index}")
-    y = _labels("y_true", _array("y_true", y_true, 1), 2)
-    _same_length("y_true", y, "probs", p)
+    y, p, names, pos = binary_task_inputs(y_true, probs, class_names, positive_index)
     out = binary_metrics(y == pos, p[:, pos], threshold=threshold)
     y_pred = np.where(p[:, pos] >= threshold, pos, 1 - pos)
     return {"task": task, **out, "positive_class": names[pos],
             "confusion_matrix": confusion_counts(y, y_pred, 2).tolist()}
+
+
+def check_task(task: str) -> str:
+    """``task`` if it is one of :data:`TASKS`, else a ConfigError."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {list(TASKS)}." + did_you_mean(task, TASKS))
+    return task
+
+
+def task_auc(task: str, y_true: Any, probs: Any, *, class_names: Sequence[str],
+             positive_index: int | None = None) -> float:
+    """The ``auc`` of :func:`compute_metrics` alone (inputs as there), without its other metrics or warnings.
+
+    Binary: the AUC of ``probs[:, positive_index]`` (default 1); multiclass and multi-label: the macro mean
+    of the one-vs-rest AUCs that are defined (``nan`` when none is). Cheap enough to call thousands of times
+    (permutation tests).
+    """
+    check_task(task)
+    if task == "binary":
+        y, p, _, pos = binary_task_inputs(y_true, probs, class_names, positive_index)
+        return float(_auc_rows((y == pos)[None], p[None, :, pos])[0])
+    if task == "multilabel":
+        onehot, p, _ = multilabel_inputs(y_true, probs, class_names)
+    else:
+        y, p, names = multiclass_inputs(y_true, probs, class_names)
+        onehot = y[:, None] == np.arange(len(names))
+    return _nanmean(_auc_rows(onehot.T, p.T))

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-_SKIP = {"n", "tp", "fp", "tn", "fn", "threshold", "prevalence", "support", "checkpoint_epoch", "n_bins"}
+from ..utils import nested_items
+
+_SKIP = {"n", "tp", "fp", "tn", "fn", "threshold", "prevalence", "support", "checkpoint_epoch", "n_bins", "ci"}
 _NESTED = ("per_class", "per_label", "calibration", "tta")
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics of an evaluation, nested ones as ``per_class.<name>.<metric>`` / ``calibration.<metric>``."""
-    out: dict[str, float] = {}
+    """Scalar metrics of an evaluation, nested ones as ``per_class.<name>.<metric>`` / ``calibration.<metric>``.
 
-    def walk(prefix: str, d: dict[str, Any], depth: int) -> None:
-        for k, v in d.items():
-            if k in _SKIP or k == "ci" or isinstance(v, bool):
-                continue
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[prefix + k] = float(v)
-            elif isinstance(v, dict) and depth < 2:
-                walk(f"{prefix}{k}.", v, depth + 1)
-
-    walk("", {k: v for k, v in metrics.items() if not isinstance(v, dict) or k in _NESTED}, 0)
-    return out
+    Left out: counts and settings (``_SKIP``, at any level), bools, nested sections other than ``_NESTED``,
+    and anything nested deeper than three keys.
+    """
+    return {".".join(path): float(v) for path, v in nested_items(metrics)
+            if isinstance(v, int | float) and not isinstance(v, bool) and len(path) <= 3
+            and (len(path) == 1 or path[0] in _NESTED) and not _SKIP.intersection(path)}

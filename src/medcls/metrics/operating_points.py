@@ -30,23 +30,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from ..choices import OperatingPoint
 from ..errors import ConfigError, DataError, did_you_mean
-from .bootstrap import _binary_scorer, _check_options, _interval, _run
-from .classification import (
-    UndefinedMetricWarning,
-    _array,
-    _binary_inputs,
-    _labels,
-    _names,
-    _same_length,
-    _scores,
-    binary_metrics,
-)
+from .bootstrap import binary_scorer, check_options, percentile_interval, score_resamples
+from .classification import UndefinedMetricWarning, binary_metrics
+from .inputs import binary_inputs, check_array, check_class_names, check_scores, multilabel_inputs
 
+RULES = get_args(OperatingPoint)
 _VAL_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _CI_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 
@@ -74,7 +68,7 @@ def choose_thresholds(y_true: Any, p_pos: Any, *, target_sensitivity: float = 0.
     npv, f1}}}`` for the rules in the module doc, plus provenance ``chosen_on``,
     ``n``, ``n_positive``, ``prevalence`` and ``targets``. Needs both classes.
     """
-    y, s = _binary_inputs(y_true, p_pos)
+    y, s = binary_inputs(y_true, p_pos)
     t_sens = _check_target("target_sensitivity", target_sensitivity)
     t_spec = _check_target("target_specificity", target_specificity)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
@@ -128,16 +122,16 @@ def apply_thresholds(y_true: Any, p_pos: Any, thresholds: dict[str, Any], *, n_r
     scored on the same resamples), plus ``n``, ``prevalence``, ``n_resamples``,
     ``alpha``, ``seed``, ``method`` and ``chosen_on`` (copied when given).
     """
-    y, s = _binary_inputs(y_true, p_pos)
-    _check_options(n_resamples, alpha)
+    y, s = binary_inputs(y_true, p_pos)
+    check_options(n_resamples, alpha)
     parsed = _parse_thresholds(thresholds)
-    scorers = [_binary_scorer(y, s, t, _CI_METRICS) for t, _ in parsed.values()]
-    values, _ = _run(scorers, y, int(n_resamples), seed)
+    scorers = [binary_scorer(y, s, t, _CI_METRICS) for t, _ in parsed.values()]
+    values, _ = score_resamples(scorers, y, int(n_resamples), seed)
     out: dict[str, Any] = {}
     for (name, (t, rule)), vals in zip(parsed.items(), values, strict=True):
         point = binary_metrics(y, s, threshold=t)
         out[name] = {"threshold": t, "rule": rule,
-                     **{m: {"value": point[m], **_interval(vals[m], alpha)} for m in _CI_METRICS},
+                     **{m: {"value": point[m], **percentile_interval(vals[m], alpha)} for m in _CI_METRICS},
                      **{k: point[k] for k in ("tp", "fp", "tn", "fn")}}
     return {**out, "n": len(y), "prevalence": float(y.mean()), "n_resamples": int(n_resamples),
             "alpha": float(alpha), "seed": seed, "method": "stratified percentile bootstrap",
@@ -190,17 +184,7 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
 
 
 # ------------------------------------------------------------------ multi-label
-RULES = ("default", "youden", "max_f1", "target_sensitivity", "target_specificity")
 _DECISION_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn")
-
-
-def _multilabel_inputs(y_true: Any, probs: Any, class_names: Sequence[str]
-                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    p = _scores("probs", _array("probs", probs, 2))
-    names = _names(class_names, p.shape[1])
-    y = _labels("y_true", _array("y_true", y_true, 2, len(names)), 2).astype(bool)
-    _same_length("y_true", y, "probs", p)
-    return y, p, names
 
 
 def choose_label_thresholds(y_true: Any, probs: Any, *, class_names: Sequence[str],
@@ -214,7 +198,7 @@ def choose_label_thresholds(y_true: Any, probs: Any, *, class_names: Sequence[st
     threshold chosen: its entry holds only the ``default`` rule (0.5, marked as a
     fallback) and the label is listed in ``skipped``; nothing raises.
     """
-    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    y, p, names = multilabel_inputs(y_true, probs, class_names)
     t_sens = _check_target("target_sensitivity", target_sensitivity)
     t_spec = _check_target("target_specificity", target_specificity)
     per_label: dict[str, Any] = {}
@@ -276,8 +260,8 @@ def threshold_vector(thresholds: Any, class_names: Sequence[str]) -> np.ndarray:
 
 def label_decisions(probs: Any, thresholds: Any, *, class_names: Sequence[str]) -> np.ndarray:
     """Boolean (N, L): label ``k`` is called present when ``probs[:, k] >= thresholds[k]``."""
-    p = _scores("probs", _array("probs", probs, 2))
-    _names(class_names, p.shape[1])
+    p = check_scores("probs", check_array("probs", probs, 2))
+    check_class_names(class_names, p.shape[1])
     return p >= threshold_vector(thresholds, class_names)
 
 
@@ -290,7 +274,7 @@ def multilabel_decision_metrics(y_true: Any, probs: Any, thresholds: Any, *,
     ``subset_accuracy`` (every label right), ``macro_f1`` (over labels where F1 is
     defined) and ``n_no_finding`` (cases with no label called present).
     """
-    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    y, p, names = multilabel_inputs(y_true, probs, class_names)
     t = threshold_vector(thresholds, names)
     pred = p >= t
     per_label = {}
@@ -314,7 +298,7 @@ def apply_label_thresholds(y_true: Any, probs: Any, chosen: dict[str, Any], *, c
     {label: <apply_thresholds result>}, "chosen_on", "n", "n_resamples", "alpha",
     "seed", "method"}``; each label is resampled within its own classes.
     """
-    y, p, names = _multilabel_inputs(y_true, probs, class_names)
+    y, p, names = multilabel_inputs(y_true, probs, class_names)
     per = chosen.get("per_label") if isinstance(chosen, dict) else None
     if not isinstance(per, dict) or set(per) != set(names):
         got = sorted(per) if isinstance(per, dict) else type(chosen).__name__

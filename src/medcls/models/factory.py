@@ -5,13 +5,17 @@ from __future__ import annotations
 import fnmatch
 import logging
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch import nn
 
+from ..choices import Stem
 from ..errors import ModelError, did_you_mean
 
 log = logging.getLogger(__name__)
+
+STEMS = tuple(s for s in get_args(Stem) if s != "auto")  # what a model is built with (auto is resolved first)
 
 
 class Classifier(nn.Module):
@@ -125,8 +129,8 @@ def create_model(name: str, num_classes: int, *, in_chans: int = 3, pretrained: 
         raise ModelError(f"in_chans must be 1-4, got {in_chans}")
     _check_name(name)
     net = _create_timm(name, pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    if stem not in ("default", "small", "tiny"):
-        raise ModelError(f"stem must be default, small or tiny, got {stem!r}")
+    if stem not in STEMS:
+        raise ModelError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
     if stem != "default":
         _small_input_stem(net, in_chans, stem)
     if weights:

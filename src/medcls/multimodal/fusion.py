@@ -14,15 +14,16 @@ tokens and the text token with ``nn.MultiheadAttention``), ``meta_only`` (no ima
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
+from ..choices import Fusion
 from ..errors import ConfigError
 from ..models.factory import Classifier
 
-FUSIONS = ("concat", "cross_attention", "gated", "meta_only")
+FUSIONS = tuple(f for f in get_args(Fusion) if f != "none")  # what a FusionClassifier does (none: the image model)
 
 
 class TabularTokens(nn.Module):

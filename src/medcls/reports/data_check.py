@@ -16,8 +16,7 @@ import numpy as np
 
 from ..data.check.summary import DataReport, plural
 from ..data.table import ImageTable
-from ..errors import RunError
-from ..utils import atomic_write_json, atomic_write_text, new_unique_dir
+from ..utils import atomic_write_json, atomic_write_text, check_new_output, new_unique_dir
 from .kit import escape, figure, fmt, footer, page, png, section, table
 
 MAX_SHOWN = 24  # leaked pairs shown as thumbnails per category
@@ -30,8 +29,8 @@ def new_report_dir(root: str | Path, name: str) -> Path:
 
 def check_new(output: str | Path | None) -> None:
     """Raise when ``output`` exists (call before the work: reports are never overwritten)."""
-    if output is not None and Path(output).exists():
-        raise RunError(f"{output} already exists; choose another --output (data reports are never overwritten)")
+    if output is not None:
+        check_new_output(output, "data reports", hint="choose another --output")
 
 
 def write_data_check(report: DataReport, output: str | Path | None = None, *, root: str | Path = "data-check") -> Path:

@@ -29,15 +29,17 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from ..choices import StainMethod
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger("medcls")
 
-METHODS = ("none", "macenko", "reinhard")
+METHODS = get_args(StainMethod)
+FITTED = tuple(m for m in METHODS if m != "none")  # the methods fitted on a reference patch
 FORMAT = "medcls-stain-reference"
 IO, ALPHA, BETA = 240.0, 1.0, 0.15  # transmitted light, angle percentile, OD threshold of tissue (Macenko)
 MIN_TISSUE_FRACTION = 0.01  # images with fewer tissue pixels are left unnormalised
@@ -162,8 +164,8 @@ def fit_stain(img: np.ndarray, method: str, *, name: str = "stain reference") ->
 
     Raises DataError when the patch is not 8-bit RGB or holds too little tissue.
     """
-    if method not in ("macenko", "reinhard"):
-        raise ConfigError(f"stain method must be macenko or reinhard, got {method!r}")
+    if method not in FITTED:
+        raise ConfigError(f"stain method must be {' or '.join(FITTED)}, got {method!r}")
     rgb = _as_rgb(img, name)
     frac = tissue_fraction(rgb)
     if not _enough_tissue(rgb, MIN_REFERENCE_TISSUE):

@@ -41,8 +41,7 @@ class DicomTable(FileTable):
     def load(self, i: int, *, draft: int | None = None) -> np.ndarray:
         return dcm.read_dicom(self.paths[i], window=self.window)
 
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
+    def _take(self, idx: np.ndarray) -> DicomTable:
         return DicomTable([self.paths[j] for j in idx], window=self.window, **self._sub(idx))
 
 

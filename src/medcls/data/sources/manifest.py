@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...choices import Task
 from ...errors import ConfigError, DataError, did_you_mean
 from ..images import IMAGE_SUFFIXES
-from ..spec import DatasetSpec, Task
+from ..spec import DatasetSpec
 from ..table import FileTable
 from . import folder
 from .registry import SOURCES, SourceData

@@ -11,13 +11,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
+from ...choices import Split
 from ...errors import ConfigError, did_you_mean
 from ...registry import Registry
 from ..spec import DatasetSpec
 from ..table import ImageTable
 
-SPLITS = ("train", "val", "test")
+SPLITS = get_args(Split)
 
 
 @dataclass
