@@ -64,9 +64,9 @@ def test_report_is_self_contained_and_complete(evaluated):
     html = (out / "report.html").read_text(encoding="utf-8")
     page = _parse(out / "report.html")
     assert set(SECTIONS) <= page.ids
-    # history, roc, pr, reliability + (counts, normalised) per operating point
+    # history, roc, pr, reliability, decision curve; a confusion table per operating point
     ops = {k: v for k, v in metrics["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
-    assert len(page.imgs) >= 4 + 2 * len(ops)
+    assert len(page.imgs) >= 5 and html.count('<table class="confusion">') == len(ops)
     assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
     assert not re.search(r"https?://", html)
     assert all(r.startswith(("#", "data:")) for r in page.refs)
@@ -182,8 +182,15 @@ def test_confusion_matrices_come_from_the_arrays_passed(evaluated, tmp_path):
     out.mkdir()
     html = write_report(run, "test", metrics, out, labels=labels, probs=probs).read_text(encoding="utf-8")
     confusion = html[html.index('id="confusion"'):html.index('id="calibration"')]
-    assert confusion.count("data:image/png;base64,") == 2 * len(ops)
+    assert confusion.count('<table class="confusion">') == len(ops)
     assert all(f"{name} (threshold {fmt_threshold(op['threshold'])})" in confusion for name, op in ops.items())
+    pos = run.spec.positive_index
+    for name, op in ops.items():  # each table holds the counts at its threshold, row by row (true class)
+        pred = np.where(probs[:, pos] >= op["threshold"], pos, 1 - pos)
+        block = confusion[confusion.index(f"{name} (threshold"):]
+        block = block[:block.index("</table>")]
+        cells = [int(c) for c in re.findall(r'class="cmc"[^>]*>(\d+)<br>', block)]
+        assert cells == [int(((labels == i) & (pred == j)).sum()) for i in range(2) for j in range(2)], name
     (out / "predictions.csv").write_text("not read")
     html = write_report(run, "test", metrics, out).read_text(encoding="utf-8")  # no arrays: said, not guessed
     assert "No predictions to build confusion matrices from." in html[html.index('id="confusion"'):]

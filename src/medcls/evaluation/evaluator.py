@@ -124,7 +124,15 @@ def _postprocess_summary(post: Postprocess, split: str, eval_notes: list[str]) -
 
 
 def _plots(out: Path, result: EvalResult, post: Postprocess, history: Path) -> None:
-    from ..reports.plots import plot_confusion, plot_decision_curve, plot_history, plot_pr, plot_reliability, plot_roc
+    from ..reports.plots import (
+        history_rates,
+        plot_confusion,
+        plot_decision_curve,
+        plot_history,
+        plot_pr,
+        plot_reliability,
+        plot_roc,
+    )
 
     metrics, labels, probs, names = result.metrics, result.labels, result.probs, list(result.class_names)
     task, pos = result.task, result.positive_index
@@ -143,7 +151,8 @@ def _plots(out: Path, result: EvalResult, post: Postprocess, history: Path) -> N
         plot_reliability(out / "reliability.png", labels, Postprocess().probabilities(result.logits, task), probs,
                          task=task)
     if history.is_file():
-        plot_history(out / "history.png", pd.read_csv(history).to_dict("records"))
+        rows = pd.read_csv(history).to_dict("records")
+        plot_history(out / "history.png", rows, metrics=history_rates(rows))
 
 
 def _record_summary(run: Run, split: str, metrics: dict[str, Any], checkpoint: str) -> None:

@@ -15,17 +15,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import confusion_counts, headline_subset
+from ..metrics import confusion_counts
 from ..runs import Run
 from ..utils import atomic_write_text
-from .kit import ci_cell, escape, figure, fmt, fmt_ci, fmt_threshold, footer, img, page, section, table
+from .kit import ci_cell, confusion_table, escape, figure, fmt, fmt_ci, fmt_threshold, footer, img, page, section, table
 
 MAX_GALLERY = 24
 GRADCAM_HINT = "medcls evaluate RUN --gradcam-errors 8"
 NOT_CLINICAL = "Research use only — not for clinical decision making."
-# the validation metrics redrawn in the history figure (rates only: counts such as val_tp would flatten the axis)
-RATES = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "kappa",
-                        "macro_f1")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -99,20 +96,19 @@ def _leakage(run: Run) -> str:
 
 
 def _history(run: Run, out_dir: Path, tmp: Path) -> Path:
-    """history.png re-drawn with rate metrics only (counts such as val_tp would flatten the axis)."""
-    hist = run.path / "history.csv"
-    if not hist.is_file():
-        return out_dir / "history.png"
+    """The evaluation's history.png (validation rates per epoch), drawn here only when it is missing."""
+    hist, drawn = run.path / "history.csv", out_dir / "history.png"
+    if drawn.is_file() or not hist.is_file():
+        return drawn
     import pandas as pd
 
-    from .plots import plot_history
+    from .plots import history_rates, plot_history
 
     rows = pd.read_csv(hist).to_dict("records")
-    keys = [f"val_{k}" for k in RATES if any(isinstance(r.get(f"val_{k}"), float) for r in rows)]
     try:
-        return plot_history(tmp / "history.png", rows, metrics=keys)
-    except DataError:  # fall back to the evaluator's figure
-        return out_dir / "history.png"
+        return plot_history(tmp / "history.png", rows, metrics=history_rates(rows))
+    except DataError:
+        return drawn
 
 
 def _ensemble(run: Run, metrics: dict[str, Any]) -> str:
@@ -327,9 +323,7 @@ def _binary_confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: An
             for name, t in ops.items()}
 
 
-def _confusions(run: Run, metrics: dict[str, Any], tmp: Path, labels: Any, probs: Any) -> str:
-    from .plots import plot_confusion
-
+def _confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: Any) -> str:
     names = list(run.spec.class_names)
     if run.spec.task == "binary":
         mats = _binary_confusions(run, metrics, labels, probs)
@@ -339,12 +333,10 @@ def _confusions(run: Run, metrics: dict[str, Any], tmp: Path, labels: Any, probs
         mats = {"arg-max class": np.asarray(metrics["confusion_matrix"])}
     else:
         return _label_counts(metrics)
-    out = "<p>Rows are the true class; the row-normalised matrix shows per-class recall.</p><div class=\"cms\">"
-    for i, (title, cm) in enumerate(mats.items()):
-        a = plot_confusion(tmp / f"cm{i}.png", cm, names)
-        b = plot_confusion(tmp / f"cm{i}n.png", cm, names, normalize=True)
-        out += (f'<div class="cm"><h3>{escape(title)}</h3><div class="figs">'
-                + figure(a, "counts") + figure(b, "row-normalised") + "</div></div>")
+    out = ("<p>Rows are the true class; each cell gives its count and the fraction of its row (per-class recall "
+           "on the diagonal).</p><div class=\"cms\">")
+    for title, cm in mats.items():
+        out += f'<div class="cm"><h3>{escape(title)}</h3>{confusion_table(cm, names)}</div>'
     return out + "</div>"
 
 
@@ -395,7 +387,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("metrics", "Metrics", _metrics(metrics, split)),
             ("operating-points", "Operating points", _operating_points(run, out_dir, metrics)),
             ("confusion", "Per-label counts" if run.spec.task == "multilabel" else "Confusion matrices",
-             _confusions(run, metrics, Path(tmp), labels, probs)),
+             _confusions(run, metrics, labels, probs)),
             ("calibration", "Calibration", _calibration(out_dir, metrics)),
             *([("subgroups", "Subgroups", _subgroups(metrics))] if metrics.get("subgroups") else []),
             ("errors", "Errors (Grad-CAM)", _errors(out_dir)),

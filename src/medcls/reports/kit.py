@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DASH = "—"  # what an undefined number (None, nan, inf) is shown as
 
 CSS = """
@@ -45,6 +47,7 @@ td small{color:#5a6472}td small.ci{white-space:nowrap}.wide{overflow-x:auto}.wid
 pre{background:#f6f8fb;border:1px solid #dde3ea;padding:10px;font-size:12px;overflow:auto;max-height:560px}
 img{max-width:100%;height:auto}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.figs figure{margin:0;flex:1 1 300px;max-width:520px}
+table.confusion td.cmc{text-align:center;min-width:64px;font-variant-numeric:tabular-nums}
 .cms{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
 .cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}
@@ -151,6 +154,24 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequenc
                    + "".join(f"<td>{escape(x) if text else x}</td>" for x in r) + "</tr>"
                    for r, c in zip(rows, classes or [""] * len(rows), strict=True))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def confusion_table(counts: Any, class_names: Sequence[str]) -> str:
+    """A confusion matrix as an HTML table (rows = true class): each cell its count and row fraction (the recall
+    of its row on the diagonal), shaded by that fraction. Drawn as HTML, not a figure: exact, searchable, and one
+    table per operating point costs nothing to render."""
+    cm = np.asarray(counts, dtype=np.int64)
+    rows = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    head = "<th>true \\ predicted</th>" + "".join(f"<th>{escape(c)}</th>" for c in class_names)
+    body = ""
+    for i, c in enumerate(class_names):
+        cells = "".join(
+            f'<td class="cmc" style="background:rgba(31,119,180,{0.08 + 0.8 * frac[i, j]:.2f});'
+            f'color:{"#fff" if frac[i, j] > 0.55 else "#1f2d3d"}">{cm[i, j]}<br><small>{frac[i, j]:.0%}</small></td>'
+            for j in range(len(class_names)))
+        body += f"<tr><th>{escape(c)}</th>{cells}</tr>"
+    return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def ci_cell(d: Any) -> str:

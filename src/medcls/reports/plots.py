@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean
 from ..metrics.classification import TASKS
+from ..metrics.headline import headline_subset
 from .kit import fmt, fmt_percent, fmt_threshold
 
 _DPI = 120
@@ -184,6 +185,16 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
             xs.append(float(row.get("epoch", i)))
             ys.append(float(v))
     return xs, ys
+
+
+# the validation metrics of the history figure (rates only: counts such as val_tp would flatten the axis)
+HISTORY_RATES = headline_subset("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1",
+                                "kappa", "macro_f1")
+
+
+def history_rates(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``val_<rate>`` keys of :data:`HISTORY_RATES` that ``rows`` (history.csv records) hold numbers for."""
+    return [f"val_{k}" for k in HISTORY_RATES if any(isinstance(r.get(f"val_{k}"), float) for r in rows)]
 
 
 def plot_history(path: str | Path, history_rows: Sequence[Mapping[str, Any]], *,
