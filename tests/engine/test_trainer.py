@@ -15,6 +15,7 @@ from medcls import load_run, train
 from medcls.artefact import ModelSpec
 from medcls.config import build_config
 from medcls.data.sources import load_data
+from medcls.defaults import resolve_auto
 from medcls.engine.checkpoint import load_checkpoint
 from medcls.engine.losses import FocalLoss
 from medcls.engine.trainer import Trainer
@@ -157,8 +158,8 @@ def _trainer(make_cfg, data, run_dir, *, n: int = 32, norm: bool = False, freeze
     raw = make_cfg(run_dir, train={**FIXED, **train})
     raw["model"] = {"stem": "default", "freeze_backbone": freeze_backbone}
     raw["transforms"] = {"strength": 0}
-    cfg = build_config(raw)
     data = replace(data, train=data.train.subset(range(n)))
+    cfg = resolve_auto(build_config(raw), data)[0]  # as medcls.train does: the Trainer takes resolved values
     torch.manual_seed(cfg.seed)  # the same initial weights for every trainer of a test
     model = Classifier(TinyNet(norm), mean=(0.5,), std=(0.25,))
     pre = Preprocess(ModelSpec.for_config(cfg, data.spec).preprocess)

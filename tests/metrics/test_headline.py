@@ -11,10 +11,10 @@ def _views() -> dict[str, tuple[str, ...]]:
     from medcls.evaluation import evaluator, subgroups
     from medcls.experiments.cv import SHOWN
     from medcls.metrics import bootstrap
-    from medcls.reports import evaluation, model_card
+    from medcls.reports import model_card, plots
 
     views = {"summary": HEADLINE_SUMMARY, "brief": HEADLINE_BRIEF, "evaluator": evaluator.HEADLINE,
-             "model card": model_card.HEADLINE, "history figure": evaluation.RATES, "cv": SHOWN}
+             "model card": model_card.HEADLINE, "history figure": plots.HISTORY_RATES, "cv": SHOWN}
     views.update({f"bootstrap {t}": bootstrap.HEADLINE_BY_TASK[t] for t in HEADLINE_BY_TASK})
     views.update({f"subgroups {t}": m for t, m in subgroups.METRICS.items()})
     return views
