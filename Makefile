@@ -50,9 +50,11 @@ demo: install data
 	@[ -e data/pneumoniamnist.npz ] || exit 2   # the data step said where to put it
 	$(BIN)/medcls train --config configs/pneumoniamnist.yaml
 
-# MEDCLS_REQUIRE_ALL: a missing extra fails the run instead of skipping its tests.
+# MEDCLS_REQUIRE_ALL: a missing extra fails the run instead of skipping its tests. One pytest-xdist worker per
+# core, whole modules per worker (their module-scoped trained fixtures are built once); `pytest -q tests/x.py`
+# alone runs in one process.
 test: install-all data browser-deps
-	MEDCLS_REQUIRE_ALL=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	MEDCLS_REQUIRE_ALL=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: install-all
 	$(BIN)/ruff check src tests benchmarks

@@ -99,7 +99,7 @@ def test_auc(run: Run, bundle: Path, threads: int) -> dict[str, Any]:
     from medcls.inference.ort import ort_logits, ort_session
     from medcls.metrics import compute_metrics
 
-    spec = run.spec
+    spec = run.dataset
     table = load_data(run.config.data).test
     pre = run.preprocess
     x = torch.stack([pre(table.load(i)) for i in range(len(table))]).numpy()

@@ -71,7 +71,7 @@ def median_seconds(session, x: np.ndarray, warmup: int, iters: int) -> float:
 def measure(bundle: Path, run: Run, pool: np.ndarray, test: tuple[np.ndarray, np.ndarray],
             args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Per ONNX variant: file size, median latency at batch 1 and ``args.batch``, test AUC."""
-    spec, out = run.spec, {}
+    spec, out = run.dataset, {}
     for name, fname in VARIANTS:
         sess = ort_session(bundle / fname, threads=args.threads)
         b1 = median_seconds(sess, pool[:1], args.warmup, args.iters)

@@ -83,7 +83,7 @@ def test_chest_xray_recipe(tmp_path, pneumonia_arrays):
     assert run.config.train.backbone_lr_scale == 0.1 and run.config.transforms.preset == "xray"
     with open(run.path / "history.csv") as f:
         assert [r["head_only"] for r in csv.DictReader(f)] == ["True", "False"]  # both stages ran
-    assert run.spec.class_names == ("NORMAL", "PNEUMONIA") and run.spec.extra["layout"] == "splits"
+    assert run.dataset.class_names == ("NORMAL", "PNEUMONIA") and run.dataset.extra["layout"] == "splits"
     assert metrics["n"] == 16 and 0 <= metrics["auc"] <= 1
 
 
@@ -92,7 +92,7 @@ def test_btxrd_recipe(tmp_path, pneumonia_arrays):
     run, metrics = _recipe("btxrd", tmp_path, f"btxrd:{xlsx.parent}", "train.head_only_epochs=1",
                            "data.min_val_size=4")
     assert run.config.data.options == {"split": "center"} and run.config.model.fusion == "none"
-    assert run.spec.class_names == ("normal", "benign", "malignant")
+    assert run.dataset.class_names == ("normal", "benign", "malignant")
     assert metrics["n"] == sum(1 for i in range(60) if i % 4 == 3)  # centres 2 + 3 only
     columns = metrics["subgroups"]["columns"]
     assert set(columns) == {"center", "gender", "site", "view", "age"}
@@ -107,5 +107,5 @@ def test_pcam_recipe(tmp_path):
                            "data.min_val_size=4")
     assert run.config.transforms.preset == "histology"
     assert run.preprocess_cfg.stain == "macenko" and len(run.preprocess_cfg.stain_params["stain_matrix"]) == 3
-    assert run.preprocess_cfg.size == 32 and run.spec.class_names == ("normal", "tumor")
+    assert run.preprocess_cfg.size == 32 and run.dataset.class_names == ("normal", "tumor")
     assert metrics["n"] == 16 and metrics["tta"]["views"] == "histology"

@@ -62,7 +62,7 @@ def calibrate_run(run: Run, checkpoint: str = "best", *, data=None, device: torc
     model, meta = run.build_model(checkpoint, device=str(device or "cpu"))
     if val_logits is None:
         val_logits = split_logits(run, model, data.val, device or torch.device("cpu"), where="val split")
-    spec = run.spec
+    spec = run.dataset
     post = fit_postprocess(spec.task, val_logits, np.asarray(data.val.labels), positive_index=spec.positive_index,
                            operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
                            target_specificity=ev.target_specificity, calibrate=ev.calibrate,

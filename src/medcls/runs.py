@@ -119,7 +119,8 @@ class Run:
         return self.artefact.spec
 
     @property
-    def spec(self) -> DatasetSpec:
+    def dataset(self) -> DatasetSpec:
+        """What the model predicts: task, class names, positive class (the model spec's dataset)."""
         return self.artefact.spec.dataset
 
     @property

@@ -104,11 +104,11 @@ def test_gradcam_leaves_a_fused_model_in_eval_mode(joint):
     run = load_run(result.runs["gated"])
     model, _ = run.build_model()
     pred = Predictor(run.model_spec, run.postprocess("best"), model=model, inputs=run.inputs)
-    extras, _ = pred.encode_inputs(1, [{"view": "frontal", "age": 40}])
+    side_inputs, _ = pred.encode_inputs(1, [{"view": "frontal", "age": 40}])
     x = pred.preprocess(np.asarray(Image.open(manifest.parent / "images" / "test_0000.png"))).unsqueeze(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(2):
-        compute_cam(model, x, extras={k: torch.as_tensor(v) for k, v in extras.items()})
+        compute_cam(model, x, side_inputs={k: torch.as_tensor(v) for k, v in side_inputs.items()})
         assert not any(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -69,12 +69,20 @@ def test_output_is_the_weighted_mean_of_calibrated_member_probabilities(ensemble
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_exported_as_one_onnx_and_int8_predicted_and_explained(ensemble_dir, tmp_path, pneumonia_arrays):
+@pytest.fixture(scope="module")
+def ensemble_bundle(ensemble_dir, tmp_path_factory):
+    """The ensemble exported once (ONNX + static INT8 + OOD gate) by `medcls export`."""
+    out = tmp_path_factory.mktemp("ens-bundle") / "bundle"
+    assert main(["export", str(ensemble_dir), "-o", str(out), "--quantize", "int8", "--max-int8-auc-drop", "1"]) == 0
+    return out
+
+
+def test_exported_as_one_onnx_and_int8_predicted_and_explained(ensemble_dir, ensemble_bundle, tmp_path,
+                                                                pneumonia_arrays):
     from medcls.explain import explain_image
     from medcls.inference import Predictor
 
-    out = tmp_path / "bundle"
-    assert main(["export", str(ensemble_dir), "-o", str(out), "--quantize", "int8", "--max-int8-auc-drop", "1"]) == 0
+    out = ensemble_bundle
     info = json.loads((out / "bundle.json").read_text())
     assert info["checks"]["onnx_parity"]["max_abs_prob_diff"] < 1e-4
     assert "int8" in info["checks"] and (out / "model.int8.onnx").is_file()
@@ -94,18 +102,16 @@ def test_exported_as_one_onnx_and_int8_predicted_and_explained(ensemble_dir, tmp
     assert cam.shape == (28, 28) and cam.max() > cam.min()
 
 
-def test_served_like_a_single_model(ensemble_dir, tmp_path, pneumonia_arrays):
+def test_served_like_a_single_model(ensemble_bundle, pneumonia_arrays):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from medcls.export import export_bundle
     from medcls.inference import Predictor
     from medcls.serve import ServeSettings, create_app
 
     from ..serve.test_app import png_bytes
 
-    out = tmp_path / "bundle"
-    export_bundle(ensemble_dir, out)
+    out = ensemble_bundle
     app = create_app(ServeSettings(bundle=str(out), max_wait_ms=1), Predictor.load(out, backend="onnx"))
     with TestClient(app) as c:
         assert c.get("/v1/model").json()["architecture"] == "ensemble(resnet18+resnet10t)"
@@ -119,20 +125,22 @@ def test_served_like_a_single_model(ensemble_dir, tmp_path, pneumonia_arrays):
         assert "members" in r.headers["x-layer"]  # one layer per member
 
 
-def test_members_that_differ_get_one_line_naming_what(members, tmp_path, make_cfg, capsys):
-    from medcls import train
+def _edited(run, dest, edit):
+    """A copy of ``run`` whose model.json ``edit`` changed."""
+    out = shutil.copytree(run.path, dest)
+    spec = json.loads((out / "model.json").read_text())
+    edit(spec)
+    (out / "model.json").write_text(json.dumps(spec))
+    return out
 
-    odd = shutil.copytree(members[1].path, tmp_path / "odd")
-    spec = json.loads((odd / "model.json").read_text())
-    spec["dataset"]["class_names"] = ["healthy", "sick"]
-    (odd / "model.json").write_text(json.dumps(spec))
+
+def test_members_that_differ_get_one_line_naming_what(members, tmp_path, capsys):
+    odd = _edited(members[1], tmp_path / "odd", lambda s: s["dataset"].update(class_names=["healthy", "sick"]))
     assert main(["ensemble", str(members[0].path), str(odd), "-o", str(tmp_path / "e1")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "differ in classes" in err and "'normal'" in err
-    cfg = make_cfg(tmp_path, name="big", train={"epochs": 1}, eval={"n_bootstrap": 0})
-    cfg["transforms"] = {"image_size": 32}
-    big = train(cfg, run_dir=tmp_path / "big")
-    assert main(["ensemble", str(members[0].path), str(big.path), "-o", str(tmp_path / "e2")]) == 2
+    big = _edited(members[1], tmp_path / "big", lambda s: s["preprocess"].update(size=32))
+    assert main(["ensemble", str(members[0].path), str(big), "-o", str(tmp_path / "e2")]) == 2
     err = capsys.readouterr().err.strip()
     assert "differ in preprocessing (size)" in err and "28" in err and "32" in err
     for argv, needle in ((["ensemble", str(members[0].path), "-o", str(tmp_path / "e3")], "at least 2 runs"),

@@ -175,7 +175,7 @@ def test_confusion_matrices_come_from_the_arrays_passed(evaluated, tmp_path):
 
     run, metrics, src = evaluated
     df = pd.read_csv(src / "predictions.csv")
-    names = list(run.spec.class_names)
+    names = list(run.dataset.class_names)
     labels, probs = df["label"].map(names.index).to_numpy(), df[[f"prob_{c}" for c in names]].to_numpy()
     ops = {k: v for k, v in metrics["operating_points"].items() if isinstance(v, dict) and "threshold" in v}
     out = tmp_path / "eval"
@@ -184,7 +184,7 @@ def test_confusion_matrices_come_from_the_arrays_passed(evaluated, tmp_path):
     confusion = html[html.index('id="confusion"'):html.index('id="calibration"')]
     assert confusion.count('<table class="confusion">') == len(ops)
     assert all(f"{name} (threshold {fmt_threshold(op['threshold'])})" in confusion for name, op in ops.items())
-    pos = run.spec.positive_index
+    pos = run.dataset.positive_index
     for name, op in ops.items():  # each table holds the counts at its threshold, row by row (true class)
         pred = np.where(probs[:, pos] >= op["threshold"], pos, 1 - pos)
         block = confusion[confusion.index(f"{name} (threshold"):]

@@ -116,7 +116,7 @@ def ensemble(
                                                                      "val auc": f"{m['val_auc']:.4f}"}
             for i, m in enumerate(result.members)}
     rows["ensemble"] = {"val auc": f"{result.val['auc']:.4f}"}
-    print_table(f"ensemble of {len(result.members)} · {result.run.spec.name}", rows, first="model")
+    print_table(f"ensemble of {len(result.members)} · {result.run.dataset.name}", rows, first="model")
     if result.test is not None:
         print_table(f"ensemble · test (n={result.test['n']})", evaluation_rows(result.test, "test"))
     typer.echo(f"ensemble written to {result.run.path}")

@@ -38,7 +38,7 @@ def train(
     if evaluate:
         m = json.loads((run.path / f"eval-{run.config.eval.split}" / "metrics.json").read_text())
         rows[f"{run.config.eval.split} (95% CI)"] = with_ci(m, HEADLINE_BRIEF)
-    print_table(f"{run.spec.name} · {run.config.model.name}", rows)
+    print_table(f"{run.dataset.name} · {run.config.model.name}", rows)
     typer.echo(f"run written to {run.path}")
 
 

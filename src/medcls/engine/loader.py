@@ -22,7 +22,7 @@ SAMPLERS = ("random", "balanced")
 
 
 class Batches:
-    """Iterates (x, y, idx) batches over a table (``extras_for(idx)``: the batch's metadata/text inputs).
+    """Iterates (x, y, idx) batches over a table (``side_inputs_for(idx)``: the batch's metadata/text inputs).
 
     ``x`` is float32 in [0, 1] with the model's channels, on ``device``: what moves from the host is the
     stored form (uint8 at model size, see :meth:`Preprocess.stored`), finished on the device. Stored images
@@ -35,8 +35,9 @@ class Batches:
                  cache_dir: str | None = None, device: torch.device | str = "cpu") -> None:
         self.table, self.preprocess = table, preprocess
         self.labels = torch.as_tensor(table.labels)
-        # extra model inputs (metadata, text) of every row, from a medcls.multimodal.InputEncoder
-        self.extras: dict[str, torch.Tensor] | None = inputs.encode_table(table, where) if inputs is not None else None
+        # side inputs (metadata, text) of the model (metadata, text) of every row, from a medcls.multimodal.InputEncoder
+        self.side_inputs: dict[str, torch.Tensor] | None = (inputs.encode_table(table, where) if inputs is not None
+                                                             else None)
         self.batch_size = batch_size
         self.num_workers = resolve_workers(num_workers, table)
         self.device = torch.device(device)
@@ -47,12 +48,12 @@ class Batches:
     def __len__(self) -> int:
         return len(self.table)
 
-    def extras_for(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def side_inputs_for(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """The extra inputs of rows ``idx`` (a batch's indices) on ``device``; ``{}`` for image-only data."""
-        if self.extras is None:
+        if self.side_inputs is None:
             return {}
         idx = torch.as_tensor(idx)
-        return {k: v[idx].to(device, non_blocking=True) for k, v in self.extras.items()}
+        return {k: v[idx].to(device, non_blocking=True) for k, v in self.side_inputs.items()}
 
     def iterate(self, order: np.ndarray | None = None, *, drop_last: bool = False) -> Iterator[tuple]:
         """Yield batches following ``order`` (default: 0..N-1)."""

@@ -32,13 +32,13 @@ def predict_logits(model: torch.nn.Module, batches: Batches, device: torch.devic
     out_idx, out = [], []
     for x, _, idx in batches.iterate(order):
         x = x.to(device, non_blocking=True)
-        extras = batches.extras_for(idx, device)  # metadata/text of fused models; {} for image-only
+        side_inputs = batches.side_inputs_for(idx, device)  # metadata/text of fused models; {} for image-only
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if views:
-            out.append(torch.stack([model(v(x), **extras).float() for v in views]).mean(0).cpu())
+            out.append(torch.stack([model(v(x), **side_inputs).float() for v in views]).mean(0).cpu())
         else:
-            out.append(model(x, **extras).float().cpu())
+            out.append(model(x, **side_inputs).float().cpu())
         out_idx.append(torch.as_tensor(idx))
     k = out[0].shape[1] if out else 0
     logits = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)

@@ -233,7 +233,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batches = Waited(self.train_batches.iterate(order))
         for i, (x, y, idx) in enumerate(batches):
-            extras = self.train_batches.extras_for(idx, self.device)
+            side_inputs = self.train_batches.side_inputs_for(idx, self.device)
             x = self.augment(x.to(self.device, non_blocking=True), g)
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -246,7 +246,7 @@ class Trainer:
             amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
             with sync:
                 with amp:
-                    logits = self.ddp_model(x, **extras)
+                    logits = self.ddp_model(x, **side_inputs)
                 loss = mixed.loss(self.criterion, logits.float())
                 scaled = loss / t.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()

@@ -19,7 +19,7 @@ def _predictions(run: Run, split: str) -> EvalResult:
     path = run.path / f"eval-{split}" / "predictions.csv"
     if not path.is_file():
         return evaluate_run(run, split)
-    spec = run.spec
+    spec = run.dataset
     return read_predictions(path, class_names=spec.class_names, task=spec.task, positive_index=spec.positive_index,
                             threshold=run.config.eval.threshold)
 
@@ -29,10 +29,10 @@ def compare_runs(run_a: Run | str | Path, run_b: Run | str | Path, split: str = 
     """Difference B − A of the headline metrics on ``split`` with a paired bootstrap (and DeLong for AUC)."""
     a = run_a if isinstance(run_a, Run) else load_run(run_a)
     b = run_b if isinstance(run_b, Run) else load_run(run_b)
-    if a.spec.class_names != b.spec.class_names or a.spec.task != b.spec.task:
-        raise DataError(f"runs predict different things: {a.spec.task} {list(a.spec.class_names)} vs "
-                        f"{b.spec.task} {list(b.spec.class_names)}")
-    if a.spec.task == "multilabel":
+    if a.dataset.class_names != b.dataset.class_names or a.dataset.task != b.dataset.task:
+        raise DataError(f"runs predict different things: {a.dataset.task} {list(a.dataset.class_names)} vs "
+                        f"{b.dataset.task} {list(b.dataset.class_names)}")
+    if a.dataset.task == "multilabel":
         raise DataError("compare supports binary and multiclass runs")
     pa, pb = _predictions(a, split), _predictions(b, split)
     shared = set(pa.ids) & set(pb.ids)
@@ -42,13 +42,14 @@ def compare_runs(run_a: Run | str | Path, run_b: Run | str | Path, split: str = 
     pb = pb.align(pa.ids)
     if not np.array_equal(pa.labels, pb.labels):
         raise DataError("the runs disagree on the labels of the same case ids")
-    names = list(a.spec.class_names)
+    names = list(a.dataset.class_names)
     y, probs_a, probs_b = pa.labels, pa.probs, pb.probs
-    pos = a.spec.positive_index
-    metrics = ("auc", "accuracy", "sensitivity", "specificity") if a.spec.task == "binary" else ("auc", "accuracy", "balanced_accuracy")
-    out = paired_bootstrap_diff(y, probs_a, probs_b, task=a.spec.task, class_names=names, positive_index=pos,
+    pos = a.dataset.positive_index
+    metrics = (("auc", "accuracy", "sensitivity", "specificity") if a.dataset.task == "binary"
+               else ("auc", "accuracy", "balanced_accuracy"))
+    out = paired_bootstrap_diff(y, probs_a, probs_b, task=a.dataset.task, class_names=names, positive_index=pos,
                                 threshold=a.config.eval.threshold, n_resamples=n_resamples, seed=seed, metrics=metrics)
-    if a.spec.task == "binary":
+    if a.dataset.task == "binary":
         out["delong_auc"] = delong_test(y == pos, probs_a[:, pos], probs_b[:, pos])
     out.update({"run_a": str(a.path), "run_b": str(b.path), "split": split, "n": len(y)})
     return out

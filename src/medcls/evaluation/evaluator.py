@@ -56,7 +56,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: metrics[k] for k in HEADLINE if isinstance(metrics.get(k), int | float)}
 
 
-def _multilabel_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: dict[str, Any],
+def _multilabel_details(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: dict[str, Any],
                        names: list[str], split: str, n_bootstrap: int, seed: int) -> list[str]:
     """Per-label DeLong AUC CIs, skipped labels, per-label operating points and the decision in use; notes."""
     skipped: dict[str, str] = {}
@@ -99,7 +99,7 @@ def _scores(task: str, labels: np.ndarray, probs: np.ndarray, names: list[str], 
     return m
 
 
-def _binary_extras(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: Postprocess, pos: int,
+def _binary_details(metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray, post: Postprocess, pos: int,
                    n_bootstrap: int, seed: int) -> None:
     y = labels == pos
     if y.any() and (~y).any():
@@ -162,15 +162,15 @@ def _record_summary(run: Run, split: str, metrics: dict[str, Any], checkpoint: s
     atomic_write_json(summary_path, summary)
 
 
-def _extras(run: Run, result: EvalResult, post: Postprocess, split: str) -> list[str]:
+def _task_details(run: Run, result: EvalResult, post: Postprocess, split: str) -> list[str]:
     """Task-specific metrics (per-label CIs and decisions, operating points, decision curve) and subgroups."""
     ev, seed, metrics = run.config.eval, run.config.seed, result.metrics
     labels, probs, names, pos = result.labels, result.probs, list(result.class_names), result.positive_index
     notes: list[str] = []
     if result.task == "multilabel":
-        notes = _multilabel_extras(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, seed)
+        notes = _multilabel_details(metrics, labels, probs, post.to_dict(), names, split, ev.n_bootstrap, seed)
     elif result.task == "binary":
-        _binary_extras(metrics, labels, probs, post, pos, ev.n_bootstrap, seed)
+        _binary_details(metrics, labels, probs, post, pos, ev.n_bootstrap, seed)
     if ev.subgroups:
         from .subgroups import subgroup_analysis
 
@@ -185,7 +185,7 @@ def evaluate_split(run: Run, split: str = "test", *, checkpoint: str = "best", d
     """Metrics of ``checkpoint`` on ``split`` with the calibration stored for that checkpoint; writes nothing
     (a checkpoint never calibrated is calibrated first, which stores its post-processing)."""
     device = device or torch.device("cpu")
-    cfg, spec, ev = run.config, run.spec, run.config.eval
+    cfg, spec, ev = run.config, run.dataset, run.config.eval
     data = data or load_data(cfg.data)
     table = data.split(split)
     names, task, pos = list(spec.class_names), spec.task, spec.positive_index
@@ -197,7 +197,7 @@ def evaluate_split(run: Run, split: str = "test", *, checkpoint: str = "best", d
                **_scores(task, labels, probs, names, pos, ev, cfg.seed)}
     result = EvalResult(metrics, list(table.ids), labels, probs, tuple(names), task, pos, ev.threshold,
                         post.thresholds if task == "multilabel" else post.threshold, logits, meta=table.meta)
-    eval_notes = _extras(run, result, post, split)
+    eval_notes = _task_details(run, result, post, split)
     if ev.tta:
         tta_probs = post.probabilities(split_logits(run, model, table, device, tta=True, where=f"{split} split"), task)
         tta = _scores(task, labels, tta_probs, names, pos, ev, cfg.seed)

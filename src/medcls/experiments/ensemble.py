@@ -84,7 +84,7 @@ def check_members(runs: Sequence[Run]) -> None:
         raise ConfigError(f"run {twice} is listed twice; an ensemble's members are different runs")
     first = runs[0]
     for r in runs[1:]:
-        a, b = first.spec, r.spec
+        a, b = first.dataset, r.dataset
         for what, x, y in (("task", a.task, b.task), ("classes", list(a.class_names), list(b.class_names)),
                            ("positive class", _positive(a), _positive(b))):
             if x != y:
@@ -163,7 +163,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     check_new_output(out, "runs", empty_dir_ok=True)
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     check_members(runs)
-    dev, task = resolve_device(device), runs[0].spec.task
+    dev, task = resolve_device(device), runs[0].dataset.task
     data = load_data(runs[0].config.data)
     labels = np.asarray(data.val.labels)
     models = [r.build_model("best", device=str(dev))[0] for r in runs]
@@ -176,7 +176,7 @@ def build_ensemble(runs: Sequence[Run | str | Path], out: str | Path, *, weights
     with torch.no_grad():  # the ensemble's val logits from its members': calibrated without another pass over val
         val_logits = model.combine([torch.from_numpy(z) for z in logits]).numpy()
     spec = _spec(runs, temps, [float(x) for x in w], weights)
-    s = runs[0].spec
+    s = runs[0].dataset
     auc = partial(task_auc, task, labels, class_names=s.class_names, positive_index=s.positive_index)
     members = [{"run": str(r.path.resolve()), "architecture": r.model_spec.architecture, "seed": r.config.seed,
                 "temperature": t, "weight": float(wi), "val_auc": auc(p)}

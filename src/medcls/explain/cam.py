@@ -85,21 +85,21 @@ def resolve_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.
     return modules[name], name, _vit_reshape(net) if vit else None
 
 
-def image_branch(model: nn.Module, extras: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """A fused (image + metadata/text) model as an image-only one with the extras fixed; others unchanged."""
-    from ..multimodal import FixedExtras, is_fused
+def image_branch(model: nn.Module, side_inputs: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A fused (image + metadata/text) model as an image-only one with the side_inputs fixed; others unchanged."""
+    from ..multimodal import FixedSideInputs, is_fused
 
     if not is_fused(model):
         return model
-    if extras is None:
-        raise ConfigError("Grad-CAM of a fused model needs one row of its metadata/text inputs (extras)")
-    return FixedExtras(model, {k: torch.as_tensor(v)[:1] for k, v in extras.items()})
+    if side_inputs is None:
+        raise ConfigError("Grad-CAM of a fused model needs one row of its metadata/text inputs (side_inputs)")
+    return FixedSideInputs(model, {k: torch.as_tensor(v)[:1] for k, v in side_inputs.items()})
 
 
-def map_sizes(model: nn.Module, x: torch.Tensor, extras: dict[str, torch.Tensor] | None = None
+def map_sizes(model: nn.Module, x: torch.Tensor, side_inputs: dict[str, torch.Tensor] | None = None
               ) -> dict[str, tuple[int, int] | None]:
     """Spatial size of every named module's output for ``x`` (None for non-map outputs), in forward order."""
-    model = image_branch(model, extras)
+    model = image_branch(model, side_inputs)
     seen: dict[str, tuple[int, int] | None] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: seen.__setitem__(
         n, tuple(o.shape[2:]) if isinstance(o, torch.Tensor) and o.ndim == 4 else None))
@@ -116,12 +116,12 @@ def map_sizes(model: nn.Module, x: torch.Tensor, extras: dict[str, torch.Tensor]
 
 
 def choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
-                 extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
+                 side_inputs: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
     """:func:`_choose_layer`; for an ensemble, one layer per member (``members.<i>.<layer>``, comma-separated)
     and the coarsest of their grids: its CAM is the mean of the members' normalised maps."""
     members = ensemble_members(model)
     if members is None:
-        return _choose_layer(model, x, layer, extras)
+        return _choose_layer(model, x, layer, side_inputs)
     chosen = [_choose_layer(m, x, n) for m, n in zip(members, _member_layers(members, layer), strict=True)]
     grids = [hw for _, hw in chosen if hw is not None]
     return (",".join(f"members.{i}.{n}" for i, (n, _) in enumerate(chosen)),
@@ -152,17 +152,17 @@ def _member_layers(members: nn.ModuleList, layer: str | None) -> list[str | None
 
 
 def _choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
-                  extras: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
+                  side_inputs: dict[str, torch.Tensor] | None = None) -> tuple[str, tuple[int, int] | None]:
     """The layer :func:`compute_cam` uses for ``x`` and its map's grid: ``layer`` when given; else the family's
     usual layer when its map is at least ``MIN_MAP`` x ``MIN_MAP`` at this input size, otherwise the deepest
     module whose map is (ResNet-18 on 28 px: ``net.layer2``, 7x7, instead of ``net.layer4``'s 2x2, the same
     corner on every image). A map coarser than that is warned about."""
-    _, name, reshape = resolve_target_layer(image_branch(model, extras), layer)
+    _, name, reshape = resolve_target_layer(image_branch(model, side_inputs), layer)
     if reshape is not None:  # a ViT block: its token grid
         grid = getattr(getattr(getattr(model, "net", model), "patch_embed", None), "grid_size", None)
         hw, sizes = ((int(grid[0]), int(grid[1])) if grid is not None else None), {}
     else:
-        sizes = map_sizes(model, x, extras)
+        sizes = map_sizes(model, x, side_inputs)
         hw = sizes.get(name)
     if layer is None and hw is not None and min(hw) < MIN_MAP:
         fine = [n for n, s in sizes.items() if s is not None and min(s) >= MIN_MAP]
@@ -177,17 +177,17 @@ def _choose_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
 
 
 def pick_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None,
-               extras: dict[str, torch.Tensor] | None = None) -> str:
+               side_inputs: dict[str, torch.Tensor] | None = None) -> str:
     """The name of :func:`choose_layer`'s layer."""
-    return choose_layer(model, x, layer, extras)[0]
+    return choose_layer(model, x, layer, side_inputs)[0]
 
 
 def compute_cam(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", target_class: int | None = None,
-                layer: str | None = None, extras: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                layer: str | None = None, side_inputs: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """CAMs (B, H, W) in [0, 1] for ``x`` (B, C, H, W) in [0, 1]; ``target_class`` None = the argmax; layer as
     :func:`pick_layer`. Runs in eval mode; the mode, ``.grad`` and ``requires_grad`` are left as they were.
-    Fused models: ``extras`` (one row of metadata/text inputs) are held fixed, the CAM is on the image branch."""
-    model = image_branch(model, extras)
+    Fused models: ``side_inputs`` (one row of metadata/text inputs) are held fixed, the CAM is on the image branch."""
+    model = image_branch(model, side_inputs)
     cls = check_method(method)
     if x.ndim != 4:
         raise ConfigError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")

@@ -19,7 +19,7 @@ from .figures import heatmap_rgba, image_rgb, overlay, png_bytes, save_explanati
 
 
 def _class_index(run: Run, target: int | str | None) -> int | None:
-    names = list(run.spec.class_names)
+    names = list(run.dataset.class_names)
     if target is None or (isinstance(target, int) and 0 <= target < len(names)):
         return target
     if target in names:
@@ -44,19 +44,19 @@ def explain_image(run: Run, image: str | Path | np.ndarray, *, method: str = "gr
     is_file = isinstance(image, str | Path)
     arr = read_image(image, draft=preprocess.draft) if is_file else np.asarray(image)  # decoded as in training
     x = preprocess(arr).unsqueeze(0)
-    extras = None
+    side_inputs = None
     if run.inputs is not None:  # fused models: the metadata held fixed (None: the learned "missing" inputs)
         enc, _ = run.inputs.encode_requests(1, [metadata] if metadata else None, None)
-        extras = {k: torch.as_tensor(v) for k, v in enc.items()}
+        side_inputs = {k: torch.as_tensor(v) for k, v in enc.items()}
     elif metadata:
         raise DataError("this model uses the image only: it takes no metadata")
     with torch.no_grad():
-        p = post.probabilities(model(x, **(extras or {})).float().numpy(), run.spec.task)[0]
-    names = list(run.spec.class_names)
-    pred = int(p.argmax()) if run.spec.task == "multilabel" else names.index(post.decide(p, run.spec))
+        p = post.probabilities(model(x, **(side_inputs or {})).float().numpy(), run.dataset.task)[0]
+    names = list(run.dataset.class_names)
+    pred = int(p.argmax()) if run.dataset.task == "multilabel" else names.index(post.decide(p, run.dataset))
     target = pred if target is None else target
-    layer, grid = choose_layer(model, x, layer, extras)
-    cam = compute_cam(model, x, method=method, target_class=target, layer=layer, extras=extras)[0]
+    layer, grid = choose_layer(model, x, layer, side_inputs)
+    cam = compute_cam(model, x, method=method, target_class=target, layer=layer, side_inputs=side_inputs)[0]
     grid_text = f"{grid[0]}x{grid[1]} map" if grid else "map"
     title = (f"predicted {names[pred]} (p = {p[pred]:.3f}) · {method} for {names[target]} at {layer_label(layer)} "
              f"({grid_text})")
@@ -91,16 +91,16 @@ def explain_png(pred: Predictor, img: np.ndarray, method: str = "gradcam", metad
     it the learned "missing" embeddings stand in. Bad keys raise DataError.
     """
     check_method(method)
-    extras, _ = pred.encode_inputs(1, [metadata] if metadata else None)
+    side_inputs, _ = pred.encode_inputs(1, [metadata] if metadata else None)
     x = pred.preprocess(img).unsqueeze(0)
-    extras = {k: torch.as_tensor(v) for k, v in extras.items()} or None
-    p = pred.probabilities(x, extras)[0]
+    side_inputs = {k: torch.as_tensor(v) for k, v in side_inputs.items()} or None
+    p = pred.probabilities(x, side_inputs)[0]
     k = int(p.argmax())
     name, prob = str(pred.spec.class_names[k]), float(p[k])
     image01 = x[0].permute(1, 2, 0).numpy() if x.shape[1] == 3 else x[0, 0].numpy()
     if view == "image":
         return Explanation(png_bytes(image_rgb(image01)), name, prob)
-    layer, grid = choose_layer(pred.model, x, None, extras)
-    cam = compute_cam(pred.model, x, method=method, target_class=k, layer=layer, extras=extras)[0]
+    layer, grid = choose_layer(pred.model, x, None, side_inputs)
+    cam = compute_cam(pred.model, x, method=method, target_class=k, layer=layer, side_inputs=side_inputs)[0]
     picture = heatmap_rgba(cam) if view == "heatmap" else overlay(image01, cam)
     return Explanation(png_bytes(picture), name, prob, layer_label(layer), grid)

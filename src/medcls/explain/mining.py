@@ -52,7 +52,7 @@ def _evaluated(run: Run, split: str, checkpoint: str) -> EvalResult:
     path = run.path / f"eval-{split}" / "predictions.csv"
     if not path.is_file():
         return evaluate_run(run, split, checkpoint=checkpoint)
-    spec = run.spec
+    spec = run.dataset
     return read_predictions(path, class_names=spec.class_names, task=spec.task, positive_index=spec.positive_index)
 
 
@@ -80,7 +80,7 @@ class _Explainer:
         if not self.chosen:  # the input size is the same for every case
             self.layer, self.grid = choose_layer(self.model, x, self.layer, side)
             self.chosen = True
-        cam = compute_cam(self.model, x, method=self.method, target_class=target, layer=self.layer, extras=side)[0]
+        cam = compute_cam(self.model, x, method=self.method, target_class=target, layer=self.layer, side_inputs=side)[0]
         at = f" · {layer_label(self.layer)} ({self.grid[0]}x{self.grid[1]})" if self.grid else ""
         save_explanation(path, x[0].permute(1, 2, 0).numpy(), cam, title + at)
 
@@ -97,7 +97,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
     import pandas as pd
 
     check_method(method)
-    if run.spec.task == "multilabel":
+    if run.dataset.task == "multilabel":
         raise ConfigError("Grad-CAM error mining supports binary and multiclass runs, not multilabel")
     result = result if result is not None else _evaluated(run, split, checkpoint)
     threshold = _decision_threshold(run, checkpoint)

@@ -70,7 +70,7 @@ def _tensors(run: Run, table, n: int) -> tuple[torch.Tensor, np.ndarray]:
     return torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx]), idx
 
 
-def _extras(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
+def _side_inputs(run: Run, table, idx: np.ndarray) -> dict[str, torch.Tensor]:
     """The metadata/text inputs of rows ``idx`` of ``table`` for a fused run (``{}`` for image-only)."""
     if run.inputs is None:
         return {}
@@ -104,11 +104,11 @@ def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float,
     from ..inference.ort import OUTPUT, ort_outputs, ort_session
     from .onnx import export_onnx
 
-    pre, task = run.preprocess_cfg, run.spec.task
-    export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, extras=ex_val or None,
+    pre, task = run.preprocess_cfg, run.dataset.task
+    export_onnx(model, tmp / "model.onnx", in_chans=pre.in_chans, size=pre.size, side_inputs=ex_val or None,
                 features=gate is not None)
     outs = ort_outputs(ort_session(tmp / "model.onnx"), x_val.numpy(), [OUTPUT, *([FEATURES] if gate else [])],
-                       extras={k: v.numpy() for k, v in ex_val.items()})
+                       side_inputs={k: v.numpy() for k, v in ex_val.items()})
     p_onnx = probabilities(outs[0], task)
     diff = float(np.abs(p_onnx - p_torch).max())
     if diff > tol:
@@ -144,7 +144,7 @@ def _fit_ood(run: Run, model, data, tmp: Path) -> tuple[OodGate | None, dict[str
         return None, None
     f_train, y_train = _features(run, model, data.train)
     f_val, _ = _features(run, model, data.val)
-    gate, info = fit_gate(f_train, y_train, f_val, run.spec.task)
+    gate, info = fit_gate(f_train, y_train, f_val, run.dataset.task)
     gate.save(tmp / OOD_FILE)
     log.info("out-of-distribution gate: Mahalanobis distance of %d features, threshold %.3g accepts %.1f%% of val",
              info["features"], gate.threshold, 100 * info["val_accept"])
@@ -156,7 +156,7 @@ def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dic
     from ..inference.ort import ort_logits, ort_session
     from .quantize import quantize_static_int8
 
-    spec = run.spec
+    spec = run.dataset
     x_cal, _ = _tensors(run, data.train, n_calibration)
     quantize_static_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal.numpy())
     pre = run.preprocess
@@ -201,11 +201,11 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
     if not (onnx or torchscript):
         return checks
     x_val, idx_val = _tensors(run, data.val, n_parity)
-    ex_val = _extras(run, data.val, idx_val)
+    ex_val = _side_inputs(run, data.val, idx_val)
     with torch.no_grad():  # with a gate, one forward pass gives the logits and the features it scores
         logits, f_val = ((t.numpy() for t in logits_and_features(model, x_val)) if gate is not None
                          else (model(x_val, **ex_val).numpy(), None))
-    p_torch = probabilities(logits, run.spec.task)
+    p_torch = probabilities(logits, run.dataset.task)
     if onnx:
         checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol, gate, f_val)
     if quantize:

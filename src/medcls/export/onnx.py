@@ -15,10 +15,10 @@ log = logging.getLogger("medcls")
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, *, in_chans: int, size: int, opset: int = 18,
-                extras: dict[str, torch.Tensor] | None = None, features: bool = False) -> Path:
+                side_inputs: dict[str, torch.Tensor] | None = None, features: bool = False) -> Path:
     """Write ``model`` (eval mode, fp32) to ``path``: input ``image`` (N, C, S, S) in [0, 1] -> ``logits``.
 
-    Fused models take ``extras`` (example tensors of their named extra inputs: ``numeric``, ``categorical``,
+    Fused models take ``side_inputs`` (example tensors of their named side inputs: ``numeric``, ``categorical``,
     ``input_ids``, ``present`` ...), which become further named ONNX inputs with a dynamic batch axis.
     ``features``: a second output, the penultimate features the out-of-distribution gate scores.
     """
@@ -27,7 +27,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, in_chans: int, size
     path = Path(path)
     model = model.eval().float().to("cpu").to(memory_format=torch.contiguous_format)
     x = torch.rand(2, in_chans, size, size)
-    names = list(extras or {})
+    names = list(side_inputs or {})
     outputs = [OUTPUT, FEATURES] if features else [OUTPUT]
     if features:
         model = WithFeatures(model).eval()
@@ -36,7 +36,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, in_chans: int, size
         from ..multimodal import Positional
 
         model = Positional(model, names).eval()
-        args = (x, *(extras[k][:2].expand(2, *extras[k].shape[1:]).contiguous() for k in names))
+        args = (x, *(side_inputs[k][:2].expand(2, *side_inputs[k].shape[1:]).contiguous() for k in names))
     tmp = path.with_suffix(".onnx.tmp")
     try:
         with warnings.catch_warnings():

@@ -66,7 +66,7 @@ def _val_auc(run: Run, model: nn.Module, data, device: torch.device) -> tuple[fl
     from ..calibration import split_logits
 
     logits = split_logits(run, model, data.val, device, where="val split")
-    spec = run.spec
+    spec = run.dataset
     m = compute_metrics(spec.task, np.asarray(data.val.labels), Postprocess().probabilities(logits, spec.task),
                         class_names=list(spec.class_names), positive_index=spec.positive_index)
     return float(m["auc"]), logits
@@ -100,7 +100,7 @@ def _fine_tune(run: Run, model: nn.Module, data, epochs: int, lr_scale: float,
 def _refit(run: Run, logits: np.ndarray, data, ratio: float, checkpoint: str, epoch: Any) -> Postprocess:
     from ..artefact import fit_postprocess
 
-    ev, spec = run.config.eval, run.spec
+    ev, spec = run.config.eval, run.dataset
     post = fit_postprocess(spec.task, logits, np.asarray(data.val.labels), positive_index=spec.positive_index,
                            operating_point=ev.operating_point, target_sensitivity=ev.target_sensitivity,
                            target_specificity=ev.target_specificity, calibrate=ev.calibrate,

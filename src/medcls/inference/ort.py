@@ -21,20 +21,21 @@ def ort_session(path: str | Path, *, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(session, x: np.ndarray, batch_size: int = 64, extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Logits of ``x`` (and, for fused models, the named ``extras`` the graph declares) in batches."""
-    return ort_outputs(session, x, [OUTPUT], batch_size, extras)[0]
+def ort_logits(session, x: np.ndarray, batch_size: int = 64,
+               side_inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Logits of ``x`` (and, for fused models, the named ``side_inputs`` the graph declares) in batches."""
+    return ort_outputs(session, x, [OUTPUT], batch_size, side_inputs)[0]
 
 
 def ort_outputs(session, x: np.ndarray, outputs: list[str], batch_size: int = 64,
-                extras: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+                side_inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """The named ``outputs`` of ``x`` in batches (one array per output)."""
     wanted = {i.name for i in session.get_inputs()}
-    extras = {k: v for k, v in (extras or {}).items() if k in wanted}
+    side_inputs = {k: v for k, v in (side_inputs or {}).items() if k in wanted}
 
     def feed(i: int) -> dict[str, np.ndarray]:
         d = {INPUT: np.ascontiguousarray(x[i : i + batch_size], np.float32)}
-        d.update({k: np.ascontiguousarray(v[i : i + batch_size]) for k, v in extras.items()})
+        d.update({k: np.ascontiguousarray(v[i : i + batch_size]) for k, v in side_inputs.items()})
         return {k: v for k, v in d.items() if k in wanted}
 
     runs = [session.run(outputs, feed(i)) for i in range(0, len(x), batch_size)]

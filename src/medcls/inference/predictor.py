@@ -128,35 +128,36 @@ class Predictor:
         return self.inputs.encode_requests(n, metadata, text)
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
-        """Raw logits for a preprocessed batch (N, C, S, S) in [0, 1] (and, for fused models, its extras)."""
-        if self.inputs is not None and not extras:
-            extras, _ = self.encode_inputs(len(x))  # no metadata/text: the learned "missing" embeddings
-        extras = extras or {}
+    def logits(self, x: torch.Tensor, side_inputs: dict[str, Any] | None = None) -> np.ndarray:
+        """Raw logits for a preprocessed batch (N, C, S, S) in [0, 1] (and, for fused models, its side_inputs)."""
+        if self.inputs is not None and not side_inputs:
+            side_inputs, _ = self.encode_inputs(len(x))  # no metadata/text: the learned "missing" embeddings
+        side_inputs = side_inputs or {}
         if self.model is not None:
-            ex = {k: torch.as_tensor(v).to(self.device) for k, v in extras.items()}
+            ex = {k: torch.as_tensor(v).to(self.device) for k, v in side_inputs.items()}
             return self.model(x.to(self.device), **ex).float().cpu().numpy()
-        return ort_logits(self.session, x.numpy(), extras={k: np.asarray(v) for k, v in extras.items()})
+        return ort_logits(self.session, x.numpy(), side_inputs={k: np.asarray(v) for k, v in side_inputs.items()})
 
-    def probabilities(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> np.ndarray:
-        return self.postprocess.probabilities(self.logits(x, extras), self.spec.task)
+    def probabilities(self, x: torch.Tensor, side_inputs: dict[str, Any] | None = None) -> np.ndarray:
+        return self.postprocess.probabilities(self.logits(x, side_inputs), self.spec.task)
 
     @torch.no_grad()
-    def probabilities_and_ood(self, x: torch.Tensor, extras: dict[str, Any] | None = None
+    def probabilities_and_ood(self, x: torch.Tensor, side_inputs: dict[str, Any] | None = None
                               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and the out-of-distribution scores of a batch (None without a gate)."""
         if self.ood is None:
-            return self.probabilities(x, extras), None
+            return self.probabilities(x, side_inputs), None
         if self.model is not None:
             lg, f = (t.float().cpu().numpy() for t in logits_and_features(self.model, x.to(self.device)))
         else:
             lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
         return self.postprocess.probabilities(lg, self.spec.task), self.ood.score(f)
 
-    def scored(self, x: torch.Tensor, extras: dict[str, Any] | None = None) -> list[tuple[np.ndarray, float | None]]:
+    def scored(self, x: torch.Tensor,
+               side_inputs: dict[str, Any] | None = None) -> list[tuple[np.ndarray, float | None]]:
         """(probabilities, out-of-distribution score or None) per image of a batch: what :meth:`result`
         takes, for :meth:`predict` and the service's micro-batcher alike."""
-        p, s = self.probabilities_and_ood(x, extras)
+        p, s = self.probabilities_and_ood(x, side_inputs)
         return list(zip(p, s if s is not None else [None] * len(p), strict=True))
 
     def ood_result(self, score: float | None) -> OodResult:
@@ -240,5 +241,5 @@ class Predictor:
         if not good:
             return []
         rows = [i for i, *_ in good]
-        extras = {k: v[rows] for k, v in extras_all.items()}
-        return self.scored(torch.stack([x for _, _, x, _ in good]), extras)
+        side_inputs = {k: v[rows] for k, v in extras_all.items()}
+        return self.scored(torch.stack([x for _, _, x, _ in good]), side_inputs)

@@ -11,11 +11,22 @@ from typing import Any
 
 from torch import nn
 
-from .fusion import FUSIONS, FixedExtras, FusionClassifier, Positional
-from .inputs import EXTRA_NAMES, TEXT_DIR, InputEncoder, extras_to
+from .fusion import FUSIONS, FixedSideInputs, FusionClassifier, Positional
+from .inputs import SIDE_INPUT_NAMES, TEXT_DIR, InputEncoder, side_inputs_to
 
-__all__ = ["EXTRA_NAMES", "FUSIONS", "TEXT_DIR", "FixedExtras", "FusionClassifier", "InputEncoder", "Positional",
-           "build_fused", "extras_to", "fusion_options", "is_fused"]
+__all__ = [
+    "FUSIONS",
+    "SIDE_INPUT_NAMES",
+    "TEXT_DIR",
+    "FixedSideInputs",
+    "FusionClassifier",
+    "InputEncoder",
+    "Positional",
+    "build_fused",
+    "fusion_options",
+    "is_fused",
+    "side_inputs_to",
+]
 
 
 def is_fused(model: nn.Module) -> bool:

@@ -55,7 +55,8 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, drop: float = 0.1) -> nn.Sequenti
 
 
 class FusionClassifier(nn.Module):
-    """``forward(image, **extras) -> logits``; extras as :class:`~medcls.multimodal.inputs.InputEncoder` makes."""
+    """``forward(image, **side_inputs) -> logits``; side inputs (metadata, text) as
+    :class:`~medcls.multimodal.inputs.InputEncoder` makes them."""
 
     def __init__(self, image: Classifier | None, num_classes: int, *, fusion: str, dim: int = 64,
                  n_numeric: int = 0, cardinalities: list[int] | None = None, text_model: nn.Module | None = None,
@@ -189,32 +190,32 @@ class FusionClassifier(nn.Module):
         return out
 
 
-class FixedExtras(nn.Module):
+class FixedSideInputs(nn.Module):
     """The fused model seen as an image-only model (fixed metadata/text): Grad-CAM runs on the image branch.
 
     ``net`` is registered first so layer names read as for a plain Classifier (``net.layer4.1``).
     """
 
-    def __init__(self, model: FusionClassifier, extras: dict[str, torch.Tensor]) -> None:
+    def __init__(self, model: FusionClassifier, side_inputs: dict[str, torch.Tensor]) -> None:
         super().__init__()
         if model.image is None:
             raise ConfigError("a meta_only model has no image branch to explain")
         self.net = model.image.net
         self.fused = model
-        self.extras = extras
+        self.side_inputs = side_inputs
         self.training = model.training  # a new Module says "training"; callers save and restore this mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ex = {k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in self.extras.items()}
+        ex = {k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in self.side_inputs.items()}
         return self.fused(x, **ex)
 
 
 class Positional(nn.Module):
-    """``forward(image, *extras)`` in a fixed order: what ONNX export traces."""
+    """``forward(image, *side_inputs)`` in a fixed order: what ONNX export traces."""
 
     def __init__(self, model: FusionClassifier, names: list[str]) -> None:
         super().__init__()
         self.model, self.names = model, list(names)
 
-    def forward(self, image: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
-        return self.model(image, **dict(zip(self.names, extras, strict=True)))
+    def forward(self, image: torch.Tensor, *side_inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(image, **dict(zip(self.names, side_inputs, strict=True)))

@@ -25,7 +25,7 @@ from .tabular import TabularEncoder, check_columns
 
 log = logging.getLogger("medcls")
 
-EXTRA_NAMES = ("numeric", "numeric_missing", "categorical", "input_ids", "attention_mask", "present")
+SIDE_INPUT_NAMES = ("numeric", "numeric_missing", "categorical", "input_ids", "attention_mask", "present")
 TEXT_DIR = "text_encoder"
 
 
@@ -66,7 +66,7 @@ class InputEncoder:
     def to_dict(self) -> dict[str, Any]:
         return {"tabular": self.tabular.to_dict() if self.tabular else None, "text": self.text,
                 "text_encoder": self.text_encoder, "text_max_length": self.text_max_length,
-                "text_dir": TEXT_DIR if self.text else None, "extras": self.names}
+                "text_dir": TEXT_DIR if self.text else None, "side_inputs": self.names}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base_dir: str | Path) -> InputEncoder:
@@ -82,7 +82,7 @@ class InputEncoder:
     # ---------------------------------------------------------------- describing
     @property
     def names(self) -> list[str]:
-        """Names (and order) of the extra model inputs."""
+        """Names (and order) of the side inputs (metadata, text) of the model."""
         out = []
         if self.tabular and self.tabular.numeric:
             out += ["numeric", "numeric_missing"]
@@ -185,7 +185,7 @@ def _per_row(values, n: int, what: str) -> list:
     return values
 
 
-def extras_to(extras: dict[str, torch.Tensor], idx, device: torch.device) -> dict[str, torch.Tensor]:
-    """The rows ``idx`` of every extra input, on ``device``."""
+def side_inputs_to(side_inputs: dict[str, torch.Tensor], idx, device: torch.device) -> dict[str, torch.Tensor]:
+    """The rows ``idx`` of every side input, on ``device``."""
     idx = torch.as_tensor(idx)
-    return {k: v[idx].to(device, non_blocking=True) for k, v in extras.items()}
+    return {k: v[idx].to(device, non_blocking=True) for k, v in side_inputs.items()}

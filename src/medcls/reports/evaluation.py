@@ -40,15 +40,15 @@ def operating_points(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _data(run: Run) -> str:
     d = run.data_summary
-    names = list(run.spec.class_names)
+    names = list(run.dataset.class_names)
     splits = d.get("splits") or {}
     rows = [[escape(s), *(fmt(v.get("per_class", {}).get(c)) for c in names), fmt(v.get("n"))]
             for s, v in splits.items()]
     pre = run.preprocess_cfg.to_dict()
     out = (f'<p>Source <code>{escape(d.get("source", "?"))}</code> · dataset '
-           f'<b>{escape(run.spec.name)}</b> · task {escape(run.spec.task)}'
-           + (f" · positive class <b>{escape(names[run.spec.positive_index])}</b>"
-              if run.spec.task == "binary" and run.spec.positive_index is not None else "") + "</p>"
+           f'<b>{escape(run.dataset.name)}</b> · task {escape(run.dataset.task)}'
+           + (f" · positive class <b>{escape(names[run.dataset.positive_index])}</b>"
+              if run.dataset.task == "binary" and run.dataset.positive_index is not None else "") + "</p>"
            + table(["split", *names, "total"], rows)
            + "<p>Preprocessing: " + escape(", ".join(f"{k}={v}" for k, v in pre.items())) + "</p>")
     out += _leakage(run)
@@ -189,10 +189,10 @@ def _operating_points(run: Run, out_dir: Path, metrics: dict[str, Any]) -> str:
     notes = pp.get("notes") or []
     out = "".join(f'<div class="banner"><b>Note:</b> {escape(n)}</div>' for n in notes)
     ops = operating_points(metrics)
-    if run.spec.task == "multilabel":
+    if run.dataset.task == "multilabel":
         return out + _label_operating_points(run, metrics) + '<div class="figs">' + figure(out_dir / "roc.png", "ROC") \
             + figure(out_dir / "pr.png", "Precision-recall") + "</div>"
-    if run.spec.task != "binary":
+    if run.dataset.task != "binary":
         return out + "<p>Operating points apply to binary and multilabel tasks; this run is multiclass " \
             "(prediction = arg-max class).</p>" + '<div class="figs">' + figure(out_dir / "roc.png", "ROC") + \
             figure(out_dir / "pr.png", "Precision-recall") + "</div>"
@@ -314,7 +314,7 @@ def _binary_confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: An
     """Binary: the confusion matrix at each operating point (``{}`` without labels and probabilities)."""
     if labels is None or probs is None:
         return {}
-    pos = run.spec.positive_index if run.spec.positive_index is not None else 1
+    pos = run.dataset.positive_index if run.dataset.positive_index is not None else 1
     ops = {k: v["threshold"] for k, v in operating_points(metrics).items()}
     if not ops and "threshold" in metrics:
         ops = {"threshold": metrics["threshold"]}
@@ -324,8 +324,8 @@ def _binary_confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: An
 
 
 def _confusions(run: Run, metrics: dict[str, Any], labels: Any, probs: Any) -> str:
-    names = list(run.spec.class_names)
-    if run.spec.task == "binary":
+    names = list(run.dataset.class_names)
+    if run.dataset.task == "binary":
         mats = _binary_confusions(run, metrics, labels, probs)
         if not mats:
             return '<p class="muted">No predictions to build confusion matrices from.</p>'
@@ -378,7 +378,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
     out_dir = Path(out_dir)
     cfg_file = run.path / "config.yaml"
     cfg_text = cfg_file.read_text() if cfg_file.is_file() else "(config.yaml not found)"
-    title = f"{run.spec.name} · {run.model_spec.architecture} · {split}"
+    title = f"{run.dataset.name} · {run.model_spec.architecture} · {split}"
     with tempfile.TemporaryDirectory() as tmp:
         sections = [
             ("data", "Data", _data(run)),
@@ -386,7 +386,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
             ("training", "Training", _training(run, out_dir, metrics, Path(tmp))),
             ("metrics", "Metrics", _metrics(metrics, split)),
             ("operating-points", "Operating points", _operating_points(run, out_dir, metrics)),
-            ("confusion", "Per-label counts" if run.spec.task == "multilabel" else "Confusion matrices",
+            ("confusion", "Per-label counts" if run.dataset.task == "multilabel" else "Confusion matrices",
              _confusions(run, metrics, labels, probs)),
             ("calibration", "Calibration", _calibration(out_dir, metrics)),
             *([("subgroups", "Subgroups", _subgroups(metrics))] if metrics.get("subgroups") else []),
@@ -394,7 +394,7 @@ def write_report(run: Run, split: str, metrics: dict[str, Any], out_dir: str | P
         ]
     nav = "".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name, _ in sections)
     body = (f"<header><h1>{escape(title)}</h1><p class=\"sub\">Run <code>{escape(run.path.name)}</code> · "
-            f"{escape(run.spec.task)} · n = {fmt(metrics.get('n'))} · checkpoint {escape(metrics.get('checkpoint'))}"
+            f"{escape(run.dataset.task)} · n = {fmt(metrics.get('n'))} · checkpoint {escape(metrics.get('checkpoint'))}"
             f"</p><div class=\"banner notice\">{escape(NOT_CLINICAL)}</div><nav>{nav}</nav></header>"
             + "".join(section(name, html, sid=sid) for sid, name, html in sections)
             + footer(f" <b>{escape(NOT_CLINICAL)}</b>"))

@@ -27,7 +27,7 @@ def _caveats(run: Run) -> list[str]:
     src = str(run.data_summary.get("source", ""))
     out = []
     if src.startswith("medmnist:"):
-        size = run.spec.native_size
+        size = run.dataset.native_size
         out.append(f"MedMNIST images are heavily downsampled ({size}×{size} px); fine findings visible at full "
                    "resolution are lost and results may not transfer to full-resolution images.")
         if run.leakage is None or run.leakage.get("group_overlap") is None:
@@ -76,7 +76,7 @@ def _label_sections(metrics: dict[str, Any], post: dict[str, Any], split: str) -
 def _details(run: Run, split: str) -> list[str]:
     from .. import __version__
 
-    spec, m, ms = run.spec, run.config.model, run.model_spec
+    spec, m, ms = run.dataset, run.config.model, run.model_spec
     env = read_json(run.path / "env.json")
     names = list(spec.class_names)
     pos = names[spec.positive_index] if spec.task == "binary" and spec.positive_index is not None else None
@@ -106,8 +106,8 @@ def _details(run: Run, split: str) -> list[str]:
 
 
 def _data_and_training(run: Run, metrics: dict[str, Any]) -> list[str]:
-    cfg, spec, d = run.config, run.spec, run.data_summary
-    t, tr, names = cfg.train, run.metrics().get("train", {}), list(run.spec.class_names)
+    cfg, spec, d = run.config, run.dataset, run.data_summary
+    t, tr, names = cfg.train, run.metrics().get("train", {}), list(run.dataset.class_names)
     splits, notes = d.get("splits") or {}, d.get("notes") or []
     L = ["## Data and splits", "", f"- **Source:** `{d.get('source', '?')}`"
          + (f" (licence {spec.extra['license']})" if spec.extra.get("license") else ""), "",
@@ -162,7 +162,7 @@ def _calibration(task: str, split: str, metrics: dict[str, Any]) -> list[str]:
 
 
 def _operating_point(run: Run, split: str, metrics: dict[str, Any], post: dict[str, Any]) -> list[str]:
-    spec, pp = run.spec, metrics.get("postprocess") or {}
+    spec, pp = run.dataset, metrics.get("postprocess") or {}
     pos = spec.class_names[spec.positive_index]
     sel = pp.get("selected", "default")
     op = (post.get("operating_points") or {}).get(sel) or {}
@@ -222,7 +222,7 @@ def _subgroups(split: str, sub: dict[str, Any]) -> list[str]:
 
 def write_model_card(run: Run, split: str, metrics: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``out_dir/model_card.md`` for ``run`` evaluated on ``split``."""
-    task, post = run.spec.task, stored_postprocess(run, metrics)
+    task, post = run.dataset.task, stored_postprocess(run, metrics)
     L = [*_details(run, split), *_data_and_training(run, metrics), *_performance(task, split, metrics),
          *_calibration(task, split, metrics)]
     if task == "binary":
@@ -260,9 +260,9 @@ def pruning_lines(report: dict[str, Any]) -> list[str]:
 def pruned_card(run: Run, checkpoint: str, report: dict[str, Any]) -> str:
     """The model card of a pruned bundle: its source, the compression section, where the full card is."""
     ms = run.model_spec
-    return "\n".join([f"# Model card: {run.spec.name} · {ms.architecture}, pruned", "", f"> {NOT_CLINICAL}", "",
+    return "\n".join([f"# Model card: {run.dataset.name} · {ms.architecture}, pruned", "", f"> {NOT_CLINICAL}", "",
                       f"- **Source run:** `{run.path.name}`, checkpoint `{checkpoint}`; data, training, intended use "
                       "and limitations are those of the source run's model card (`eval-<split>/model_card.md`, "
                       "whose performance numbers are for the unpruned model).",
-                      f"- **Classes:** {', '.join(run.spec.class_names)}", "", *pruning_lines(report),
+                      f"- **Classes:** {', '.join(run.dataset.class_names)}", "", *pruning_lines(report),
                       "## Not for clinical use", "", NOT_CLINICAL, ""])

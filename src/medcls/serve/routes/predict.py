@@ -23,17 +23,17 @@ async def predict_upload(request: Request, pred: Predictor, file: UploadFile,
                          metadata: dict[str, Any] | None = None) -> Prediction:
     """One upload -> :class:`Prediction` (micro-batched for image-only models)."""
     t0 = time.perf_counter()
-    extras, used = None, None
+    side_inputs, used = None, None
     if metadata is not None:  # checked before the image is decoded: unknown keys -> 422 listing them
         try:
-            extras, used = pred.encode_inputs(1, [metadata])
+            side_inputs, used = pred.encode_inputs(1, [metadata])
         except DataError as e:
             raise HTTPException(422, str(e)) from None
     state = request.app.state
     x = await read_upload(file, state.settings, state.decode_budget, then=pred.preprocess,
                           draft=pred.preprocess.draft)
-    if extras:  # fused models carry no out-of-distribution gate
-        p, score = (await asyncio.to_thread(pred.probabilities, x[None], extras))[0], None
+    if side_inputs:  # fused models carry no out-of-distribution gate
+        p, score = (await asyncio.to_thread(pred.probabilities, x[None], side_inputs))[0], None
     else:
         p, score = await state.batcher.submit(x)
     result = pred.result(p, used=used[0] if used else None, ood_score=score)
