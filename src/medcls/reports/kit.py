@@ -48,6 +48,7 @@ pre{background:#f6f8fb;border:1px solid #dde3ea;padding:10px;font-size:12px;over
 img{max-width:100%;height:auto}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.figs figure{margin:0;flex:1 1 300px;max-width:520px}
 table.confusion td.cmc{text-align:center;min-width:64px;font-variant-numeric:tabular-nums}
+table.confusion td.cmc small{color:inherit;opacity:.85}
 .cms{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
 .cm{border:1px solid #dde3ea;border-radius:4px;padding:4px 10px 8px}.cm h3{margin:6px 0}.cm figure{flex:1 1 200px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px}
