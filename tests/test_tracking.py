@@ -19,7 +19,7 @@ mlflow = pytest.importorskip("mlflow")
 
 
 def _cfg(make_cfg, root, **tracking):
-    cfg = make_cfg(root, limit=64, stem="small", eval={"n_bootstrap": 0})
+    cfg = make_cfg(root, limit=64, eval={"n_bootstrap": 0})
     cfg["tracking"] = tracking
     return cfg
 

@@ -148,11 +148,7 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
             subgroup_labels(data.test.meta, cfg.eval.subgroups)
         cfg, spec, summary, inputs = _prepare(cfg, data, prev)
         model = _build(cfg, spec, prev)
-        if prev is not None:
-            path = prev.path
-        else:
-            path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
-            path = Path(broadcast_object(str(path) if path else None, dist))
+        path = _run_path(cfg, prev, run_dir, dist)
         if dist.is_main:
             _start_run(path, cfg, spec, summary, model, inputs, device, dist, resumed=prev is not None)
             if prev is None:
@@ -162,29 +158,47 @@ def train(config: Config | str | Path | dict | None = None, *, overrides: Sequen
                           callbacks=[*callbacks, *([tracker] if tracker is not None else [])], inputs=inputs)
         if prev is not None:
             trainer.resume(path / "checkpoints" / "last.safetensors")
-        try:
-            trainer.fit()
-        except BaseException as e:
-            if tracker is not None:
-                tracker.abort(interrupted=isinstance(e, KeyboardInterrupt))
-            if isinstance(e, KeyboardInterrupt):
-                log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`",
-                            path)
-            raise
+        _fit(trainer, tracker, path)
     finally:
         cleanup(dist)
     run = load_run(path)
     if dist.is_main:
-        for which in CHECKPOINTS:
-            calibrate(run, which, data=data, device=device)
-        if evaluate_split:
-            split = run.config.eval.split if evaluate_split is True else evaluate_split
-            m = evaluate(run, split=split, data=data)
-            if tracker is not None:
-                tracker.log_summary(summary_metrics(m, split))
-        if tracker is not None:
-            tracker.finish(path)
+        _calibrate_and_evaluate(run, data, device, evaluate_split, tracker)
     return run
+
+
+def _run_path(cfg: Config, prev: Run | None, run_dir: str | Path | None, dist) -> Path:
+    """The resumed run's folder, or a new one made by rank 0 and shared with the other ranks."""
+    if prev is not None:
+        return prev.path
+    path = new_run_dir(cfg.output_dir, cfg.name, run_dir) if dist.is_main else None
+    return Path(broadcast_object(str(path) if path else None, dist))
+
+
+def _fit(trainer: Trainer, tracker, path: Path) -> None:
+    """``trainer.fit()``; a failure or Ctrl-C marks the tracked run and says how to continue."""
+    try:
+        trainer.fit()
+    except BaseException as e:
+        if tracker is not None:
+            tracker.abort(interrupted=isinstance(e, KeyboardInterrupt))
+        if isinstance(e, KeyboardInterrupt):
+            log.warning("interrupted: the last finished epoch is saved; continue with `medcls train --resume %s`",
+                        path)
+        raise
+
+
+def _calibrate_and_evaluate(run: Run, data: LoadedData, device, evaluate_split: str | bool | None, tracker) -> None:
+    """Calibrate both checkpoints on val, evaluate ``evaluate_split`` (if asked) and close the tracked run."""
+    for which in CHECKPOINTS:
+        calibrate(run, which, data=data, device=device)
+    if evaluate_split:
+        split = run.config.eval.split if evaluate_split is True else evaluate_split
+        result = evaluate(run, split=split, data=data)
+        if tracker is not None:
+            tracker.log_summary(summary_metrics(result.metrics, split))
+    if tracker is not None:
+        tracker.finish(run.path)
 
 
 def calibrate(run: Run | str | Path, checkpoint: str = "best", *, device: str | torch.device = "auto",

@@ -263,7 +263,7 @@ def test_stain_travels_from_training_to_bundle_and_serving(ref, tmp_path):
            "data": {"source": f"hdf5:{tmp_path / 'pcam'}", "min_val_size": 1},
            "transforms": {"preset": "histology", "image_size": 32, "stain": "macenko",
                           "stain_reference": str(tmp_path / "stain.json")},
-           "model": {"name": "resnet18"},
+           "model": {"name": "test_resnet"},  # the preprocessing travels, whatever the network
            "train": {"epochs": 1, "batch_size": 16, "progress": False, "warmup_epochs": 0},
            "eval": {"batch_size": 32, "n_bootstrap": 0}}
     run = train(cfg)

@@ -216,15 +216,62 @@ class Trainer:
         g.manual_seed(self.cfg.seed * 1_000_003 + epoch * 7919 + self.dist.rank)
         return g
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def _start_epoch(self, epoch: int) -> bool:
+        """Train mode, with the backbone frozen (weights and batch-norm statistics) while it must be; returns
+        whether this epoch trains the head only."""
         t = self.cfg.train
-        g = self._seed_epoch(epoch)
         head_only = epoch < t.head_only_epochs
         if not self.cfg.model.freeze_backbone and t.head_only_epochs:
             set_backbone_trainable(self.model, not head_only)
         self.ddp_model.train()
         if head_only or self.cfg.model.freeze_backbone:
             freeze_backbone_norms(self.model)
+        return head_only
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, idx, g: torch.Generator, sync: bool) -> torch.Tensor:
+        """Augment and mix one micro-batch, forward it (under AMP) and accumulate its scaled gradient; the loss.
+        ``sync``: the last micro-batch of an optimizer step (DDP all-reduces its gradients)."""
+        t = self.cfg.train
+        side_inputs = self.train_batches.side_inputs_for(idx, self.device)
+        x = self.augment(x.to(self.device, non_blocking=True), g)
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(self.device)
+        mixed = mix_batch(x, y.float() if self.task == "multilabel" else y, g,
+                          mixup=t.mixup, cutmix=t.cutmix, prob=t.mix_prob)
+        no_sync = nullcontext() if (sync or not self.dist.enabled) else self.ddp_model.no_sync()
+        amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
+        with no_sync:
+            with amp:
+                logits = self.ddp_model(mixed.x, **side_inputs)
+            loss = mixed.loss(self.criterion, logits.float())
+            scaled = loss / t.grad_accum_steps
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        """Learning rate of this step, gradient clipping, the (scaled) optimizer step, EMA."""
+        t = self.cfg.train
+        set_lr(self.optimizer, lr_factor(t.scheduler, self.step, self.total_steps, self.warmup_steps,
+                                         step_every=t.step_size * self.steps_per_epoch, gamma=t.gamma))
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if t.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        t = self.cfg.train
+        g = self._seed_epoch(epoch)
+        head_only = self._start_epoch(epoch)
         order = epoch_order(self.data.train.labels, sampler=t.sampler, seed=self.cfg.seed, epoch=epoch,
                             rank=self.dist.rank, world_size=self.dist.world_size)
         n_batches = math.ceil(len(order) / t.batch_size)
@@ -233,39 +280,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batches = Waited(self.train_batches.iterate(order))
         for i, (x, y, idx) in enumerate(batches):
-            side_inputs = self.train_batches.side_inputs_for(idx, self.device)
-            x = self.augment(x.to(self.device, non_blocking=True), g)
-            if t.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(self.device)
-            mixed = mix_batch(x, y.float() if self.task == "multilabel" else y, g,
-                              mixup=t.mixup, cutmix=t.cutmix, prob=t.mix_prob)
-            x = mixed.x
             last_micro = (i + 1) % t.grad_accum_steps == 0 or i + 1 == n_batches
-            sync = nullcontext() if (last_micro or not self.dist.enabled) else self.ddp_model.no_sync()
-            amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
-            with sync:
-                with amp:
-                    logits = self.ddp_model(x, **side_inputs)
-                loss = mixed.loss(self.criterion, logits.float())
-                scaled = loss / t.grad_accum_steps
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss = self._backward(x, y, idx, g, last_micro)
             if last_micro:
-                set_lr(self.optimizer, lr_factor(t.scheduler, self.step, self.total_steps, self.warmup_steps,
-                                                 step_every=t.step_size * self.steps_per_epoch, gamma=t.gamma))
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer)
-                if t.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
-                if self.scaler:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.model, step=self.step)
+                self._optimizer_step()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}: "
                                          f"lower train.lr or enable train.clip_grad_norm")
@@ -279,8 +297,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         return {"train_loss": total_loss / max(seen, 1), "train_seconds": dt,
                 "train_img_per_s": seen * self.dist.world_size / dt, "data_seconds": batches.seconds,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "head_only": head_only}
+                "lr": self.optimizer.param_groups[0]["lr"], "head_only": head_only}
 
     def _progress(self, total: int, epoch: int):
         if not (self.cfg.train.progress and self.dist.is_main):

@@ -121,19 +121,61 @@ def _prob_frame(result: EvalResult) -> pd.DataFrame:
     return pd.DataFrame({**cols, **{f"prob_{c}": result.probs[:, j] for j, c in enumerate(names)}})
 
 
+def _notes(cfg: Config, folds: int, dev, task: str, inner_val: float | None, evaluate_test: bool) -> list[str]:
+    """How the folds were made and what the out-of-fold scores mean (logged and written to the summary)."""
+    how = "StratifiedGroupKFold (by group id)" if dev.groups is not None else "StratifiedKFold"
+    return [f"{folds}-fold {how} on train + val ({len(dev)} samples); seed {cfg.seed}"
+            + ("; multilabel: stratified on the first positive label" if task == "multilabel" else ""),
+            TEST_NOT_READ if not evaluate_test else "test split: each fold model evaluated once (--evaluate-test)",
+            ("out-of-fold scores: held-out folds untouched by training and model selection "
+             f"(inner val = {inner_val:.0%} of the training folds)") if inner_val else OPTIMISTIC]
+
+
+@dataclass
+class _Fold:
+    run: Run
+    row: dict[str, Any]
+    frame: pd.DataFrame
+    test_row: dict[str, Any] | None
+
+
+def _run_fold(cfg: Config, data: LoadedData, dev: ConcatTable, fold: np.ndarray, k: int, folds: int, root: Path,
+              inner_val: float | None, real_test) -> _Fold:
+    """Train fold ``k`` on the other folds, score its held-out fold (and the real test split when asked)."""
+    from ..api import evaluate, train
+
+    fdata, scored = _fold_data(data, dev, fold, k, inner_val, cfg.seed)
+    held_idx = np.flatnonzero(fold == k)
+    log.info("fold %d/%d: train %d, val %d, scored %d", k + 1, folds, len(fdata.train), len(fdata.val), len(held_idx))
+    run = train(build_config({**cfg.to_dict(), "name": f"{cfg.name}-fold{k}"}), data=fdata, run_dir=root / f"fold-{k}")
+    atomic_write_json(run.path / "fold.json", {
+        "fold": k, "folds": folds, "seed": cfg.seed, "scored_split": scored, "inner_val": inner_val,
+        "n_train": len(fdata.train), "n_val": len(fdata.val), "n_scored": len(held_idx),
+        **({"inner_val_ids": fdata.val.ids} if inner_val else {}), "assignment": "../folds.csv"})
+    m = evaluate(run, split=scored, data=fdata, out_dir=run.path / "eval-oof")
+    best = run.metrics().get("train", {})
+    row = {"fold": k, "n": len(held_idx), "best_epoch": best.get("best_epoch"), **flat_metrics(m)}
+    frame = pd.concat([pd.DataFrame({"id": [dev.ids[i] for i in held_idx], "dev_index": held_idx,
+                                     "source_split": [("train", "val")[s] for s in dev.part_of[held_idx]],
+                                     "fold": k}), _prob_frame(m.align(dev.subset(held_idx).ids))], axis=1)
+    test_row = None
+    if real_test is not None:
+        tdata = LoadedData(data.spec, fdata.train, fdata.val, real_test, fdata.notes)
+        tm = evaluate(run, split="test", data=tdata, out_dir=run.path / "eval-test")
+        test_row = {"fold": k, "n": len(real_test), **flat_metrics(tm)}
+    return _Fold(run, row, frame, test_row)
+
+
 def cv(config: Config | str | Path | dict | None = None, folds: int = 5, *, overrides: list[str] | None = None,
        seed: int | None = None, inner_val: float | None = None, evaluate_test: bool = False,
        run_dir: str | Path | None = None) -> CVResult:
     """Stratified (group-aware) k-fold cross-validation of ``config`` on train + val; see the module doc."""
-    from ..api import evaluate, train
-
     cfg = as_config(config, list(overrides or []) + ([f"seed={seed}"] if seed is not None else []))
     if not isinstance(folds, int | np.integer) or folds < 2:
         raise ConfigError(f"--folds must be an integer >= 2, got {folds!r}")
     if inner_val is not None and not 0 < inner_val < 1:
         raise ConfigError(f"--inner-val must be a fraction in (0, 1), got {inner_val}")
     data = load_data(cfg.data)
-    real_test = data.test if evaluate_test else None
     dev = dev_set(data)
     fold = make_folds(dev.labels, folds, seed=cfg.seed, groups=dev.groups)
     root = new_run_dir(cfg.output_dir, f"{cfg.name}-cv-{folds}", run_dir)
@@ -141,38 +183,14 @@ def cv(config: Config | str | Path | dict | None = None, folds: int = 5, *, over
         "id": dev.ids, "dev_index": np.arange(len(dev)), "source_split": [("train", "val")[s] for s in dev.part_of],
         "fold": fold}).to_csv(index=False))
     names, task, pos = list(data.spec.class_names), data.spec.task, data.spec.positive_index
-    notes = [f"{folds}-fold {'StratifiedGroupKFold (by group id)' if dev.groups is not None else 'StratifiedKFold'} "
-             f"on train + val ({len(dev)} samples); seed {cfg.seed}"
-             + ("; multilabel: stratified on the first positive label" if task == "multilabel" else ""),
-             TEST_NOT_READ if not evaluate_test else "test split: each fold model evaluated once (--evaluate-test)",
-             ("out-of-fold scores: held-out folds untouched by training and model selection "
-              f"(inner val = {inner_val:.0%} of the training folds)") if inner_val else OPTIMISTIC]
+    notes = _notes(cfg, folds, dev, task, inner_val, evaluate_test)
     for n in notes:
         log.info(n)
-    runs, per_fold, frames, test_rows = [], [], [], []
-    for k in range(folds):
-        fdata, scored = _fold_data(data, dev, fold, k, inner_val, cfg.seed)
-        held_idx = np.flatnonzero(fold == k)
-        fcfg = build_config({**cfg.to_dict(), "name": f"{cfg.name}-fold{k}"})
-        log.info("fold %d/%d: train %d, val %d, scored %d", k + 1, folds, len(fdata.train), len(fdata.val), len(held_idx))
-        run = train(fcfg, data=fdata, run_dir=root / f"fold-{k}")
-        atomic_write_json(run.path / "fold.json", {
-            "fold": k, "folds": folds, "seed": cfg.seed, "scored_split": scored, "inner_val": inner_val,
-            "n_train": len(fdata.train), "n_val": len(fdata.val), "n_scored": len(held_idx),
-            **({"inner_val_ids": fdata.val.ids} if inner_val else {}), "assignment": "../folds.csv"})
-        m = evaluate(run, split=scored, data=fdata, out_dir=run.path / "eval-oof")
-        best = run.metrics().get("train", {})
-        per_fold.append({"fold": k, "n": len(held_idx), "best_epoch": best.get("best_epoch"), **flat_metrics(m)})
-        probs = _prob_frame(m.align(dev.subset(held_idx).ids))
-        frames.append(pd.concat([pd.DataFrame({"id": [dev.ids[i] for i in held_idx], "dev_index": held_idx,
-                                               "source_split": [("train", "val")[s] for s in dev.part_of[held_idx]],
-                                               "fold": k}), probs.reset_index(drop=True)], axis=1))
-        if real_test is not None:
-            tdata = LoadedData(data.spec, fdata.train, fdata.val, real_test, fdata.notes)
-            tm = evaluate(run, split="test", data=tdata, out_dir=run.path / "eval-test")
-            test_rows.append({"fold": k, "n": len(real_test), **flat_metrics(tm)})
-        runs.append(run)
-    oof = pd.concat(frames, ignore_index=True).sort_values("dev_index", kind="stable").reset_index(drop=True)
+    done = [_run_fold(cfg, data, dev, fold, k, folds, root, inner_val, data.test if evaluate_test else None)
+            for k in range(folds)]
+    per_fold, test_rows = [f.row for f in done], [f.test_row for f in done if f.test_row is not None]
+    oof = pd.concat([f.frame for f in done], ignore_index=True).sort_values("dev_index", kind="stable")
+    oof = oof.reset_index(drop=True)
     atomic_write_text(root / "oof_predictions.csv", oof.to_csv(index=False))
     probs = oof[[f"prob_{c}" for c in names]].to_numpy()
     y = (oof[[f"true_{c}" for c in names]].to_numpy() if task == "multilabel"
@@ -182,7 +200,7 @@ def cv(config: Config | str | Path | dict | None = None, folds: int = 5, *, over
     summary = _summarise(per_fold)
     test = {"per_fold": test_rows, "summary": _summarise(test_rows)} if test_rows else None
     _write_summary(root, folds, per_fold, summary, pooled, test, notes)
-    return CVResult(root, runs, per_fold, summary, pooled, oof, test, notes)
+    return CVResult(root, [f.run for f in done], per_fold, summary, pooled, oof, test, notes)
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

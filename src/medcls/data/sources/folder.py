@@ -182,6 +182,46 @@ def _scan_split(folder: Path, where: str) -> dict[str, list[Path]]:
     return files
 
 
+def _classes(scans: dict[str, dict[str, list[Path]]], train_dir: Path) -> list[str]:
+    """The class names (train's folders, sorted); every split must have the same class folders."""
+    classes = sorted(scans["train"])
+    if len(classes) < 2:
+        raise DataError(f"folder source: found {len(classes)} class folder ({classes[0]!r}) in "
+                        f"{train_dir}; need at least 2 classes")
+    for s, found in scans.items():
+        if sorted(found) != classes:
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            raise DataError(
+                f"class folders of the {s} split ({', '.join(sorted(found))}) differ from train ({', '.join(classes)})"
+                + (f"; missing: {', '.join(missing)}" if missing else "") + (f"; extra: {', '.join(extra)}" if extra else "")
+            )
+    return classes
+
+
+def _split_table(root: Path, split: str, found: dict[str, list[Path]], classes: list[str], notes: list[str], *,
+                 verify: bool | str, strict: bool, patient_regex: str | None) -> tuple[FileTable, int | None]:
+    """One split's readable images as a table (patient groups from the file names when they match), and the
+    channel count guessed from its first image."""
+    paths = [p for c in classes for p in found[c]]
+    labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
+    ids = [p.relative_to(root).as_posix() for p in paths]
+    ok, guess = check_images(paths, verify=verify, strict=strict, where=f"{root} ({split})")
+    keep = readable_rows(ok, notes, split, str(root), skipped="unreadable image(s)", none_read=f"{len(paths)} image(s)")
+    groups, matched = patient_groups(ids, patient_regex)
+    if matched == 0:
+        if patient_regex is not None:
+            warnings.warn(f"patient_regex {patient_regex!r} matched none of the {len(ids)} file names in the "
+                          f"{split} split; splitting by image", stacklevel=3)
+        groups = None
+    elif split == "train":
+        notes.append(f"patient ids from file names: {matched} of {len(ids)} train files matched "
+                     f"(unmatched files are their own group)")
+    table = FileTable([paths[i] for i in keep], labels[keep], [ids[i] for i in keep],
+                      None if groups is None else groups[keep])
+    return table, guess
+
+
 @SOURCES.register("folder")
 def folder_source(arg: str, *, verify: bool | str = "header", strict: bool = False,
                   patient_regex: str | None = None, channels: int | None = None) -> SourceData:
@@ -206,40 +246,14 @@ def folder_source(arg: str, *, verify: bool | str = "header", strict: bool = Fal
     scans = {s: _scan_split(d, f"{s} split") for s, d in split_dirs.items()} if split_dirs else {
         "train": _scan_split(root, "folder source")}
 
-    classes = sorted(scans["train"])
-    if len(classes) < 2:
-        raise DataError(f"folder source: found {len(classes)} class folder ({classes[0]!r}) in "
-                        f"{split_dirs.get('train', root)}; need at least 2 classes")
-    for s, found in scans.items():
-        if sorted(found) != classes:
-            missing = sorted(set(classes) - set(found))
-            extra = sorted(set(found) - set(classes))
-            raise DataError(
-                f"class folders of the {s} split ({', '.join(sorted(found))}) differ from train ({', '.join(classes)})"
-                + (f"; missing: {', '.join(missing)}" if missing else "") + (f"; extra: {', '.join(extra)}" if extra else "")
-            )
-
+    classes = _classes(scans, split_dirs.get("train", root))
     notes: list[str] = []
     splits: dict[str, FileTable | None] = {"train": None, "val": None, "test": None}
     guess: int | None = None
     for s, found in scans.items():
-        paths = [p for c in classes for p in found[c]]
-        labels = np.array([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
-        ids = [p.relative_to(root).as_posix() for p in paths]
-        ok, g = check_images(paths, verify=verify, strict=strict, where=f"{root} ({s})")
+        splits[s], g = _split_table(root, s, found, classes, notes, verify=verify, strict=strict,
+                                    patient_regex=patient_regex)
         guess = guess if guess is not None else g
-        keep = readable_rows(ok, notes, s, str(root), skipped="unreadable image(s)", none_read=f"{len(paths)} image(s)")
-        groups, matched = patient_groups(ids, patient_regex)
-        if matched == 0:
-            if patient_regex is not None:
-                warnings.warn(f"patient_regex {patient_regex!r} matched none of the {len(ids)} file names in the "
-                              f"{s} split; splitting by image", stacklevel=2)
-            groups = None
-        elif s == "train":
-            notes.append(f"patient ids from file names: {matched} of {len(ids)} train files matched "
-                         f"(unmatched files are their own group)")
-        splits[s] = FileTable([paths[i] for i in keep], labels[keep], [ids[i] for i in keep],
-                              None if groups is None else groups[keep])
     n_channels = channels if channels is not None else (guess or 1)
     spec = DatasetSpec(name=root.resolve().name, task="binary" if len(classes) == 2 else "multiclass",
                        class_names=tuple(classes), channels=n_channels,
