@@ -9,7 +9,7 @@ FULL    = $(VENV)/.medcls-all
 SHARED ?= ../shared/data/medmnist
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: install install-all demo test lint data browser-deps constraints bench bench-speed bench-accuracy bench-ablation bench-data clean
+.PHONY: install install-all demo test coverage lint data browser-deps constraints bench bench-speed bench-accuracy bench-ablation bench-data clean
 
 # The core package only (trains, evaluates, exports, predicts): what `make demo` needs, no test tools.
 $(CORE): pyproject.toml $(CONSTRAINTS)
@@ -55,6 +55,11 @@ demo: install data
 # alone runs in one process.
 test: install-all data browser-deps
 	MEDCLS_REQUIRE_ALL=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
+
+# Line coverage of src/medcls by the whole suite, in one process (the CLI/DDP subprocesses are not measured).
+coverage: install-all data
+	MEDCLS_REQUIRE_ALL=1 HF_HUB_OFFLINE=1 $(BIN)/coverage run --source=medcls -m pytest -q -p no:xdist
+	$(BIN)/coverage report | tail -1
 
 lint: install-all
 	$(BIN)/ruff check src tests benchmarks
