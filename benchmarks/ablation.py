@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from _common import cpu_name
 
 import medcls
+from medcls.evaluation import read_predictions
 from medcls.metrics import HEADLINE_BRIEF, compute_metrics
 
 # (name, overrides, what it tests). The baseline is the config as it is.
@@ -101,16 +101,17 @@ def last_row(base: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def ensemble_metrics(run_dirs: list[str]) -> dict[str, float]:
-    """Average the test probabilities of ``run_dirs`` (same ids, same order) and score them at 0.5."""
-    frames = [pd.read_csv(Path(d) / "eval-test" / "predictions.csv") for d in run_dirs]
-    ids = frames[0]["id"]
-    if any(not f["id"].equals(ids) for f in frames):
-        raise SystemExit(f"predictions.csv of {run_dirs} do not list the same test images in the same order")
-    prob_cols = [c for c in frames[0].columns if c.startswith("prob_")]
-    names = [c.removeprefix("prob_") for c in prob_cols]
-    probs = np.mean([f[prob_cols].to_numpy(dtype=np.float64) for f in frames], axis=0)
-    y = frames[0]["label"].map({n: i for i, n in enumerate(names)}).to_numpy()
-    m = compute_metrics("binary", y, probs, class_names=names, positive_index=1, threshold=0.5)
+    """Average the test probabilities of ``run_dirs`` (the same test cases) and score them at 0.5."""
+    results = []
+    for d in run_dirs:
+        spec = medcls.load_run(d).dataset
+        results.append(read_predictions(Path(d) / "eval-test" / "predictions.csv", class_names=spec.class_names,
+                                        task=spec.task, positive_index=spec.positive_index))
+    first = results[0]
+    if any(sorted(r.ids) != sorted(first.ids) for r in results):
+        raise SystemExit(f"predictions.csv of {run_dirs} do not list the same test images")
+    probs = np.mean([r.align(first.ids).probs for r in results], axis=0)
+    m = compute_metrics("binary", first.labels, probs, class_names=first.class_names, positive_index=1, threshold=0.5)
     return {k: float(m[k]) for k in METRICS}
 
 
