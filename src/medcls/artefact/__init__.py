@@ -20,5 +20,6 @@ from .postprocess import (
 from .spec import ModelSpec, resolve_stem
 
 __all__ = ["BUNDLE_FILE", "CHECKPOINTS", "MODEL_FILE", "NO_FINDING", "POSTPROCESS_FILE", "TEXT_DIR", "Artefact",
-           "ModelSpec", "Postprocess", "bundle_digest", "checkpoint_identity", "findings_text", "fit_postprocess", "load", "open_artefact",
+           "ModelSpec", "Postprocess", "bundle_digest", "checkpoint_identity", "findings_text", "fit_postprocess", "load",
+           "open_artefact",
            "read_postprocess", "resolve_stem", "write_postprocess"]

@@ -18,8 +18,6 @@ from .cache import cache_dir as cache_dir_of
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("random", "balanced")
-
 
 class Batches:
     """Iterates (x, y, idx) batches over a table (``side_inputs_for(idx)``: the batch's metadata/text inputs).
@@ -35,7 +33,7 @@ class Batches:
                  cache_dir: str | None = None, device: torch.device | str = "cpu") -> None:
         self.table, self.preprocess = table, preprocess
         self.labels = torch.as_tensor(table.labels)
-        # side inputs (metadata, text) of the model (metadata, text) of every row, from a medcls.multimodal.InputEncoder
+        # the model's side inputs (metadata, text) of every row, from a medcls.multimodal.InputEncoder
         self.side_inputs: dict[str, torch.Tensor] | None = (inputs.encode_table(table, where) if inputs is not None
                                                              else None)
         self.batch_size = batch_size

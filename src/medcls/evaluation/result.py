@@ -61,11 +61,13 @@ class EvalResult(Mapping):
         """The true class of each case by name (binary and multiclass)."""
         return [self.class_names[i] for i in self.labels]
 
-    def predicted(self) -> np.ndarray:
-        """Predicted class index per case: at ``threshold`` for binary, arg-max for multiclass."""
+    def predicted(self, threshold: float | None = None) -> np.ndarray:
+        """Predicted class index per case: binary at ``threshold`` (default ``self.threshold``; the operating
+        point in use gives the decision), multiclass the arg-max."""
         if self.task == "binary":
             pos = self.positive_index
-            return np.where(self.probs[:, pos] >= self.threshold, pos, 1 - pos)
+            t = self.threshold if threshold is None else threshold
+            return np.where(self.probs[:, pos] >= t, pos, 1 - pos)
         return self.probs.argmax(1)
 
     def align(self, ids: Sequence[str]) -> EvalResult:
@@ -92,8 +94,7 @@ class EvalResult(Mapping):
         df["predicted"] = [names[i] for i in self.predicted()]
         df["correct"] = df["predicted"] == df["label"]
         if self.task == "binary" and self.decision_threshold is not None:
-            pos = self.positive_index
-            df["decision"] = [names[i] for i in np.where(self.probs[:, pos] >= self.decision_threshold, pos, 1 - pos)]
+            df["decision"] = [names[i] for i in self.predicted(self.decision_threshold)]
         return df
 
 

@@ -116,9 +116,8 @@ def _fold_data(data: LoadedData, dev: ConcatTable, fold: np.ndarray, k: int, inn
 def _prob_frame(result: EvalResult) -> pd.DataFrame:
     """Labels and calibrated probabilities of the held-out cases, as columns of oof_predictions.csv."""
     names = list(result.class_names)
-    cols = ({f"true_{c}": result.labels[:, j] for j, c in enumerate(names)} if result.task == "multilabel"
-            else {"label": result.label_names()})
-    return pd.DataFrame({**cols, **{f"prob_{c}": result.probs[:, j] for j, c in enumerate(names)}})
+    cols = [f"true_{c}" for c in names] if result.task == "multilabel" else ["label"]
+    return result.frame()[cols + [f"prob_{c}" for c in names]]
 
 
 def _notes(cfg: Config, folds: int, dev, task: str, inner_val: float | None, evaluate_test: bool) -> list[str]:

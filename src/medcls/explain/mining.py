@@ -28,14 +28,14 @@ def _decision_threshold(run: Run, checkpoint: str) -> float:
 
 def _select_errors(result: EvalResult, k: int, threshold: float) -> dict[str, np.ndarray]:
     """Row indices of the ``k`` most confident errors per group, most confident first."""
-    names, y, probs = list(result.class_names), result.labels, result.probs
+    names, y, pred = list(result.class_names), result.labels, result.predicted(threshold)
     if result.task == "binary":
         pos = result.positive_index
-        p = probs[:, pos]
-        fp = np.flatnonzero((y != pos) & (p >= threshold))
-        fn = np.flatnonzero((y == pos) & (p < threshold))
+        p = result.probs[:, pos]
+        fp = np.flatnonzero((y != pos) & (pred == pos))
+        fn = np.flatnonzero((y == pos) & (pred != pos))
         return {"FP": fp[np.argsort(-p[fp], kind="stable")][:k], "FN": fn[np.argsort(p[fn], kind="stable")][:k]}
-    pred, conf = probs.argmax(1), probs.max(1)
+    conf = result.probs.max(1)
     out = {}
     for c in range(len(names)):
         wrong = np.flatnonzero((y == c) & (pred != c))
@@ -108,8 +108,7 @@ def mine_errors(run: Run, split: str = "test", *, k: int = 8, method: str = "gra
         log.info("no errors on %s to explain", split)
         return []
     explainer, names, written = _Explainer(run, split, checkpoint, method, layer), list(result.class_names), []
-    pred = result.predicted() if result.task != "binary" else np.where(
-        result.probs[:, result.positive_index] >= threshold, result.positive_index, 1 - result.positive_index)
+    pred = result.predicted(threshold)
     for group, rows in groups.items():
         for rank, i in enumerate(rows, 1):
             cid, label, predicted = result.ids[i], names[result.labels[i]], names[pred[i]]

@@ -218,13 +218,13 @@ class Predictor:
         """
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        extras_all, used = self.encode_inputs(len(images), metadata, text)
+        side_inputs_all, used = self.encode_inputs(len(images), metadata, text)
         results: list[dict[str, Any]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = [(start + j, *self._load(it, on_error))
                      for j, it in enumerate(images[start : start + self.batch_size])]
             good = [c for c in chunk if c[2] is not None]
-            rows = iter(self._batch_rows(good, extras_all))
+            rows = iter(self._batch_rows(good, side_inputs_all))
             for i, name, _, err in chunk:
                 if err is None:
                     p, score = next(rows)
@@ -237,9 +237,9 @@ class Predictor:
                 results.append({"file": name, "error": {"message": err}})
         return results
 
-    def _batch_rows(self, good: list, extras_all: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+    def _batch_rows(self, good: list, side_inputs_all: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
         if not good:
             return []
         rows = [i for i, *_ in good]
-        side_inputs = {k: v[rows] for k, v in extras_all.items()}
+        side_inputs = {k: v[rows] for k, v in side_inputs_all.items()}
         return self.scored(torch.stack([x for _, _, x, _ in good]), side_inputs)
