@@ -157,19 +157,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequenc
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def row_fractions(counts: Any) -> np.ndarray:
+    """Each cell of a confusion matrix as a fraction of its row (the true class); 0 in an empty row."""
+    cm = np.asarray(counts)
+    rows = cm.sum(1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+
+
 def confusion_table(counts: Any, class_names: Sequence[str]) -> str:
     """A confusion matrix as an HTML table (rows = true class): each cell its count and row fraction (the recall
     of its row on the diagonal), shaded by that fraction. Drawn as HTML, not a figure: exact, searchable, and one
     table per operating point costs nothing to render."""
     cm = np.asarray(counts, dtype=np.int64)
-    rows = cm.sum(1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    frac = row_fractions(cm)
     head = "<th>true \\ predicted</th>" + "".join(f"<th>{escape(c)}</th>" for c in class_names)
     body = ""
     for i, c in enumerate(class_names):
         cells = "".join(
             f'<td class="cmc" style="background:rgba(31,119,180,{0.08 + 0.8 * frac[i, j]:.2f});'
-            f'color:{"#fff" if frac[i, j] > 0.55 else "#1f2d3d"}">{cm[i, j]}<br><small>{frac[i, j]:.0%}</small></td>'
+            f'color:{"#fff" if frac[i, j] > 0.55 else "#1f2d3d"}">{cm[i, j]}<br>'
+            f'<small>{fmt_percent(frac[i, j])}</small></td>'
             for j in range(len(class_names)))
         body += f"<tr><th>{escape(c)}</th>{cells}</tr>"
     return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, did_you_mean
 from ..metrics.classification import TASKS
 from ..metrics.headline import headline_subset
-from .kit import fmt, fmt_percent, fmt_threshold
+from .kit import fmt, fmt_percent, fmt_threshold, row_fractions
 
 _DPI = 120
 
@@ -156,8 +156,7 @@ def plot_confusion(path: str | Path, cm: Any, class_names: Sequence[str], *,
     k = len(class_names)
     if counts.shape != (k, k):
         raise DataError(f"expected cm of shape ({k}, {k}) for {k} class names, got {tuple(counts.shape)}")
-    rows = counts.sum(1, keepdims=True)
-    values = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0) if normalize else counts
+    values = row_fractions(counts) if normalize else counts
     size = max(4.0, 0.6 * k + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(int(counts.max()), 1))
