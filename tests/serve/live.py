@@ -22,6 +22,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> str:
+    """``base`` once its /ready answers 200; the server's output if it exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return base
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"server did not become ready in {timeout:.0f} s")
+
+
 @contextmanager
 def served(bundle: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """``medcls serve bundle *flags`` on a free port: (base URL, process), once /ready answers."""
@@ -30,19 +45,7 @@ def served(bundle: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medcls", "serve", str(bundle), "--port", str(port), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become ready in 120 s")
+    base = wait_ready(f"http://127.0.0.1:{port}", proc)
     try:
         yield base, proc
     finally:

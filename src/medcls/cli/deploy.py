@@ -159,12 +159,17 @@ SERVE_FLAGS = {"header_timeout": "--timeout-headers", "body_timeout": "--timeout
                "max_upload_bytes": "--max-upload-mb (in bytes)"}  # settings whose flag is not their name
 
 
+SERVE_ENV = "MEDCLS_SERVE"  # every option of `medcls serve` also reads MEDCLS_SERVE_<OPTION> (click's auto_envvar_prefix)
+
+
 def serve(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory from `medcls export` (or a run directory with --backend torch).")],
+    bundle: Annotated[Path, typer.Argument(envvar=f"{SERVE_ENV}_BUNDLE", show_envvar=True,
+                                           help="Bundle directory from `medcls export` (or a run directory with --backend torch).")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     backend: Annotated[str, typer.Option(help="onnx | int8 | torch")] = "onnx",
     api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable (X-API-Key header).")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="Require the key held in this file (e.g. a mounted Kubernetes secret).")] = None,
     max_batch: Annotated[int, typer.Option(help="Micro-batching: images per model call at most.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Micro-batching: wait at most this long to fill a batch (0 = off).")] = 5.0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
@@ -180,6 +185,7 @@ def serve(
     timeout_body: Annotated[float, typer.Option(help="408 and close when a request's body takes longer.")] = 60.0,
     min_body_rate: Annotated[float, typer.Option(help="408 and close when a body arrives slower than this (bytes/s, after 5 s).")] = 1024.0,
     decode_pixels: Annotated[int, typer.Option(help="Pixels decoded at once over all requests; larger bursts wait.")] = 20_000_000,
+    timeout_graceful_shutdown: Annotated[float, typer.Option(help="On SIGTERM: stop accepting, let requests in flight finish for at most this many seconds, then exit.")] = 25.0,
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/predict/batch, /v1/explain, /metrics, a web page at /."""
     from ..extras import SERVE_MODULES, require_all
@@ -192,7 +198,8 @@ def serve(
     from ..serve.protocol import http_protocol
 
     try:
-        settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env, max_batch=max_batch,
+        settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env,
+                                 api_key_file=None if api_key_file is None else str(api_key_file), max_batch=max_batch,
                                  max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                                  max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,
                                  max_receiving=max_receiving, protect_metrics=protect_metrics,
@@ -201,13 +208,18 @@ def serve(
     except ValidationError as e:
         raise MedclsError("; ".join(f"{SERVE_FLAGS.get(str(x['loc'][0]), '--' + str(x['loc'][0]).replace('_', '-'))}: "
                                     f"{x['msg'].lower()} (got {x['input']!r})" for x in e.errors())) from None
+    for flag, value in (("--timeout-keep-alive", timeout_keep_alive), ("--timeout-graceful-shutdown", timeout_graceful_shutdown)):
+        if not value >= 0:
+            raise MedclsError(f"{flag}: expected seconds >= 0, got {value}")
     predictor = Predictor.load(bundle, backend=backend, threads=threads, refuse_ood=refuse_ood)  # fail fast, before binding
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=timeout_keep_alive, http=http_protocol(settings.header_timeout))
+                timeout_keep_alive=timeout_keep_alive, http=http_protocol(settings.header_timeout),
+                timeout_graceful_shutdown=timeout_graceful_shutdown)
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (predict, explain, export, serve):
+    for fn in (predict, explain, export):
         app.command()(fn)
+    app.command(context_settings={"auto_envvar_prefix": SERVE_ENV, "show_default": True})(serve)

@@ -99,7 +99,19 @@ def _usage_line(e: click_errors.UsageError, argv: list[str]) -> str:
         name = msg.split("'")[1] if "'" in msg else ""
         names = sorted(ctx.command.commands)
         return f"no such command {name!r} for `{where}`.{did_you_mean(name, names)} Commands: {', '.join(names)}."
-    return f"{msg} (see `{where} --help`)"
+    return f"{msg}{_from_environment(e)} (see `{where} --help`)"
+
+
+def _from_environment(e: click_errors.UsageError) -> str:
+    """Where a bad value came from when it was an environment variable (``MEDCLS_SERVE_PORT``), not a flag."""
+    param, ctx = getattr(e, "param", None), e.ctx
+    if param is None or ctx is None or param.name is None:
+        return ""
+    source = ctx.get_parameter_source(param.name)
+    if source is None or source.name != "ENVIRONMENT":
+        return ""
+    name = param.envvar if isinstance(param.envvar, str) else f"{ctx.auto_envvar_prefix}_{param.name.upper()}"
+    return f" (from the environment: {name}={os.environ.get(name, '')!r})"
 
 
 OS_HINTS = {errno.ENOSPC: "free some space, or write elsewhere with --set output_dir=... or -o",

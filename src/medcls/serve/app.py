@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -26,6 +27,18 @@ from .uploads import PixelBudget
 
 
 def _api_key(settings: ServeSettings) -> str | None:
+    """The key from the environment variable or the file named in the settings (never from a flag's value)."""
+    if settings.api_key_env and settings.api_key_file:
+        raise MedclsError("give --api-key-env or --api-key-file, not both")
+    if settings.api_key_file:
+        path = Path(settings.api_key_file)
+        if not path.is_file():
+            raise MedclsError(f"--api-key-file {path}: expected a file holding the key, "
+                              f"{'found a directory' if path.is_dir() else 'no such file'}")
+        key = path.read_text(errors="replace").strip()
+        if not key:
+            raise MedclsError(f"--api-key-file {path}: the file is empty")
+        return key
     key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not key:
         raise MedclsError(f"--api-key-env {settings.api_key_env}: that environment variable is not set")

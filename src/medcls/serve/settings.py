@@ -9,6 +9,7 @@ class ServeSettings(BaseModel):
     bundle: str = Field(..., description="Bundle directory (or a run directory with backend=torch).")
     backend: str = Field("onnx", description="torch | onnx | int8")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    api_key_file: str | None = Field(None, description="File holding the API key (e.g. a mounted secret).")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are refused (decompression bombs).")
     max_batch: int = Field(32, ge=1, le=1024)
