@@ -106,7 +106,7 @@ def test_batch_and_explain(client, pneumonia_arrays):
 
 
 @pytest.mark.parametrize("name,data,status,text", [
-    ("empty.png", b"", 400, "empty file"),
+    ("empty.png", b"", 400, "empty upload"),
     ("notes.png", b"this is a text file renamed to png", 415, "checked by content"),
     ("bomb.png", None, 413, "pixels"),
     ("trunc.jpg", None, 422, "corrupt or truncated"),

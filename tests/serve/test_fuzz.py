@@ -41,7 +41,11 @@ def app(bundle):
 
 
 OPERATIONS = [("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/v1/model"),
-              ("POST", "/v1/predict"), ("POST", "/v1/predict/batch"), ("POST", "/v1/explain")]
+              ("POST", "/v1/predict"), ("POST", "/v1/predict/batch"), ("POST", "/v1/explain"),
+              ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2/models/{name}"),
+              ("GET", "/v2/models/{name}/ready"), ("GET", "/v2/models/{name}/versions/{version}"),
+              ("GET", "/v2/models/{name}/versions/{version}/ready"), ("POST", "/v2/models/{name}/infer"),
+              ("POST", "/v2/models/{name}/versions/{version}/infer")]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,22 @@ def test_every_operation_against_its_schema(api_schema, method, path):
     @given(case=api_schema[path][method].as_strategy())
     @FUZZ
     def fuzz(case):
+        case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+    fuzz()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"])
+def test_v2_infer_bodies_for_the_served_model(api_schema, path):
+    """Schema-valid inference requests (random names, shapes, datatypes, data) sent to the model this server
+    serves, not only to random model names (which all get 404)."""
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    @given(case=api_schema[path]["POST"].as_strategy())
+    @settings(max_examples=EXAMPLES * 4, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case):
+        case.path_parameters = {**case.path_parameters, "name": "bundle", "version": "1"}
         case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
     fuzz()

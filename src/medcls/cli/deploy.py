@@ -168,6 +168,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     backend: Annotated[str, typer.Option(help="onnx | int8 | torch")] = "onnx",
+    model_name: Annotated[str | None, typer.Option(help="Name on the Open Inference Protocol routes (/v2/models/NAME; default: the bundle folder's name).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable (X-API-Key header).")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="Require the key held in this file (e.g. a mounted Kubernetes secret).")] = None,
     max_batch: Annotated[int, typer.Option(help="Micro-batching: images per model call at most.")] = 32,
@@ -198,7 +199,7 @@ def serve(
     from ..serve.protocol import http_protocol
 
     try:
-        settings = ServeSettings(bundle=str(bundle), backend=backend, api_key_env=api_key_env,
+        settings = ServeSettings(bundle=str(bundle), backend=backend, model_name=model_name, api_key_env=api_key_env,
                                  api_key_file=None if api_key_file is None else str(api_key_file), max_batch=max_batch,
                                  max_wait_ms=max_wait_ms, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                                  max_pixels=max_pixels, threads=threads, max_concurrency=max_concurrency,

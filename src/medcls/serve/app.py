@@ -9,6 +9,7 @@ field), ``POST /v1/predict/batch``, ``POST /v1/explain``, ``GET /v1/model``, ``/
 from __future__ import annotations
 
 import os
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .batching import MicroBatcher
 from .errors import install_error_handlers
 from .limits import RequestLimits
 from .metrics import Metrics, ObserveRequests
-from .routes import explain_router, meta_router, predict_router
+from .routes import explain_router, meta_router, predict_router, v2_router
 from .settings import ServeSettings
 from .uploads import PixelBudget
 
@@ -45,6 +46,12 @@ def _api_key(settings: ServeSettings) -> str | None:
     return key
 
 
+def model_name(bundle: str) -> str:
+    """The name the Open Inference Protocol serves a bundle under: its folder's name, as a URL path segment."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(bundle).resolve().name).strip("-.")
+    return name or "model"
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     s, m = app.state.settings, app.state.metrics
@@ -61,11 +68,12 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app = FastAPI(title="medcls", version=__version__, lifespan=lifespan,
                   description="Medical image classification service (research use only).")
     app.state.settings, app.state.api_key, app.state.metrics = settings, _api_key(settings), Metrics()
+    app.state.model_name = settings.model_name or model_name(settings.bundle)
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
     app.state.decode_budget = PixelBudget(settings.decode_pixels)
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, api_key=app.state.api_key)  # before any body is read
     app.add_middleware(ObserveRequests, metrics=app.state.metrics)  # outermost: refusals are counted too
-    for router in (predict_router, explain_router, meta_router):
+    for router in (predict_router, explain_router, meta_router, v2_router):
         app.include_router(router)
     return app

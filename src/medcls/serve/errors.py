@@ -1,4 +1,7 @@
-"""The one error shape, ``{"error": {"code", "message"}}``, for every status, Starlette's own included."""
+"""The one error shape, ``{"error": {"code", "message"}}``, for every status, Starlette's own included.
+
+The Open Inference Protocol's routes (``/v2``) answer in that protocol's shape instead, ``{"error": message}``
+(plus ``"code"`` beside it): its clients read ``error`` as a string (tritonclient fails on an object)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,16 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
          413: "too_large", 415: "unsupported_format", 422: "invalid_input", 503: "not_ready"}
 
 
-def error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, headers=headers,
-                        content={"error": {"code": code or CODES.get(status, "error"), "message": message}})
+def error_body(path: str, status: int, message: str, code: str | None = None) -> dict:
+    code = code or CODES.get(status, "error")
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": message, "code": code}
+    return {"error": {"code": code, "message": message}}
+
+
+def error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
+          path: str = "") -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers, content=error_body(path, status, message, code))
 
 
 def busy(message: str) -> HTTPException:
@@ -26,16 +36,17 @@ def busy(message: str) -> HTTPException:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error(exc.status_code, str(exc.detail), getattr(exc, "error_code", None), getattr(exc, "headers", None))
+    return error(exc.status_code, str(exc.detail), getattr(exc, "error_code", None), getattr(exc, "headers", None),
+                 request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return error(422, msgs, "invalid_request")
+    return error(422, msgs, "invalid_request", path=request.url.path)
 
 
 async def _medcls_error(request: Request, exc: MedclsError) -> JSONResponse:
-    return error(422, str(exc), "invalid_input")
+    return error(422, str(exc), "invalid_input", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

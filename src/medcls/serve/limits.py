@@ -15,16 +15,17 @@ import secrets
 from fastapi import HTTPException  # (FastAPI turns other exceptions raised while parsing a form into a 400)
 from starlette.middleware.body_limit import RequestBodyLimitResponder
 
-from .errors import busy
+from .errors import busy, error_body
 
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form around the file(s)
 
 
 DOCS = ("/docs", "/redoc", "/openapi.json")
+PREDICTING = ("/v1/", "/v2/models/")  # behind the key and the upload limits (/v2/health and /v2 stay open, as /health)
 
 
-async def _reply(send, status: int, code: str, message: str, extra: tuple = ()) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+async def _reply(send, path: str, status: int, code: str, message: str, extra: tuple = ()) -> None:
+    body = json.dumps(error_body(path, status, message, code)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
@@ -104,11 +105,11 @@ class RequestLimits:
         self.max_concurrency, self.in_flight = settings.max_concurrency, 0
         self.max_receiving, self.receiving = settings.max_receiving, 0
         self.body_timeout, self.min_body_rate = settings.body_timeout, settings.min_body_rate
-        self.protected = ("/v1/", *(("/metrics",) if settings.protect_metrics else ()),
+        self.protected = (*PREDICTING, *(("/metrics",) if settings.protect_metrics else ()),
                           *(DOCS if settings.protect_docs else ()))
 
     def _limit(self, path: str) -> int:
-        return self.batch if path.rstrip("/").endswith("/batch") else self.single
+        return self.batch if path.rstrip("/").endswith(("/batch", "/infer")) else self.single
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -117,11 +118,11 @@ class RequestLimits:
         key = headers.get(b"x-api-key", b"")
         if self.api_key is not None and path.startswith(self.protected) and \
                 not secrets.compare_digest(key, self.api_key.encode()):
-            return await _reply(send, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
-        if not path.startswith("/v1/"):
+            return await _reply(send, path, 401, "unauthorized", "missing or wrong API key (send it in the X-API-Key header)")
+        if not path.startswith(PREDICTING):
             return await self._bounded(scope, receive, send, path, headers)
         if self.receiving >= self.max_receiving:
-            return await _reply(send, 503, "busy", f"{self.receiving} uploads arriving (limit {self.max_receiving}); "
+            return await _reply(send, path, 503, "busy", f"{self.receiving} uploads arriving (limit {self.max_receiving}); "
                                 "retry shortly", ((b"retry-after", b"1"),))
         slot = _Slot(self)
         try:
@@ -134,9 +135,9 @@ class RequestLimits:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await _reply(send, 400, "bad_request", "Content-Length must be a non-negative integer")
+                return await _reply(send, path, 400, "bad_request", "Content-Length must be a non-negative integer")
             if int(declared) > limit:
-                return await _reply(send, 413, "too_large", f"request body of {int(declared)} bytes is larger than "
+                return await _reply(send, path, 413, "too_large", f"request body of {int(declared)} bytes is larger than "
                                     f"the limit of {limit} bytes for {path}")
         # the streamed count is Starlette's: FastAPI answers its overflow with 413 through our handlers
         receive = _deadline_receive(receive, self.body_timeout, self.min_body_rate, on_complete)

@@ -61,5 +61,94 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
+
+
+
+# ------------------------------------------------------------------ the Open Inference Protocol (/v2)
+class V2Error(BaseModel):
+    """The protocol's error shape (its clients read ``error`` as a string), with /v1's code beside it."""
+
+    error: str = Field(..., description="One line: what was expected and what came.")
+    code: str
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2RequestTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(..., description="FP32 for 'image' (preprocessed), BYTES for 'image_bytes' (encoded images; "
+                          "base64 strings in JSON)")
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2RequestTensor]
+    outputs: list[V2RequestOutput] | None = None
+
+
+class V2ResponseTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2ResponseTensor]
+
+
+def v2_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": V2Error} for code in codes}
+
+
 __all__ = ["BatchResult", "ErrorBody", "ErrorResponse", "Health", "ModelDescription", "Prediction",
-           "PredictionError", "Ready", "error_responses"]
+           "PredictionError", "Ready", "V2Error", "V2InferRequest", "V2InferResponse", "V2Live", "V2ModelMetadata",
+           "V2ModelReady", "V2Ready", "V2ServerMetadata", "error_responses", "v2_error_responses"]

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 class ServeSettings(BaseModel):
     bundle: str = Field(..., description="Bundle directory (or a run directory with backend=torch).")
     backend: str = Field("onnx", description="torch | onnx | int8")
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="The model's name on the Open "
+                                   "Inference Protocol routes (/v2/models/<name>); default: the bundle folder's name.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
     api_key_file: str | None = Field(None, description="File holding the API key (e.g. a mounted secret).")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)

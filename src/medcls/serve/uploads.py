@@ -96,17 +96,22 @@ class PixelBudget:
 async def _checked_bytes(file: UploadFile, settings: ServeSettings) -> tuple[bytes, int]:
     """The upload's bytes and the pixels its header declares; 4xx for anything that is not a usable image."""
     data = await file.read(settings.max_upload_bytes + 1)
+    return data, check_image_bytes(data, settings)
+
+
+def check_image_bytes(data: bytes, settings: ServeSettings, what: str = "upload") -> int:
+    """The pixels an encoded image's header declares; 4xx for anything that is not a usable image."""
     if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes")
+        raise HTTPException(413, f"{what} larger than {settings.max_upload_bytes} bytes")
     if not data:
-        raise HTTPException(400, "empty file: expected a PNG, JPEG, TIFF, BMP or DICOM image")
+        raise HTTPException(400, f"empty {what}: expected a PNG, JPEG, TIFF, BMP or DICOM image")
     kind = sniff(data)
     if kind is None:
-        raise HTTPException(415, "unsupported or unrecognised format (checked by content, not name): "
+        raise HTTPException(415, f"{what}: unsupported or unrecognised format (checked by content, not name): "
                             "expected PNG, JPEG, TIFF, BMP or DICOM")
     if kind == "dicom":
-        return data, _check_dicom_header(data, settings.max_pixels)
-    return data, _check_header(data, kind, settings.max_pixels)
+        return _check_dicom_header(data, settings.max_pixels)
+    return _check_header(data, kind, settings.max_pixels)
 
 
 def _decode(data: bytes, name: str, max_pixels: int, then: Callable[[np.ndarray], T] | None,
@@ -128,8 +133,14 @@ async def read_upload(file: UploadFile, settings: ServeSettings, budget: PixelBu
     thread within ``budget``; 4xx with one line for anything that is not a usable image. ``draft``: the
     model's ``Preprocess.draft``, so a JPEG is decoded as in training."""
     data, pixels = await _checked_bytes(file, settings)
+    return await decode_checked(data, pixels, file.filename or "upload", settings, budget, then, draft)
+
+
+async def decode_checked(data: bytes, pixels: int, name: str, settings: ServeSettings, budget: PixelBudget,
+                         then: Callable[[np.ndarray], T] | None = None, draft: int | None = None) -> np.ndarray | T:
+    """Decode bytes already checked by :func:`check_image_bytes` (``pixels``), within the pixel budget."""
     async with budget.hold(pixels):
-        return await asyncio.to_thread(_decode, data, file.filename or "upload", settings.max_pixels, then, draft)
+        return await asyncio.to_thread(_decode, data, name, settings.max_pixels, then, draft)
 
 
 MAX_METADATA_CHARS = 64 * 1024
