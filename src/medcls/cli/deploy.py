@@ -197,6 +197,7 @@ def serve(
     from ..inference import Predictor
     from ..serve import ServeSettings, create_app
     from ..serve.protocol import http_protocol
+    from ..serve.shutdown import DrainingServer
 
     try:
         settings = ServeSettings(bundle=str(bundle), backend=backend, model_name=model_name, api_key_env=api_key_env,
@@ -215,9 +216,10 @@ def serve(
     predictor = Predictor.load(bundle, backend=backend, threads=threads, refuse_ood=refuse_ood)  # fail fast, before binding
     app_ = create_app(settings, predictor)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: /docs)", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=timeout_keep_alive, http=http_protocol(settings.header_timeout),
-                timeout_graceful_shutdown=timeout_graceful_shutdown)
+    config = uvicorn.Config(app_, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_keep_alive=timeout_keep_alive, http=http_protocol(settings.header_timeout),
+                            timeout_graceful_shutdown=timeout_graceful_shutdown)
+    DrainingServer(config, app_.state).run()
 
 
 def register(app: typer.Typer) -> None:

@@ -70,6 +70,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.state.settings, app.state.api_key, app.state.metrics = settings, _api_key(settings), Metrics()
     app.state.model_name = settings.model_name or model_name(settings.bundle)
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
+    app.state.draining = False  # set by serve.shutdown.DrainingServer on SIGTERM
     app.state.decode_budget = PixelBudget(settings.decode_pixels)
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, api_key=app.state.api_key)  # before any body is read

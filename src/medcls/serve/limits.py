@@ -21,6 +21,7 @@ MULTIPART_SLACK = 64 * 1024  # headers and boundaries of the multipart form arou
 
 
 DOCS = ("/docs", "/redoc", "/openapi.json")
+ALIVE = ("/health", "/v2/health/live")  # answered while draining (serve.shutdown): liveness must not restart it
 PREDICTING = ("/v1/", "/v2/models/")  # behind the key and the upload limits (/v2/health and /v2 stay open, as /health)
 
 
@@ -115,6 +116,9 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
+        if getattr(scope["app"].state, "draining", False) and path not in ALIVE:
+            return await _reply(send, path, 503, "shutting_down", "the server is shutting down; retry (another "
+                                "replica will answer)", ((b"retry-after", b"1"), (b"connection", b"close")))
         key = headers.get(b"x-api-key", b"")
         if self.api_key is not None and path.startswith(self.protected) and \
                 not secrets.compare_digest(key, self.api_key.encode()):
