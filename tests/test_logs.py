@@ -31,3 +31,21 @@ def test_train_prints_epoch_lines_without_any_setup(pneumonia_npz, tmp_path):
     r = _run(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "epoch 1/1" in r.stderr and "calibrated best" in r.stderr
+
+
+def test_progress_lines_are_rate_limited_and_end_with_the_time_taken(caplog):
+    import logging
+
+    from medcls.logs import Progress
+
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger="medcls"):
+        p = Progress("features of train images", 5000, every=5, clock=lambda: now[0])
+        for _ in range(10):
+            now[0] += 1.0
+            p.update(500)
+        p.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "features of train images (5,000) ..."
+    assert lines[1:-1] == ["features of train images: 2,500/5,000 (50%), 5 s, about 5 s left"]
+    assert lines[-1] == "features of train images: done in 10.0 s"

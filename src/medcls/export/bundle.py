@@ -41,6 +41,7 @@ from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_
 from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
 from ..errors import ModelError
+from ..logs import Progress
 from ..metrics import task_auc
 from ..runs import Run, load_run
 from ..utils import (
@@ -127,14 +128,17 @@ def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float,
 OOD_FIT_IMAGES = 5000  # per split: enough for a shrunk covariance of 2048 features, seconds to compute
 
 
-def _features(run: Run, model, table) -> tuple[np.ndarray, np.ndarray]:
+def _features(run: Run, model, table, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (and labels) of up to ``OOD_FIT_IMAGES`` images of ``table``, evenly spaced."""
     idx = _even_rows(table, OOD_FIT_IMAGES)
     pre, feats = run.preprocess, []
+    progress = Progress(f"out-of-distribution gate: features of {split} images", len(idx))
     with torch.no_grad():
         for lo in range(0, len(idx), 256):
             x = torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx[lo : lo + 256]])
             feats.append(logits_and_features(model, x)[1].numpy())
+            progress.update(len(x))
+    progress.close()
     return np.concatenate(feats), np.asarray(table.labels)[idx]
 
 
@@ -142,8 +146,8 @@ def _fit_ood(run: Run, model, data, tmp: Path) -> tuple[OodGate | None, dict[str
     """The out-of-distribution gate, fitted on train with its threshold on val (image-only models)."""
     if run.inputs is not None or not has_features(model):
         return None, None
-    f_train, y_train = _features(run, model, data.train)
-    f_val, _ = _features(run, model, data.val)
+    f_train, y_train = _features(run, model, data.train, "train")
+    f_val, _ = _features(run, model, data.val, "val")
     gate, info = fit_gate(f_train, y_train, f_val, run.dataset.task)
     gate.save(tmp / OOD_FILE)
     log.info("out-of-distribution gate: Mahalanobis distance of %d features, threshold %.3g accepts %.1f%% of val",
@@ -158,13 +162,17 @@ def _int8(run: Run, data, tmp: Path, n_calibration: int, max_drop: float) -> dic
 
     spec = run.dataset
     x_cal, _ = _tensors(run, data.train, n_calibration)
+    step = Progress("INT8: static quantisation calibrated on train images", len(x_cal))
     quantize_static_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal.numpy())
+    step.close()
     pre = run.preprocess
+    step = Progress("INT8: validation AUC, fp32 against int8", len(data.val))
     x_all = torch.stack([pre(data.val.load(i, draft=pre.draft)) for i in range(len(data.val))]).numpy()
     y = np.asarray(data.val.labels)
     auc = partial(task_auc, spec.task, y, class_names=spec.class_names, positive_index=spec.positive_index)
     auc32 = auc(probabilities(ort_logits(ort_session(tmp / "model.onnx"), x_all), spec.task))
     auc8 = auc(probabilities(ort_logits(ort_session(tmp / "model.int8.onnx"), x_all), spec.task))
+    step.close()
     if auc32 - auc8 > max_drop:
         raise ModelError(f"INT8 model loses {auc32 - auc8:.4f} validation AUC ({auc32:.4f} -> {auc8:.4f}), "
                          f"more than the allowed {max_drop}; export without --quantize or raise --max-int8-auc-drop")
@@ -207,7 +215,9 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
                          else (model(x_val, **ex_val).numpy(), None))
     p_torch = probabilities(logits, run.dataset.task)
     if onnx:
+        step = Progress("ONNX: export and parity with torch on val images", len(x_val))
         checks["onnx_parity"] = _onnx_parity(run, model, tmp, x_val, ex_val, p_torch, parity_tol, gate, f_val)
+        step.close()
     if quantize:
         checks["int8"] = _int8(run, data, tmp, n_calibration, max_int8_auc_drop)
     if torchscript:
