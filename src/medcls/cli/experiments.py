@@ -82,10 +82,10 @@ def print_status(st) -> None:
 
     console = Console()
     states = ", ".join(f"{v} {k}" for k, v in sorted(st.states.items())) or "no trials"
-    console.print(f"study {st.name} in {st.storage} ({st.direction}): {states}")
+    console.print(f"study {st.name} in {st.storage} ({st.direction}): {states}", soft_wrap=True)
     if st.deadline:
         end = dt.datetime.fromtimestamp(st.deadline, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        console.print(f"time budget ends {end}")
+        console.print(f"time budget ends {end}", soft_wrap=True)
     cols = ("complete", "pruned", "fail", "running", "waiting")
     table = Table(title="trials by worker (host:pid)")
     for c in ("worker", *cols):
@@ -98,7 +98,8 @@ def print_status(st) -> None:
         return
     b = st.best
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b["params"].items())
-    console.print(f"best: trial {b['number']} value {b['value']:.4f} ({params}) by {b['worker']} in {b['run_dir']}")
+    console.print(f"best: trial {b['number']} value {b['value']:.4f} ({params}) by {b['worker']} in {b['run_dir']}",
+                  soft_wrap=True)
 
 
 def ablate(

@@ -330,10 +330,10 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     direction = "maximize" if monitor_mode(monitor) == "max" else "minimize"
     tune_dir = (Path(study_dir or cfg.output_dir) / name).absolute()
     store = open_store(storage, tune_dir, heartbeat)  # a bad URL or an unreachable server: before any data
-    tune_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     key, space_d = _study_key(cfg), _space_dict(params)
     with store.hold(tune_dir):
+        tune_dir.mkdir(parents=True, exist_ok=True)
         study = _open_study(store, name, direction)
         check_same_study(study, key, space_d, record=False)
         data = without_test(load_data(cfg.data), NO_TEST)
