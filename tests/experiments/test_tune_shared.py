@@ -123,10 +123,10 @@ def test_a_killed_workers_trial_is_retried_by_a_live_one(files, postgres_db):
 
 def test_journal_storage_shares_a_study_between_two_workers(files, capsys):
     journal = f"journal:{files / 'study.log'}"
-    finish([worker(files, journal, "--trials", "3") for _ in range(2)])
+    finish([worker(files, journal, "--trials", "2") for _ in range(2)])
     trials = trials_of(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
         str(files / "study.log"))))
-    assert sum(t.state in FINISHED for t in trials) == 3
+    assert sum(t.state in FINISHED for t in trials) == 2
     assert not [t for t in trials if t.state == S.RUNNING]
     assert main(["tune", "--status", "--storage", journal]) == 0  # the only study there: no --name needed
     assert "study s in journal:" in capsys.readouterr().out
@@ -175,3 +175,59 @@ def test_sqlite_refuses_a_second_worker_and_bad_storages_are_one_line(files, cap
         assert err.startswith("error: ") and err.count("\n") == 1 and said in err, err
         assert "secret" not in err
     assert not (files / "runs").exists()
+
+
+# ------------------------------------------------------------------ the budget logic, without training
+def _journal_study(tmp_path, storage=None):
+    storage = storage or optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "j.log")))
+    return optuna.create_study(study_name="u", storage=storage, direction="maximize")
+
+
+def test_surplus_trials_are_the_ones_started_after_the_budget_was_filled(tmp_path):
+    from medcls.experiments.study import is_surplus
+
+    study = _journal_study(tmp_path)
+    done = study.ask()
+    study.tell(done, 0.5)
+    first, second = study.ask(), study.ask()  # two workers raced past the check for the last place of 2
+    assert not is_surplus(study, first.number, 2) and is_surplus(study, second.number, 2)
+    assert not is_surplus(study, second.number, 3) and not is_surplus(study, second.number, None)
+
+
+def test_run_budget_waits_for_peers_and_reaps_instead_of_leaving(tmp_path):
+    from medcls.experiments.study import run_budget
+
+    study = _journal_study(tmp_path)
+    peer = study.ask()  # a peer's running trial would fill a budget of 1
+    waits: list[int] = []
+
+    def reap_dead():  # the peer finishes while this worker waits
+        waits.append(1)
+        if len(waits) == 2:
+            study.tell(peer, 0.7)
+
+    ran: list[int] = []
+    assert run_budget(study, lambda: ran.append(1), target=1, deadline=None, poll=0, reap_dead=reap_dead,
+                      sleep=lambda s: None) == "trials"
+    assert len(waits) == 2 and not ran
+    assert run_budget(study, lambda: ran.append(1), target=5, deadline=0.0, poll=0, reap_dead=reap_dead) == "budget"
+
+
+def test_journal_reaps_trials_of_dead_processes_of_this_host_only(tmp_path):
+    from medcls.experiments.study import Store, reap
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
+    study = _journal_study(tmp_path, storage)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, alive, remote = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), study.ask(), study.ask()
+    for t, host, pid in ((dead, socket.gethostname(), gone.pid), (alive, socket.gethostname(), os.getpid()),
+                         (remote, "elsewhere", gone.pid)):
+        t.set_user_attr("host", host)
+        t.set_user_attr("pid", pid)
+    reap(study, Store(storage, "journal:x", "journal"))
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[dead.number] == S.FAIL and states[alive.number] == states[remote.number] == S.RUNNING
+    (retry,) = [t for t in study.get_trials(deepcopy=False) if t.state == S.WAITING]
+    assert retry.params == study.trials[dead.number].params and retry.system_attrs["failed_trial"] == dead.number
