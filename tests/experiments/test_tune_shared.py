@@ -231,3 +231,15 @@ def test_journal_reaps_trials_of_dead_processes_of_this_host_only(tmp_path):
     assert states[dead.number] == S.FAIL and states[alive.number] == states[remote.number] == S.RUNNING
     (retry,) = [t for t in study.get_trials(deepcopy=False) if t.state == S.WAITING]
     assert retry.params == study.trials[dead.number].params and retry.system_attrs["failed_trial"] == dead.number
+
+
+def test_the_time_budget_is_shared_while_it_lasts(tmp_path):
+    from medcls.experiments.study import study_deadline
+
+    study = _journal_study(tmp_path)
+    assert study_deadline(study, None, shared=True) is None
+    first = study_deadline(study, 3600, shared=True, now=1000.0)
+    assert first == 4600.0 and study.user_attrs["deadline"] == 4600.0
+    assert study_deadline(study, 60, shared=True, now=2000.0) == 4600.0  # a worker joining shares it
+    assert study_deadline(study, 60, shared=True, now=5000.0) == 5060.0  # after it: a new window
+    assert study_deadline(study, 60, shared=False, now=5001.0) == 5061.0  # a local study: each invocation its own

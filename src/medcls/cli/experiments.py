@@ -52,8 +52,9 @@ def tune(
     storage: Annotated[str | None, typer.Option(help="Shared study: postgresql+psycopg://USER@HOST:PORT/DB (any "
                                                 "SQLAlchemy URL) or journal:FILE; run the same command on every "
                                                 "machine. Default: <study folder>/study.db, one worker.")] = None,
-    heartbeat: Annotated[int, typer.Option(help="Seconds between a database worker's heartbeats; a trial silent for "
-                                           "twice as long is failed and retried by a live worker.")] = 60,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats (database storages; Optuna's "
+                                           "journal has none): a trial silent for twice as long is failed and "
+                                           "retried by a live worker.")] = 60,
     status: Annotated[bool, typer.Option("--status", help="Print the study's trials by state and worker and the "
                                          "best so far (needs --name and --storage or --study-dir), and exit.")] = False,
     data_dir: DataDir = None,

@@ -132,11 +132,11 @@ def _rdb(url: str, shown: str, heartbeat: int | None):
             what = getattr(e.__cause__, "name", None) or "its driver"
             raise ConfigError(f"--storage {shown}: the database driver ({what}) is not installed; e.g. pip install "
                               "'psycopg[binary]' for postgresql+psycopg://") from None
-        except (sa.IntegrityError, sa.ProgrammingError):  # workers started together create the tables at once
-            if attempt == 3:
-                raise
-            time.sleep(0.5 + attempt)
         except sa.SQLAlchemyError as e:
+            # workers started together create the tables at once: one of them may lose that race, and retries
+            if isinstance(e, (sa.IntegrityError, sa.ProgrammingError)) and attempt < 3:
+                time.sleep(0.5 + attempt)
+                continue
             first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"--storage {shown}: cannot open the study database ({first})") from None
     raise AssertionError("unreachable")
@@ -187,14 +187,15 @@ def check_same_study(study, base: dict[str, Any], space: dict[str, Any], *, reco
                        f"--config/--set/--space, or start a new study with another --name")
 
 
-def study_deadline(study, seconds: float | None, now: float | None = None) -> float | None:
-    """The study-wide end of the time budget (UTC epoch): the one recorded while it is in the future, else a
-    new window of ``seconds`` from now (recorded for the workers that join)."""
+def study_deadline(study, seconds: float | None, *, shared: bool, now: float | None = None) -> float | None:
+    """The study-wide end of the time budget (UTC epoch): on a shared study the one recorded while it is in the
+    future, else (and always on a local one, which has one worker) a new window of ``seconds`` from now, recorded
+    for the workers that join."""
     if seconds is None:
         return None
     now = time.time() if now is None else now
     recorded = study.user_attrs.get("deadline")
-    if isinstance(recorded, (int, float)) and recorded > now:
+    if shared and isinstance(recorded, (int, float)) and recorded > now:
         return float(recorded)
     study.set_user_attr("deadline", now + seconds)
     return now + seconds

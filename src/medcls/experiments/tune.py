@@ -16,8 +16,9 @@ a trial only while finished + running trials fall short of it, waits while its p
 fill it (their retries, when a peer dies, are its to run), and a trial started by a race past it is failed
 before it trains (``stopped="surplus: ..."``), so the study ends with exactly that many. ``budget`` is wall
 clock for the whole study: the first worker records its end (UTC epoch) in the study, workers joining before
-then share it, and an invocation after it opens a new window. No trial starts after it; a trial still
-running then is stopped after its current epoch (pruned, ``stopped=budget``). Whichever limit comes first.
+then share it, and an invocation after it opens a new window (a local study, one worker, opens one each
+time). No trial starts after it; a trial still running then is stopped after its current epoch (pruned,
+``stopped=budget``). Whichever limit comes first.
 """
 
 from __future__ import annotations
@@ -342,7 +343,7 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
         _record_study(tune_dir, cfg, params)
         who = worker_identity()
         s = _prepare_study(study, store, pruner, epochs, cfg.seed, trials, who["worker"])
-        deadline = study_deadline(study, seconds)
+        deadline = study_deadline(study, seconds, shared=store.shared)
         objective = _objective(_Trials(cfg, params, data, tune_dir, name, deadline, trials,
                                        {**who, "sampler_seed": s}))
 
