@@ -188,6 +188,8 @@ class TrackingConfig(_Section):
                             "sqlite:///<output_dir>/mlflow.db. TensorBoard: the log directory; default <output_dir>/tensorboard.")
     experiment: str | None = Field(None, description="MLflow experiment and registered model name (default: the run name).")
     register_model: bool = Field(True, description="MLflow: register each bundle `medcls export` writes as a new model version.")
+    tags: dict[str, str] = Field(default_factory=dict, description="MLflow: tags set on the run (`medcls tune` "
+                                 "tags each trial with medcls.study, medcls.trial and medcls.worker).")
 
     @field_validator("backend", mode="before")
     @classmethod

@@ -126,7 +126,8 @@ class MlflowTracker(Tracker):
             self.client.update_run(run_id, status="RUNNING")
         else:
             self.run_id = self.client.create_run(exp_id, run_name=run_dir.name,
-                                                 tags={"medcls.run_dir": str(run_dir.resolve())}).info.run_id
+                                                 tags={"medcls.run_dir": str(run_dir.resolve()),
+                                                       **cfg.tracking.tags}).info.run_id
             self._params(config_params(cfg))
 
     def _params(self, params: dict[str, str]) -> None:

@@ -181,6 +181,12 @@ def test_tune_runs_resumes_and_never_reads_test(tmp_path, make_cfg, no_test, cap
     top = trials.loc[trials["value"].idxmax()]
     assert best.train.lr == pytest.approx(top["train.lr"]) and best.train.label_smoothing == top["train.label_smoothing"]
     assert best.train.epochs == 2 and best.data.limit == 32 and best.name == "tt-tuned"
+    # --status needs no config: trials by state and worker, the best so far
+    assert main(["tune", "--status", "--study-dir", str(study_dir), "--name", "s1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "study s1 in sqlite:///" in out and "3 complete" in out and "best: trial" in out
+    assert main(["tune", "--status", "--study-dir", str(study_dir), "--name", "s2"]) == 2
+    assert "no study 's2' in" in capsys.readouterr().err
     # the same command again: the target is reached, nothing new runs
     res3 = tune(cfg, trials=3, space=space, study_dir=study_dir, name="s1")
     assert len(res3.trials) == 3

@@ -38,24 +38,69 @@ def cv(
 def tune(
     config: ConfigFile = None,
     sets: Sets = None,
-    budget: Annotated[str | None, typer.Option(help="Wall-clock budget of this invocation: 900s, 30m, 2h, 1h30m.")] = None,
-    trials: Annotated[int | None, typer.Option(help="Total finished (complete or pruned) trials the study should hold, counting earlier runs.")] = None,
+    budget: Annotated[str | None, typer.Option(help="Wall-clock budget of the whole study (shared by the workers "
+                                               "that join before it ends): 900s, 30m, 2h, 1h30m.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Finished (complete or pruned) trials the whole study should "
+                                               "hold, over all workers and earlier runs.")] = None,
     space: Annotated[Path | None, typer.Option(help="YAML search space replacing the default "
                                                "(key: {type: float|int, low, high, log} or {type: categorical, choices}).")] = None,
-    study_dir: Annotated[Path | None, typer.Option(help="Parent folder of the study (default: the config's output_dir).")] = None,
+    study_dir: Annotated[Path | None, typer.Option(help="Parent folder of the study (default: the config's output_dir); "
+                                                   "may be a shared folder.")] = None,
     name: Annotated[str | None, typer.Option(help="Study name and folder (default: <config name>-tune). Same name = resume.")] = None,
     seed: TuneSeed = None,
     pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
+    storage: Annotated[str | None, typer.Option(help="Shared study: postgresql+psycopg://USER@HOST:PORT/DB (any "
+                                                "SQLAlchemy URL) or journal:FILE; run the same command on every "
+                                                "machine. Default: <study folder>/study.db, one worker.")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats (database storages; Optuna's "
+                                           "journal has none): a trial silent for twice as long is failed and "
+                                           "retried by a live worker.")] = 60,
+    status: Annotated[bool, typer.Option("--status", help="Print the study's trials by state and worker and the "
+                                         "best so far (needs --name and --storage or --study-dir), and exit.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Budgeted Optuna search of hyperparameters on validation (never reads test); writes best_config.yaml."""
+    if status:
+        from ..experiments.study import status as study_status
+
+        print_status(study_status(storage, name, study_dir))
+        return
     from ..experiments.tune import print_summary
     from ..experiments.tune import tune as run_tune
 
     result = run_tune(config, budget=budget, trials=trials, overrides=overrides(sets, data_dir), space=space,
-                      study_dir=study_dir, name=name, seed=seed, pruner=pruner)
+                      study_dir=study_dir, name=name, seed=seed, pruner=pruner, storage=storage, heartbeat=heartbeat)
     print_summary(result)
     typer.echo(f"study written to {result.path}")
+
+
+def print_status(st) -> None:
+    """``medcls tune --status``: trials by state, by worker, and the best so far."""
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    states = ", ".join(f"{v} {k}" for k, v in sorted(st.states.items())) or "no trials"
+    console.print(f"study {st.name} in {st.storage} ({st.direction}): {states}", soft_wrap=True)
+    if st.deadline:
+        end = dt.datetime.fromtimestamp(st.deadline, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        console.print(f"time budget ends {end}", soft_wrap=True)
+    cols = ("complete", "pruned", "fail", "running", "waiting")
+    table = Table(title="trials by worker (host:pid)")
+    for c in ("worker", *cols):
+        table.add_column(c, justify="left" if c == "worker" else "right")
+    for w, c in sorted(st.workers.items()):
+        table.add_row(w, *[str(c.get(k, 0)) for k in cols])
+    console.print(table)
+    if st.best is None:
+        console.print("best: none complete yet")
+        return
+    b = st.best
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b["params"].items())
+    console.print(f"best: trial {b['number']} value {b['value']:.4f} ({params}) by {b['worker']} in {b['run_dir']}",
+                  soft_wrap=True)
 
 
 def ablate(

@@ -1,20 +1,29 @@
 """Budgeted hyperparameter search with Optuna; every choice is made on validation, the test split is never read.
 
-Each trial trains one run (``<tune_dir>/trials/trial-NNNN/``) on the configured
-train/val splits with the test split replaced by a guard that refuses to be
-read. The objective is the trainer's monitor (``train.monitor``, validation AUC
-by default) at its best epoch; after every epoch the running best is reported to
-the pruner (median by default), which stops weak trials. The study lives in
-``<tune_dir>/study.db`` (SQLite), so re-running the same command resumes it.
+Each trial trains one run (``<study_dir>/<name>/trials/trial-NNNN/``) on the configured train/val splits with
+the test split replaced by a guard that refuses to be read. The objective is the trainer's monitor
+(``train.monitor``, validation AUC by default) at its best epoch; after every epoch the running best is
+reported to the pruner (median by default), which stops weak trials. Every trial records where it ran (user
+attrs ``host``, ``pid``, ``worker``, ``run_dir``, ``sampler_seed``); with MLflow tracking each trial is a run
+tagged ``medcls.study``, ``medcls.trial`` and ``medcls.worker``.
 
-``budget`` is wall clock for this invocation: no trial starts after it is used
-up, and a trial still running then is stopped after its current epoch (recorded
-as pruned, ``stopped=budget``). ``trials`` is the total number of finished
-(complete or pruned) trials the study should hold; whichever limit comes first.
+The study lives in ``<study_dir>/<name>/study.db`` (SQLite, one worker at a time), or in ``storage``: a
+database URL (``postgresql+psycopg://user@host:port/db``) or ``journal:FILE`` that any number of workers
+join by running the same command (see :mod:`medcls.experiments.study`). Re-running the command resumes it.
+
+``trials`` is the number of finished (complete or pruned) trials the whole study should hold: a worker starts
+a trial only while finished + running trials fall short of it, waits while its peers' running trials would
+fill it (their retries, when a peer dies, are its to run), and a trial started by a race past it is failed
+before it trains (``stopped="surplus: ..."``), so the study ends with exactly that many. ``budget`` is wall
+clock for the whole study: the first worker records its end (UTC epoch) in the study, workers joining before
+then share it, and an invocation after it opens a new window (a local study, one worker, opens one each
+time). No trial starts after it; a trial still running then is stopped after its current epoch (pruned,
+``stopped=budget``). Whichever limit comes first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -32,15 +41,28 @@ from ..defaults import resolve_auto
 from ..engine.trainer import monitor_mode
 from ..errors import ConfigError, MedclsError, RunError, did_you_mean
 from ..extras import require
-from ..utils import atomic_write_json, atomic_write_text, file_lock, flatten
+from ..utils import atomic_write_json, atomic_write_text, flatten, to_json
 from ._common import as_config, without_test
 from .space import DEFAULT_SPACE, Param, load_space, parse_budget, parse_space, trial_config
+from .study import (
+    Store,
+    check_same_study,
+    is_surplus,
+    make_sampler,
+    open_store,
+    reap,
+    run_budget,
+    sampler_seed,
+    study_deadline,
+    worker_identity,
+)
 
 __all__ = ["DEFAULT_SPACE", "PruneCallback", "TuneResult", "load_space", "parse_budget", "parse_space", "tune"]
 
 log = logging.getLogger("medcls")
 
 NO_TEST = "test split never read by tune (trials train and select on train/val only)"
+SURPLUS = "surplus: study budget reached"
 # Keys that may differ when a study is resumed (where and how fast it runs, not what it computes).
 RUNTIME = ("train.progress", "train.device", "train.threads", "data.num_workers", "data.data_dir", "data.cache",
            "data.cache_dir", "data.cache_memory_gb")
@@ -91,22 +113,13 @@ def _space_dict(space: list[Param]) -> dict[str, Any]:
     return {p.key: p.to_dict() for p in space}
 
 
-def _check_same_study(tune_dir: Path, cfg: Config, space: list[Param]) -> None:
-    """A resumed study must keep its base config and search space (else it is another study)."""
-    base_p, space_p = tune_dir / "base_config.yaml", tune_dir / "space.yaml"
-    if not base_p.is_file():
-        return
-    old, new = flatten(yaml.safe_load(base_p.read_text()) or {}), flatten(cfg.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if k not in RUNTIME and old.get(k) != new.get(k)]
-    old_space = yaml.safe_load(space_p.read_text()) if space_p.is_file() else None
-    if diffs or old_space != _space_dict(space):
-        what = f"config keys {', '.join(diffs[:6])}" if diffs else "search space"
-        raise RunError(f"{tune_dir} holds a study started with a different {what}; resume with the same "
-                       f"--config/--set/--space, or start a new study with another --name")
+def _study_key(cfg: Config) -> dict[str, Any]:
+    """The base config as the study records it: flat, JSON values, without the keys that may differ per worker."""
+    return json.loads(to_json({k: v for k, v in flatten(cfg.to_dict()).items() if k not in RUNTIME}))
 
 
 def _record_study(tune_dir: Path, cfg: Config, space: list[Param]) -> None:
-    """Record the base config and space once the study exists (a run that failed before leaves nothing)."""
+    """Write the base config and space beside the study once it exists, for people (the study holds the check)."""
     if not (tune_dir / "base_config.yaml").is_file():
         atomic_write_text(tune_dir / "space.yaml", yaml.safe_dump(_space_dict(space), sort_keys=False))
         save_config(cfg, tune_dir / "base_config.yaml")
@@ -206,41 +219,70 @@ def _check_request(cfg: Config, budget, trials, name: str | None, pruner: str) -
     return seconds, name
 
 
-def _open_study(name: str, storage: str, direction: str, pruner: str, epochs: int, seed: int, trials: int | None):
-    """The study (created or resumed; trials left running by a dead process marked failed) and its finished count."""
+def _open_study(store: Store, name: str, direction: str):
     import optuna
 
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                                pruner=build_pruner(pruner, epochs))
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        log.warning("trial %d was left running by an earlier process: marked failed", t.number)
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                            optuna.trial.TrialState.PRUNED)))
+    return optuna.create_study(study_name=name, storage=store.storage, load_if_exists=True, direction=direction)
+
+
+def _prepare_study(study, store: Store, pruner: str, epochs: int, seed: int, trials: int | None, worker: str) -> int:
+    """Set the pruner and this worker's sampler; returns the sampler's seed. A local study (one worker) fails
+    the trials an earlier process left running; a shared one leaves peers' trials to the heartbeat."""
+    import optuna
+
+    if not store.shared:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            log.warning("trial %d was left running by an earlier process: marked failed", t.number)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    study.pruner = build_pruner(pruner, epochs)
     startup = max(3, min(10, trials // 3)) if trials else 10
-    # reseeded by the history length, so a resumed study does not replay its first random proposals
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=startup)
-    return study, finished
+    # local: reseeded by the history length, so a resumed study does not replay its first random proposals
+    s = sampler_seed(seed, store, len(study.trials), worker)
+    study.sampler = make_sampler(s, startup)
+    log.info("worker %s joins study %s in %s (sampler seed %d)", worker, study.study_name, store.shown, s)
+    return s
 
 
-def _objective(cfg: Config, params, data, tune_dir: Path, name: str, deadline: float | None):
+@dataclass
+class _Trials:
+    """What every trial of this worker shares."""
+
+    cfg: Config
+    params: list[Param]
+    data: Any
+    tune_dir: Path
+    name: str
+    deadline: float | None
+    target: int | None
+    attrs: dict[str, Any]
+
+
+def _objective(t: _Trials):
     """One trial: train the sampled config on the (test-free) data; its value is the best-epoch monitor."""
     import optuna
 
     from ..api import train
 
-    monitor = cfg.train.monitor
+    monitor = t.cfg.train.monitor
 
     def objective(trial) -> float:
-        values = {p.key: p.suggest(trial) for p in params}
-        run_dir = tune_dir / "trials" / f"trial-{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(run_dir))
-        tcfg = trial_config(cfg, values, f"{cfg.name}-t{trial.number}")
+        if is_surplus(trial.study, trial.number, t.target):  # a peer's trial took the last place first
+            trial.set_user_attr("stopped", SURPLUS)
+            log.info("trial %d: %s, not run", trial.number, SURPLUS)
+            return float("nan")
+        values = {p.key: p.suggest(trial) for p in t.params}
+        run_dir = t.tune_dir / "trials" / f"trial-{trial.number:04d}"
+        for k, v in {**t.attrs, "run_dir": str(run_dir), "stopped": ""}.items():  # a retry inherits the dead one's
+            trial.set_user_attr(k, v)
+        tcfg = trial_config(t.cfg, values, f"{t.cfg.name}-t{trial.number}")
+        tcfg.tracking.tags = {**tcfg.tracking.tags, "medcls.study": t.name, "medcls.trial": str(trial.number),
+                              "medcls.worker": t.attrs["worker"]}
         log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in values.items()))
         state, reason = "failed", ""
         try:
-            run = train(tcfg, data=data, run_dir=run_dir, callbacks=[PruneCallback(trial, monitor, deadline)])
+            run = train(tcfg, data=t.data, run_dir=run_dir,
+                        callbacks=[PruneCallback(trial, monitor, t.deadline, clock=time.time)])
             m = run.metrics().get("train", {})
             value = m.get("best_value")
             trial.set_user_attr("best_epoch", m.get("best_epoch"))
@@ -256,8 +298,9 @@ def _objective(cfg: Config, params, data, tune_dir: Path, name: str, deadline: f
             raise
         finally:
             if run_dir.is_dir():  # the run directory says what happened (a pruned run stays resumable)
-                atomic_write_json(run_dir / "trial.json", {"study": name, "number": trial.number, "state": state,
-                                                           "reason": reason, "params": values})
+                atomic_write_json(run_dir / "trial.json", {"study": t.name, "number": trial.number, "state": state,
+                                                           "reason": reason, "params": values,
+                                                           "worker": t.attrs["worker"]})
 
     return objective
 
@@ -277,7 +320,7 @@ def _after_trial(tune_dir: Path, monitor: str):
 def tune(config: Config | str | Path | dict | None = None, *, budget: str | float | None = None,
          trials: int | None = None, overrides: list[str] | None = None, space: str | Path | dict | None = None,
          study_dir: str | Path | None = None, name: str | None = None, seed: int | None = None,
-         pruner: str = "median") -> TuneResult:
+         pruner: str = "median", storage: str | None = None, heartbeat: int = 60) -> TuneResult:
     """Search hyperparameters of ``config`` on validation; see the module doc. Returns the best trial's config."""
     optuna = require("optuna", "medcls tune")
 
@@ -286,26 +329,33 @@ def tune(config: Config | str | Path | dict | None = None, *, budget: str | floa
     params = load_space(space, cfg)
     monitor = cfg.train.monitor
     direction = "maximize" if monitor_mode(monitor) == "max" else "minimize"
-    tune_dir = Path(study_dir or cfg.output_dir) / name
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(tune_dir / 'study.db').resolve()}"
+    tune_dir = (Path(study_dir or cfg.output_dir) / name).absolute()
+    store = open_store(storage, tune_dir, heartbeat)  # a bad URL or an unreachable server: before any data
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with file_lock(tune_dir / "tune.lock", str(tune_dir), holder="another medcls tune",
-                   hint="wait for it or choose another --name"):
-        _check_same_study(tune_dir, cfg, params)
+    key, space_d = _study_key(cfg), _space_dict(params)
+    with store.hold(tune_dir):
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        study = _open_study(store, name, direction)
+        check_same_study(study, key, space_d, record=False)
         data = without_test(load_data(cfg.data), NO_TEST)
         epochs = resolve_auto(cfg, data)[0].train.epochs  # what each trial will train (train resolves the same)
-        study, finished = _open_study(name, storage, direction, pruner, epochs, cfg.seed, trials)
+        check_same_study(study, key, space_d, record=True)
         _record_study(tune_dir, cfg, params)
-        remaining = None if trials is None else trials - finished
-        if remaining is None or remaining > 0:
-            deadline = time.monotonic() + seconds if seconds else None
-            study.optimize(_objective(cfg, params, data, tune_dir, name, deadline), n_trials=remaining,
-                           timeout=seconds, catch=(FloatingPointError,), callbacks=[_after_trial(tune_dir, monitor)],
-                           gc_after_trial=True)
-        else:
-            log.info("study %s already holds %d finished trials (--trials %d): nothing to run", name, finished, trials)
-    return _finish(study, tune_dir, cfg, storage, monitor, direction)
+        who = worker_identity()
+        s = _prepare_study(study, store, pruner, epochs, cfg.seed, trials, who["worker"])
+        deadline = study_deadline(study, seconds, shared=store.shared)
+        objective = _objective(_Trials(cfg, params, data, tune_dir, name, deadline, trials,
+                                       {**who, "sampler_seed": s}))
+
+        def run_one() -> None:
+            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True,
+                           callbacks=[_after_trial(tune_dir, monitor)])
+
+        why = run_budget(study, run_one, target=trials, deadline=deadline, poll=min(heartbeat, 10),
+                         reap_dead=lambda: reap(study, store))
+        log.info("worker %s stops: %s", who["worker"], "the study holds its --trials" if why == "trials"
+                 else "the --budget is used up")
+    return _finish(study, tune_dir, cfg, store.shown, monitor, direction)
 
 
 def _finish(study, tune_dir: Path, cfg: Config, storage: str, monitor: str, direction: str) -> TuneResult:
