@@ -339,7 +339,7 @@ def _predict_to_folder(path: Path, items, out: Path, *, format: str, shard_size:
 
     plan = ShardPlan(len(items), shard_size)
     manifest = new_manifest(items, shard_size, source_identity(path, checkpoint, backend), path, format,
-                            refuse_ood=refuse_ood, metadata=metadata)
+                            refuse_ood=refuse_ood, metadata=metadata, batch_size=batch_size)
     dist = init_distributed("cpu")  # gloo, only to agree on the folder: the work is shared through its files
     try:
         manifest = open_output_on_all_ranks(out, manifest, dist)
