@@ -166,7 +166,7 @@ def open_output(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if diff := job_differences(old, manifest):
         raise RunError(f"{out} holds the predictions of another job (different {', '.join(diff)}); choose another "
                        "--output (finished predictions are never overwritten)")
-    for tmp in (out / SHARDS).glob(".part-*.tmp"):  # a killed shard write's leftovers
+    for tmp in [*(out / SHARDS).glob(".part-*.tmp"), *out.glob(".*.tmp")]:  # what a killed write left
         tmp.unlink(missing_ok=True)
     return {**old, "source_path": manifest["source_path"]}
 
