@@ -114,7 +114,7 @@ def test_output_folder_errors_and_exit_status(trained, archive, tmp_path, capsys
 
 
 @pytest.mark.parametrize("args,err", [
-    (["{archive}/nope"], "nope: no such file or directory"),
+    (["{archive}/nope"], "nope (no such file or directory)"),
     (["medmnsit:pneumoniamnist"], "'medmnsit' is not a source kind"),
     (["{archive}", "--format", "xlsx"], "--format must be one of csv, parquet"),
     (["{archive}", "--shard-size", "0"], "--shard-size must be at least 1"),

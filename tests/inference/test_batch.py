@@ -150,7 +150,7 @@ def test_missing_pyarrow_names_the_extra(bundle, folder, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("inputs,kw,err", [
-    (["nowhere/x.png"], {}, "nowhere/x.png: no such file or directory"),
+    (["nowhere/x.png"], {}, "image not found: nowhere/x.png (no such file or directory)"),
     (["pcam:/data"], {}, "'pcam' is not a source kind"),
     ([], {}, "no inputs"),
     (["{folder}"], {"format": "xml"}, "--format must be one of csv, parquet"),

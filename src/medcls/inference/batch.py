@@ -127,9 +127,9 @@ def _item_paths(item: str) -> list[str] | None:
         return [item]
     kind, sep, _ = item.partition(":")
     if sep and len(kind) > 1 and "/" not in kind:
-        raise DataError(f"{item}: no such file or directory, nor a data source ({kind!r} is not a source kind; "
-                        f"kinds: {', '.join(SOURCES)})")
-    raise DataError(f"{item}: no such file or directory")
+        raise DataError(f"image not found: {item} (no such file or directory, nor a data source: {kind!r} is not "
+                        f"a source kind; kinds: {', '.join(SOURCES)})")
+    raise DataError(f"image not found: {item} (no such file or directory)")
 
 
 def _tables(items: Sequence[str], split: str) -> list[ImageTable]:
