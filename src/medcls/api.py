@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +14,7 @@ import torch
 from .artefact import CHECKPOINTS, TEXT_DIR, ModelSpec, Postprocess
 from .config import Config, build_config, load_config
 from .data.sources import LoadedData, load_data
-from .engine.distributed import broadcast_object, cleanup, init_distributed
+from .engine.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from .engine.trainer import Callback, Trainer, resolve_device
 from .errors import ConfigError, RunError
 from .logs import ensure_console_logging
@@ -23,6 +25,7 @@ from .utils import atomic_write_json
 
 if TYPE_CHECKING:
     from .evaluation import EvalResult
+    from .inference.archive import ArchiveSummary
 
 log = logging.getLogger("medcls")
 
@@ -251,3 +254,135 @@ def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str 
     pred = Predictor.load(path, backend=backend, checkpoint=checkpoint, device=resolve_device(device),
                           refuse_ood=refuse_ood)
     return pred.predict(images, metadata=metadata, text=text, on_error=on_error)
+
+
+def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (), *, output: str | Path | None = None,
+                    list_file: str | Path | None = None, split: str = "all", format: str = "csv",
+                    shard_size: int | None = None, checkpoint: str = "best", device: str = "auto",
+                    backend: str = "torch", metadata: dict[str, Any] | None = None, refuse_ood: bool = False,
+                    batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
+                    on_results: Callable[[list[dict[str, Any]]], None] | None = None,
+                    on_error: Callable[[str], None] | None = None) -> ArchiveSummary:
+    """Predict an archive of any size, streaming: files, folders (recursive, sorted), a list file (one path a
+    line, relative to the file's folder) and data sources (``hdf5:PATH``, ``folder:PATH`` ...; ``split``: all
+    or one of train/val/test), decoded in ``num_workers`` DataLoader processes, ``batch_size`` at a time.
+
+    With ``output``: ``output/shards/part-*.csv`` of ``shard_size`` inputs each and, when all are done,
+    ``output/predictions.csv`` (or ``.parquet``) in input order and ``output/errors.csv``; the same call after
+    an interruption predicts only the missing shards, and under torchrun the ranks share the shards. Without
+    it each batch's result dicts go to ``on_results``. ``on_error`` gets one ``<file>: <message>`` line per
+    input that cannot be predicted. Nothing holds more than a shard (a batch without ``output``) of results.
+    """
+    from .inference.archive import DEFAULT_SHARD_SIZE, ArchiveSummary, check_options
+    from .inference.batch import batch_ranges, default_workers, error_line, resolve_inputs, stream
+
+    path = source.path if isinstance(source, Run) else Path(source)
+    check_options(format, DEFAULT_SHARD_SIZE if shard_size is None else shard_size)
+    items = resolve_inputs(inputs, list_file=list_file, split=split)
+    workers = default_workers() if num_workers is None else num_workers
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"--batch-size must be at least 1 and --num-workers at least 0, got {batch_size}, {workers}")
+    if output is not None:
+        return _predict_to_folder(path, items, Path(output), format=format, checkpoint=checkpoint, device=device,
+                                  shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
+                                  backend=backend, metadata=metadata, refuse_ood=refuse_ood, batch_size=batch_size,
+                                  num_workers=workers, progress=progress, on_error=on_error)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun, give --output DIR: the ranks share its shards")
+    pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, DistInfo())
+    summary = ArchiveSummary(inputs=len(items))
+    with _bar(progress, len(items)) as bar:
+        for idx, results in stream(pred, items, batch_ranges(0, len(items), batch_size), num_workers=workers,
+                                   metadata=metadata):
+            bar.update(len(idx))
+            good = [r for r in results if "error" not in r]
+            summary.predicted, summary.errors = summary.predicted + len(good), summary.errors + len(results) - len(good)
+            for r in results:
+                if "error" in r and on_error is not None:
+                    on_error(error_line(r))
+            if on_results is not None:
+                on_results(good)
+    return summary
+
+
+def _load_predictor(path: Path, backend: str, checkpoint: str, device: str, refuse_ood: bool, dist: DistInfo):
+    """The Predictor on ``device`` (under torchrun on CUDA: this rank's GPU, LOCAL_RANK)."""
+    from .inference import Predictor
+
+    dev = resolve_device(device)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
+    return Predictor.load(path, backend=backend, checkpoint=checkpoint, device=dev, refuse_ood=refuse_ood)
+
+
+def _bar(progress: bool, total: int):
+    """A progress bar on stderr (files/s, ETA); a silent one when ``progress`` is off."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not progress, file=sys.stderr, unit="file", dynamic_ncols=True, smoothing=0.05)
+
+
+def _predict_to_folder(path: Path, items, out: Path, *, format: str, shard_size: int, checkpoint: str, device: str,
+                       backend: str, metadata: dict[str, Any] | None, refuse_ood: bool, batch_size: int,
+                       num_workers: int, progress: bool, on_error: Callable[[str], None] | None) -> ArchiveSummary:
+    """The shards this rank owns that are missing, then (rank 0, once every shard is there) the final files."""
+    from .inference.archive import (
+        ArchiveSummary,
+        ShardPlan,
+        new_manifest,
+        open_output_on_all_ranks,
+        predict_shards,
+        shard_path,
+        source_identity,
+    )
+
+    plan = ShardPlan(len(items), shard_size)
+    manifest = new_manifest(items, shard_size, source_identity(path, checkpoint, backend), path, format,
+                            refuse_ood=refuse_ood, metadata=metadata, batch_size=batch_size)
+    dist = init_distributed("cpu")  # gloo, only to agree on the folder: the work is shared through its files
+    try:
+        manifest = open_output_on_all_ranks(out, manifest, dist)
+    finally:
+        cleanup(dist)
+    summary = ArchiveSummary(inputs=len(items), shards=plan.count, output=out)
+    mine = plan.of_rank(dist.rank, dist.world_size)
+    todo = [k for k in mine if not shard_path(out, k).is_file()]
+    summary.shards_skipped = len(mine) - len(todo)
+    if todo:
+        pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, dist)
+        with _bar(progress and dist.is_main, sum(plan.rows(k) for k in todo)) as bar:
+            for k, counts in predict_shards(pred, items, plan, out, todo, batch_size=batch_size,
+                                            num_workers=num_workers, metadata=metadata, bar=bar, report=on_error):
+                summary.shards_written += 1
+                summary.predicted, summary.errors = summary.predicted + counts["rows"], summary.errors + counts["errors"]
+                if dist.is_main:
+                    manifest = _record_shard(out, manifest, k, counts)
+    if dist.is_main:
+        _finish(out, plan, manifest, summary, fresh=bool(todo))
+    return summary
+
+
+def _record_shard(out: Path, manifest: dict[str, Any], k: int, counts: dict[str, int]) -> dict[str, Any]:
+    from .inference.archive import MANIFEST, with_shard
+
+    manifest = with_shard(manifest, k, counts)
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _finish(out: Path, plan, manifest: dict[str, Any], summary: ArchiveSummary, *, fresh: bool) -> None:
+    """Rank 0: wait for the other ranks' shards, merge them into the final files and mark the manifest
+    complete; nothing to write when a finished job is run again."""
+    from .inference.archive import ERRORS, MANIFEST, merge, wait_for_shards
+
+    final = out / manifest["final"]
+    if manifest.get("complete") and not fresh and final.is_file() and (out / ERRORS).is_file():
+        summary.already_complete = True
+    else:
+        wait_for_shards(out, plan)
+        manifest = {**manifest, "shards": merge(out, plan, manifest["job"]["format"]), "complete": True}
+        atomic_write_json(out / MANIFEST, manifest)
+    summary.predicted = sum(c["rows"] for c in manifest["shards"].values())
+    summary.errors = sum(c["errors"] for c in manifest["shards"].values())
+    summary.final, summary.errors_file = final, out / ERRORS

@@ -16,7 +16,7 @@ EXTRA_OF = {
     "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "prometheus_client": "serve",
     "transformers": "text", "optuna": "tune", "mlflow": "tracking", "sqlalchemy": "tracking",
     "tensorboard": "tracking", "torch.utils.tensorboard": "tracking", "torch_pruning": "prune",
-    "pylibjpeg": "dicom", "monai": "bench",
+    "pylibjpeg": "dicom", "pyarrow": "parquet", "monai": "bench",
 }
 
 

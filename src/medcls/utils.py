@@ -53,6 +53,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+@contextmanager
+def atomic_writer(path: str | Path, *, binary: bool = False) -> Iterator[Any]:
+    """A file (text: UTF-8, newlines as written; or ``binary``) written bit by bit and put in place at ``path`` when the with-block
+    ends without an error, like :func:`atomic_write_bytes` (temp file in the same folder, fsync, the umask's
+    mode, ``os.replace``): for output too large to hold in memory. An error or interrupt leaves no file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 TEMP_PATTERNS = (".*.tmp", ".bundle-*")
 
 

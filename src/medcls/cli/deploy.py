@@ -2,90 +2,120 @@
 
 from __future__ import annotations
 
+import csv as _csv
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
-from ..errors import DataError, MedclsError
+from ..errors import MedclsError
 from .common import METADATA_HELP, Checkpoint, Device, metadata_option
 
 Source = Annotated[Path, typer.Argument(help="A run directory or an exported bundle.")]
 
 
-def expand_images(paths: list[Path]) -> list[str]:
-    """Files as given; a directory becomes the image files inside it (recursive, sorted)."""
-    from ..data.images import IMAGE_SUFFIXES
+def _row_printer(csv: Path | None, stack: ExitStack):
+    """Prints a batch's results as tab-separated rows (the header before the first), and writes them to ``csv``
+    as they come (the file appears, complete, at the end)."""
+    from ..inference.batch import columns, ood_text, predicted_text, table_row
+    from ..utils import atomic_writer
 
-    out: list[str] = []
-    for p in paths:
-        if not p.is_dir():
-            out.append(str(p))
-            continue
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise DataError(f"{p}: no image files in this directory (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
-        out += [str(f) for f in found]
-    return out
+    state: dict = {}
 
+    def show(results: list[dict]) -> None:
+        if not results:
+            return
+        if not state:
+            names = list(results[0]["probabilities"])
+            typer.echo("\t".join(["file", *names, "predicted", "ood"]))
+            if csv is not None:
+                state["csv"] = _csv.writer(stack.enter_context(atomic_writer(csv)), lineterminator="\n")
+                state["csv"].writerow(columns(names))
+        for r in results:
+            typer.echo("\t".join([r["file"], *(f"{p:.4f}" for p in r["probabilities"].values()), predicted_text(r),
+                                  ood_text(r)]))
+            if csv is not None:
+                state["csv"].writerow(table_row(r))
 
-def _ood_text(r: dict) -> str:
-    """The out-of-distribution column: flagged / ok, or n/a for a model without a gate."""
-    ood = r.get("ood") or {}
-    return "n/a" if not ood.get("available") else ("flagged" if ood["flagged"] else "ok")
-
-
-def _write_csv(path: Path, results: list[dict]) -> None:
-    import pandas as pd
-
-    from ..utils import atomic_write_text
-
-    rows = [{"file": r["file"], **{f"prob_{k}": v for k, v in r["probabilities"].items()},
-             "predicted": r["predicted"], "ood": _ood_text(r), "ood_score": r["ood"].get("score")} for r in results]
-    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+    return show, state
 
 
 def predict(
     source: Source,
-    images: Annotated[list[Path], typer.Argument(help="Image files or directories of them (PNG, JPEG, TIFF, BMP, DICOM; 8- or 16-bit).")],
-    csv: Annotated[Path | None, typer.Option(help="Also write the probabilities to this CSV file.")] = None,
+    images: Annotated[list[str] | None, typer.Argument(
+        help="Image files, directories of them (recursive; PNG, JPEG, TIFF, BMP, DICOM; 8- or 16-bit) or data "
+             "sources such as hdf5:PATH, folder:PATH, medmnist:NAME (every sample of --split).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for an archive's predictions: "
+                      "shards as they finish, then predictions.csv|.parquet and errors.csv; run the same command "
+                      "again to resume an interrupted job.")] = None,
+    list_file: Annotated[Path | None, typer.Option("--list", help="File of image paths, one per line (relative "
+                         "to the file's folder; '#' comments); - reads standard input.")] = None,
+    split: Annotated[str, typer.Option(help="Data sources: all | train | val | test")] = "all",
+    format: Annotated[str, typer.Option("--format", help="With --output: csv | parquet")] = "csv",
+    shard_size: Annotated[int, typer.Option(help="With --output: inputs per shard file.")] = 10_000,
+    csv: Annotated[Path | None, typer.Option(help="Without --output: also write the rows to this CSV file.")] = None,
     checkpoint: Checkpoint = "best",
     device: Device = "auto",
     backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
     metadata: Annotated[str | None, typer.Option(help=METADATA_HELP + " Used for every image.")] = None,
     refuse_ood: Annotated[bool, typer.Option("--refuse-ood", help="Report images the bundle's out-of-distribution "
                                              "gate flags as errors (exit 2) instead of predicting them.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
+    num_workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in the main one; default: one "
+                                                    "per core, at most 4).")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar on stderr "
+                                                  "(default: when stderr is a terminal).")] = None,
 ) -> int:
-    """Calibrated class probabilities and the decision at the operating point for each image (tab-separated).
+    """Calibrated class probabilities and the decision at the operating point for each image.
 
+    Without --output: tab-separated rows on stdout as each batch is predicted. With --output DIR: an archive
+    job that survives interruptions (the same command resumes it) and spreads over `torchrun --nproc_per_node=K`.
     An unreadable file is reported on stderr and the others are predicted; the exit status is then 2.
     """
-    from .. import api
-    from ..artefact import findings_text
+    import sys
 
-    files = expand_images(images)
+    from tqdm import tqdm
+
+    from .. import api
+
+    if csv is not None and output is not None:
+        raise MedclsError(f"--csv is for the stdout table; with --output the predictions go to {output}/")
+    if not images and list_file is None:
+        raise MedclsError("give images, folders, a data source (e.g. hdf5:PATH) or --list FILE")
     obj = metadata_option(metadata)
-    results = api.predict(source, files, checkpoint=checkpoint, device=device, backend=backend,
-                          metadata=None if obj is None else [obj] * len(files), on_error="skip",
-                          refuse_ood=refuse_ood)
-    failed = [r for r in results if "error" in r]
-    good = [r for r in results if "error" not in r]
-    for r in good:  # multilabel: the labels at or above their thresholds, ";"-joined, or "no finding"
-        r["predicted"] = r["predicted"] if isinstance(r["predicted"], str) else findings_text(r["predicted"])
-    if good:
-        names = list(good[0]["probabilities"])
-        typer.echo("\t".join(["file", *names, "predicted", "ood"]))
-        for r in good:
-            typer.echo("\t".join([r["file"], *(f"{r['probabilities'][n]:.4f}" for n in names), r["predicted"],
-                                  _ood_text(r)]))
-    if csv and good:
-        _write_csv(csv, good)
-        typer.echo(f"written to {csv}")
-    for r in failed:  # decode errors name their file already
-        msg = r["error"]["message"]
-        typer.echo(f"error: {msg}" if r["file"] in msg else f"error: {r['file']}: {msg}", err=True)
-    return 2 if failed else 0
+    show = progress if progress is not None else sys.stderr.isatty()
+    kwargs = dict(list_file=list_file, split=split, format=format, checkpoint=checkpoint, device=device,
+                  backend=backend, metadata=obj, refuse_ood=refuse_ood, batch_size=batch_size,
+                  num_workers=num_workers, progress=show,
+                  on_error=lambda line: tqdm.write(f"error: {line}", file=sys.stderr))
+    if output is None:
+        with ExitStack() as stack:
+            printer, state = _row_printer(csv, stack)
+            summary = api.predict_archive(source, images or [], on_results=printer, **kwargs)
+        if csv is not None and state:
+            typer.echo(f"written to {csv}")
+        return 2 if summary.errors else 0
+    try:
+        summary = api.predict_archive(source, images or [], output=output, shard_size=shard_size, **kwargs)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the finished shards in {output} are kept; run the same command again to "
+                   "resume", err=True)
+        return 130
+    _say_done(summary)
+    return 2 if summary.errors else 0
+
+
+def _say_done(s) -> None:
+    if s.final is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    what = f"{s.predicted} predictions in {s.final}, {s.errors} errors in {s.errors_file}"
+    if s.already_complete:
+        typer.echo(f"{s.output} is complete already ({what}): nothing to do")
+    else:
+        again = f"; {s.shards_skipped} of {s.shards} shards were already done" if s.shards_skipped else ""
+        typer.echo(what + again)
 
 
 def explain(

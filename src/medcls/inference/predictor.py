@@ -221,25 +221,34 @@ class Predictor:
         side_inputs_all, used = self.encode_inputs(len(images), metadata, text)
         results: list[dict[str, Any]] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [(start + j, *self._load(it, on_error))
-                     for j, it in enumerate(images[start : start + self.batch_size])]
-            good = [c for c in chunk if c[2] is not None]
-            rows = iter(self._batch_rows(good, side_inputs_all))
-            for i, name, _, err in chunk:
-                if err is None:
-                    p, score = next(rows)
-                    res = self.result(p, file=name, used=used[i], ood_score=score)
-                    if (err := self.refusal(res.ood)) is None:
-                        results.append(res.model_dump(exclude_none=True))
-                        continue
-                    if on_error == "raise":
-                        raise OutOfDistributionError(f"{name}: {err}")
-                results.append({"file": name, "error": {"message": err}})
+            chunk = [self._load(it, on_error) for it in images[start : start + self.batch_size]]
+            x = [t for _, t, _ in chunk if t is not None]
+            rows = slice(start, start + len(chunk))
+            results += self.predict_batch([name for name, _, _ in chunk], torch.stack(x) if x else None,
+                                          [err for _, _, err in chunk],
+                                          side_inputs={k: v[rows] for k, v in side_inputs_all.items()},
+                                          used=used[rows], on_error=on_error)
         return results
 
-    def _batch_rows(self, good: list, side_inputs_all: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
-        if not good:
-            return []
-        rows = [i for i, *_ in good]
-        side_inputs = {k: v[rows] for k, v in side_inputs_all.items()}
-        return self.scored(torch.stack([x for _, _, x, _ in good]), side_inputs)
+    def predict_batch(self, names: Sequence[str], x: torch.Tensor | None, errors: Sequence[str | None], *,
+                      side_inputs: dict[str, np.ndarray] | None = None, used: Sequence[list[str]] | None = None,
+                      on_error: str = "skip") -> list[dict[str, Any]]:
+        """The result dicts of one batch already read and preprocessed: ``x`` stacks the images whose
+        ``errors`` entry is None, in order (None when there are none); ``side_inputs`` and ``used`` hold a
+        row per name. What :meth:`predict` and the streaming job (:mod:`medcls.inference.batch`) share."""
+        good = [k for k, err in enumerate(errors) if err is None]
+        if len(good) != (0 if x is None else len(x)):
+            raise ValueError(f"{len(good)} images without an error but {0 if x is None else len(x)} tensors")
+        scored = iter(self.scored(x, {k: v[good] for k, v in (side_inputs or {}).items()}) if good else [])
+        results: list[dict[str, Any]] = []
+        for k, (name, err) in enumerate(zip(names, errors, strict=True)):
+            if err is None:
+                p, score = next(scored)
+                res = self.result(p, file=name, used=None if used is None else used[k], ood_score=score)
+                if (err := self.refusal(res.ood)) is None:
+                    results.append(res.model_dump(exclude_none=True))
+                    continue
+                if on_error == "raise":
+                    raise OutOfDistributionError(f"{name}: {err}")
+            results.append({"file": name, "error": {"message": err}})
+        return results
