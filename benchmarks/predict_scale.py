@@ -129,6 +129,24 @@ def plain_loop(bundle: Path, files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
+def plain_loop_onnx(bundle: Path, files: list[Path]) -> float:
+    """(a') the same plain loop with the bundle's ONNX graph (what `medcls predict` runs a bundle on, on a CPU)."""
+    from PIL import Image
+
+    from medcls.artefact import open_artefact
+    from medcls.inference.ort import ort_logits, ort_session
+
+    art = open_artefact(bundle)
+    session = ort_session(bundle / "model.onnx")
+    size, chans = art.spec.preprocess.size, art.spec.preprocess.in_chans
+    t0 = time.perf_counter()
+    for lo in range(0, len(files), BATCH):
+        xs = [np.array(Image.open(f).convert("L").resize((size, size), Image.BILINEAR)) for f in files[lo : lo + BATCH]]
+        x = np.repeat((np.stack(xs).astype(np.float32) / 255)[:, None], chans, axis=1)
+        ort_logits(session, x)
+    return len(files) / (time.perf_counter() - t0)
+
+
 def run_predict(args: list[str], *, kill_after_shards: int | None = None, out: Path | None = None) -> dict:
     """`medcls predict` in its own process: wall seconds and peak RSS (VmHWM, sampled until it exits); with
     ``kill_after_shards``, SIGKILLed once that many shard files exist."""
@@ -180,10 +198,13 @@ def main() -> None:
     sub_list = list_file(work, subset, "subset.txt")
     sub_shard = max(1, len(subset) // 10)
     plain = plain_loop(bundle, subset)
-    for d in ("out-subset", "out-10k", "out-all", "out-killed"):
+    plain_onnx = plain_loop_onnx(bundle, subset)
+    for d in ("out-subset", "out-subset-torch", "out-10k", "out-all", "out-killed"):
         shutil.rmtree(work / d, ignore_errors=True)
     sub = run_predict([str(bundle), "--list", str(sub_list), "-o", str(work / "out-subset"),
                        "--shard-size", str(sub_shard)])
+    sub_torch = run_predict([str(bundle), "--list", str(sub_list), "-o", str(work / "out-subset-torch"),
+                             "--shard-size", str(sub_shard), "--backend", "torch"])
     ten = run_predict([str(bundle), "--list", str(list_file(work, files[:10_000], "10k.txt")),
                        "-o", str(work / "out-10k"), "--shard-size", str(args.shard_size)])
     full = run_predict([str(bundle), str(work / "pacs"), "-o", str(work / "out-all"),
@@ -206,14 +227,16 @@ CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores; {cpu_features()}). Mode
 
 | measure | files | value |
 |---|---:|---:|
-| (a) plain loop: PIL decode + resize + model, batch {BATCH}, 1 process | {len(subset):,} | {plain:.0f} img/s |
-| (b) `medcls predict -o` (shard {sub_shard}) | {len(subset):,} | {len(subset) / sub['s']:.0f} img/s ({sub['s']:.1f} s) |
-| (b) `medcls predict -o` (shard {args.shard_size:,}) | {len(files):,} | {len(files) / full['s']:.0f} img/s ({full['s']:.1f} s) |
+| (a) plain loop: PIL decode + resize + torch model, batch {BATCH}, 1 process | {len(subset):,} | {plain:.0f} img/s (1.00x) |
+| (a') the same plain loop on the bundle's ONNX graph | {len(subset):,} | {plain_onnx:.0f} img/s ({plain_onnx / plain:.2f}x) |
+| (b) `medcls predict -o` (shard {sub_shard}; backend auto = ONNX) | {len(subset):,} | {len(subset) / sub['s']:.0f} img/s ({len(subset) / sub['s'] / plain:.2f}x; {sub['s']:.1f} s) |
+| (b) `medcls predict -o --backend torch` (shard {sub_shard}) | {len(subset):,} | {len(subset) / sub_torch['s']:.0f} img/s ({len(subset) / sub_torch['s'] / plain:.2f}x; {sub_torch['s']:.1f} s) |
+| (b) `medcls predict -o` (shard {args.shard_size:,}; backend auto = ONNX) | {len(files):,} | {len(files) / full['s']:.0f} img/s ({len(files) / full['s'] / plain:.2f}x; {full['s']:.1f} s) |
 | (c) peak RSS of the predict process | {n_ten:,} | {ten['rss_mb']:.0f} MB |
 | (c) peak RSS of the predict process | {len(files):,} | {full['rss_mb']:.0f} MB (x{full['rss_mb'] / ten['rss_mb']:.2f} of {n_ten:,}) |
 | (d) SIGKILL after {shards_before} of 10 shards, resumed | {len(subset):,} | predictions.csv byte-identical: {same} ({resumed['s']:.1f} s to finish) |
 
-Wall times include the process start (imports, model load: a few seconds).
+Wall times include the process start (imports, model load: about 5 s), which the larger runs amortise.
 """)
 
 

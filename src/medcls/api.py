@@ -259,7 +259,7 @@ def predict(source: Run | str | Path, images: Sequence[Any], *, checkpoint: str 
 def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (), *, output: str | Path | None = None,
                     list_file: str | Path | None = None, split: str = "all", format: str = "csv",
                     shard_size: int | None = None, checkpoint: str = "best", device: str = "auto",
-                    backend: str = "torch", metadata: dict[str, Any] | None = None, refuse_ood: bool = False,
+                    backend: str = "auto", metadata: dict[str, Any] | None = None, refuse_ood: bool = False,
                     batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
                     on_results: Callable[[list[dict[str, Any]]], None] | None = None,
                     on_error: Callable[[str], None] | None = None) -> ArchiveSummary:
@@ -289,7 +289,7 @@ def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (),
                                   num_workers=workers, progress=progress, on_error=on_error)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun, give --output DIR: the ranks share its shards")
-    pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, DistInfo())
+    pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, DistInfo(), workers)
     summary = ArchiveSummary(inputs=len(items))
     with _bar(progress, len(items)) as bar:
         for idx, results in stream(pred, items, batch_ranges(0, len(items), batch_size), num_workers=workers,
@@ -305,15 +305,23 @@ def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (),
     return summary
 
 
-def _load_predictor(path: Path, backend: str, checkpoint: str, device: str, refuse_ood: bool, dist: DistInfo):
-    """The Predictor on ``device`` (under torchrun on CUDA: this rank's GPU, LOCAL_RANK)."""
+def _load_predictor(path: Path, backend: str, checkpoint: str, device: str, refuse_ood: bool, dist: DistInfo,
+                    workers: int = 0):
+    """The Predictor on ``device`` (under torchrun on CUDA: this rank's GPU, LOCAL_RANK); on the CPU its threads
+    leave the decoding ``workers`` their cores."""
     from .inference import Predictor
+    from .inference.batch import model_threads
 
     dev = resolve_device(device)
     if dist.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
-    return Predictor.load(path, backend=backend, checkpoint=checkpoint, device=dev, refuse_ood=refuse_ood)
+    threads = None
+    if dev.type == "cpu":
+        threads = max(1, model_threads(workers) // max(dist.world_size, 1))
+        torch.set_num_threads(threads)
+    return Predictor.load(path, backend=backend, checkpoint=checkpoint, device=dev, refuse_ood=refuse_ood,
+                          threads=threads)
 
 
 def _bar(progress: bool, total: int):
@@ -350,7 +358,7 @@ def _predict_to_folder(path: Path, items, out: Path, *, format: str, shard_size:
     todo = [k for k in mine if not shard_path(out, k).is_file()]
     summary.shards_skipped = len(mine) - len(todo)
     if todo:
-        pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, dist)
+        pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, dist, num_workers)
         with _bar(progress and dist.is_main, sum(plan.rows(k) for k in todo)) as bar:
             for k, counts in predict_shards(pred, items, plan, out, todo, batch_size=batch_size,
                                             num_workers=num_workers, metadata=metadata, bar=bar, report=on_error):

@@ -45,10 +45,11 @@ def _run(bundle, inputs, out=None, **kw):
 def test_the_stream_gives_the_predictors_results(bundle, folder):
     got: list[dict] = []
     errors: list[str] = []
-    s = _run(bundle, [folder], on_results=got.extend, on_error=errors.append, num_workers=2)
+    s = _run(bundle, [folder], on_results=got.extend, on_error=errors.append, num_workers=2, backend="torch")
     want = Predictor.load(bundle[0]).predict(_files(folder), on_error="skip")
     assert (s.predicted, s.errors) == (21, 1) and len(errors) == 1 and "broken.png" in errors[0]
-    assert got == [r for r in want if "error" not in r]  # the same dicts: probabilities, decision, OOD
+    # the same dicts: probabilities, decision, OOD (to the last bits, which the model's thread count moves)
+    assert_same_results(got, [r for r in want if "error" not in r])
 
 
 def test_shards_manifest_and_final_files(bundle, folder, tmp_path):
@@ -179,3 +180,24 @@ def test_shard_plan():
     assert plan.count == 5 and plan.bounds(4) == (20, 23) and plan.rows(4) == 3 and plan.shard_of(19) == 3
     assert plan.of_rank(0, 2) == [0, 2, 4] and plan.of_rank(1, 2) == [1, 3]
     assert os.path.basename(str(resolve_inputs([Path(__file__)]).ids[0])) == "test_batch.py"
+
+
+def assert_same_results(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        floats = ("probabilities", "ood")
+        assert {k: v for k, v in a.items() if k not in floats} == {k: v for k, v in b.items() if k not in floats}
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+        assert {**a["ood"], "score": 0} == {**b["ood"], "score": 0}
+        assert a["ood"]["score"] == pytest.approx(b["ood"]["score"], rel=1e-5)
+
+
+def test_auto_runs_a_bundle_on_onnx_runtime_on_the_cpu_and_a_run_on_torch(bundle, evaluated_run, folder):
+    got: list[dict] = []
+    _run(bundle, [folder], on_results=got.extend)
+    assert {r["model"]["backend"] for r in got} == {"onnx"}
+    want = Predictor.load(bundle[0], backend="onnx").predict(_files(folder), on_error="skip")
+    assert_same_results(got, [r for r in want if "error" not in r])
+    runs: list[dict] = []
+    _run((evaluated_run.path,), [folder], on_results=runs.extend)
+    assert {r["model"]["backend"] for r in runs} == {"torch"}

@@ -183,7 +183,7 @@ def test_skip_reports_bad_images_and_predicts_the_rest(torch_predictor, images, 
 def test_an_unknown_backend_is_one_line_with_a_suggestion(bundle):
     with pytest.raises(ConfigError) as e:
         Predictor.load(bundle[0], backend="onxx")
-    assert _one_line(e) == "backend must be one of torch, onnx, int8, got 'onxx'. Did you mean 'onnx'?"
+    assert _one_line(e) == "backend must be one of auto, torch, onnx, int8, got 'onxx'. Did you mean 'onnx'?"
 
 
 def test_onnx_of_a_run_directory_is_one_line(evaluated_run):

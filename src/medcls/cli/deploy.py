@@ -58,7 +58,7 @@ def predict(
     csv: Annotated[Path | None, typer.Option(help="Without --output: also write the rows to this CSV file.")] = None,
     checkpoint: Checkpoint = "best",
     device: Device = "auto",
-    backend: Annotated[str, typer.Option(help="torch | onnx | int8 (onnx/int8 need a bundle)")] = "torch",
+    backend: Annotated[str, typer.Option(help="auto (a bundle: onnx on CPU; else torch) | torch | onnx | int8 (onnx/int8 need a bundle)")] = "auto",
     metadata: Annotated[str | None, typer.Option(help=METADATA_HELP + " Used for every image.")] = None,
     refuse_ood: Annotated[bool, typer.Option("--refuse-ood", help="Report images the bundle's out-of-distribution "
                                              "gate flags as errors (exit 2) instead of predicting them.")] = False,

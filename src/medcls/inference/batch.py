@@ -34,9 +34,21 @@ from .predictor import Predictor
 SPLIT_CHOICES = ("all", *SPLITS)
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """Decoding processes: one per core up to 4 (a 28-px model is fed by fewer; more rarely pays on CPU)."""
-    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """Decoding processes: half the cores, at most 4 (none on one core). The other half runs the model: on 2
+    cores one decoder beside a one-thread model beats two decoders fighting a two-thread model for the cores
+    (benchmarks/RESULTS.md, predict_scale)."""
+    n = cores()
+    return 0 if n < 2 else min(4, n // 2)
+
+
+def model_threads(workers: int) -> int:
+    """Threads for the model (torch or ONNX Runtime) beside ``workers`` decoding processes."""
+    return max(1, cores() - workers)
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -32,8 +32,18 @@ from .schemas import OodResult, Prediction
 
 log = logging.getLogger("medcls")
 
-BACKENDS = ("torch", "onnx", "int8")
+BACKENDS = ("auto", "torch", "onnx", "int8")
 ONNX_FILES = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def resolve_backend(backend: str, art, device: torch.device | None) -> str:
+    """``auto``: a bundle's ONNX graph on the CPU (parity-checked at export; 1.7x torch's speed on 2 cores,
+    benchmarks/RESULTS.md), torch on a GPU and for a run directory."""
+    if backend != "auto":
+        return backend
+    on_gpu = device is not None and device.type != "cpu"
+    return "onnx" if art.kind == "bundle" and not on_gpu and art.path.joinpath(ONNX_FILES["onnx"]).is_file() \
+        else "torch"
 
 
 class Predictor:
@@ -76,6 +86,7 @@ class Predictor:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}."
                               f"{did_you_mean(backend, BACKENDS)}")
         art = open_artefact(path)
+        backend = resolve_backend(backend, art, device)
         info = {**art.info, "kind": art.kind, "checkpoint": art.checkpoint_name(checkpoint)}
         if backend == "torch":  # the weights first: a corrupt checkpoint is the one error to report
             device = device or torch.device("cpu")
