@@ -10,7 +10,7 @@ Measured, each in its own process:
   (a) images/s of a plain loop: PIL decode + resize to the model size + the same model, batch 64, one process,
       on the first ``--subset`` files;
   (b) images/s of `medcls predict -o` on the same subset and on all N;
-  (c) peak RSS (VmHWM) of the predict process at 10k files and at N, and their ratio;
+  (c) peak RSS of the predict process (and with its workers) at 10k files and at N, and their ratios;
   (d) a run SIGKILLed after some shards, resumed, and its final file compared byte for byte with (b)'s.
 
 Run alone on an idle machine (the lead runs the 100k one):
@@ -147,14 +147,26 @@ def plain_loop_onnx(bundle: Path, files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
+def _rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children (the decoding workers), in kB (0 once it is gone)."""
+    try:
+        rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if ln.startswith("VmRSS:"))
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, StopIteration):
+        return 0
+    return rss + sum(_rss_kb(int(k)) for k in kids)
+
+
 def run_predict(args: list[str], *, kill_after_shards: int | None = None, out: Path | None = None) -> dict:
-    """`medcls predict` in its own process: wall seconds and peak RSS (VmHWM, sampled until it exits); with
-    ``kill_after_shards``, SIGKILLed once that many shard files exist."""
+    """`medcls predict` in its own process: wall seconds, the peak RSS of the main process (VmHWM) and of the
+    main process with its workers (VmRSS summed, sampled every 50 ms until it exits); with ``kill_after_shards``,
+    SIGKILLed once that many shard files exist."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "medcls", "predict", *args, "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = tree = 0
     while proc.poll() is None:
         try:
             for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
@@ -162,13 +174,14 @@ def run_predict(args: list[str], *, kill_after_shards: int | None = None, out: P
                     peak = max(peak, int(ln.split()[1]))
         except OSError:
             pass
+        tree = max(tree, _rss_kb(proc.pid))
         if kill_after_shards and len(list((out / "shards").glob("part-*.csv"))) >= kill_after_shards:
             proc.send_signal(signal.SIGKILL)
         time.sleep(0.05)
     stdout, stderr = proc.communicate()
     if proc.returncode not in (0, -signal.SIGKILL):
         raise SystemExit(f"medcls predict failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
-    return {"s": time.perf_counter() - t0, "rss_mb": peak / 1024, "stdout": stdout.strip()}
+    return {"s": time.perf_counter() - t0, "rss_mb": peak / 1024, "tree_mb": tree / 1024, "stdout": stdout.strip()}
 
 
 def list_file(work: Path, files: list[Path], name: str) -> Path:
@@ -217,6 +230,9 @@ def main() -> None:
                        shallow=False)
     assert same, "the resumed run's predictions.csv differs from the uninterrupted one"
     n_ten = min(10_000, len(files))
+    from medcls.inference.batch import default_workers
+
+    workers = default_workers()
     cmd = " ".join(["python", "benchmarks/predict_scale.py", *sys.argv[1:]])
     print(f"""
 ### predict_scale: {len(files):,} files ({args.size}x{args.size} gray JPEG, {min(args.distinct, len(files)):,} encoded,\
@@ -232,8 +248,8 @@ CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores; {cpu_features()}). Mode
 | (b) `medcls predict -o` (shard {sub_shard}; backend auto = ONNX) | {len(subset):,} | {len(subset) / sub['s']:.0f} img/s ({len(subset) / sub['s'] / plain:.2f}x; {sub['s']:.1f} s) |
 | (b) `medcls predict -o --backend torch` (shard {sub_shard}) | {len(subset):,} | {len(subset) / sub_torch['s']:.0f} img/s ({len(subset) / sub_torch['s'] / plain:.2f}x; {sub_torch['s']:.1f} s) |
 | (b) `medcls predict -o` (shard {args.shard_size:,}; backend auto = ONNX) | {len(files):,} | {len(files) / full['s']:.0f} img/s ({len(files) / full['s'] / plain:.2f}x; {full['s']:.1f} s) |
-| (c) peak RSS of the predict process | {n_ten:,} | {ten['rss_mb']:.0f} MB |
-| (c) peak RSS of the predict process | {len(files):,} | {full['rss_mb']:.0f} MB (x{full['rss_mb'] / ten['rss_mb']:.2f} of {n_ten:,}) |
+| (c) peak RSS: main process; with its {workers} workers | {n_ten:,} | {ten['rss_mb']:.0f} MB; {ten['tree_mb']:.0f} MB |
+| (c) peak RSS: main process; with its {workers} workers | {len(files):,} | {full['rss_mb']:.0f} MB (x{full['rss_mb'] / ten['rss_mb']:.2f}); {full['tree_mb']:.0f} MB (x{full['tree_mb'] / ten['tree_mb']:.2f}) |
 | (d) SIGKILL after {shards_before} of 10 shards, resumed | {len(subset):,} | predictions.csv byte-identical: {same} ({resumed['s']:.1f} s to finish) |
 
 Wall times include the process start (imports, model load: about 5 s), which the larger runs amortise.

@@ -289,7 +289,7 @@ def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (),
                                   num_workers=workers, progress=progress, on_error=on_error)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun, give --output DIR: the ranks share its shards")
-    pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, DistInfo(), workers)
+    pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, DistInfo())
     summary = ArchiveSummary(inputs=len(items))
     with _bar(progress, len(items)) as bar:
         for idx, results in stream(pred, items, batch_ranges(0, len(items), batch_size), num_workers=workers,
@@ -305,23 +305,15 @@ def predict_archive(source: Run | str | Path, inputs: Sequence[str | Path] = (),
     return summary
 
 
-def _load_predictor(path: Path, backend: str, checkpoint: str, device: str, refuse_ood: bool, dist: DistInfo,
-                    workers: int = 0):
-    """The Predictor on ``device`` (under torchrun on CUDA: this rank's GPU, LOCAL_RANK); on the CPU its threads
-    leave the decoding ``workers`` their cores."""
+def _load_predictor(path: Path, backend: str, checkpoint: str, device: str, refuse_ood: bool, dist: DistInfo):
+    """The Predictor on ``device`` (under torchrun on CUDA: this rank's GPU, LOCAL_RANK)."""
     from .inference import Predictor
-    from .inference.batch import model_threads
 
     dev = resolve_device(device)
     if dist.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
-    threads = None
-    if dev.type == "cpu":
-        threads = max(1, model_threads(workers) // max(dist.world_size, 1))
-        torch.set_num_threads(threads)
-    return Predictor.load(path, backend=backend, checkpoint=checkpoint, device=dev, refuse_ood=refuse_ood,
-                          threads=threads)
+    return Predictor.load(path, backend=backend, checkpoint=checkpoint, device=dev, refuse_ood=refuse_ood)
 
 
 def _bar(progress: bool, total: int):
@@ -347,7 +339,8 @@ def _predict_to_folder(path: Path, items, out: Path, *, format: str, shard_size:
 
     plan = ShardPlan(len(items), shard_size)
     manifest = new_manifest(items, shard_size, source_identity(path, checkpoint, backend), path, format,
-                            refuse_ood=refuse_ood, metadata=metadata, batch_size=batch_size)
+                            refuse_ood=refuse_ood, metadata=metadata, batch_size=batch_size,
+                            model_threads="one per worker" if num_workers else "all")
     dist = init_distributed("cpu")  # gloo, only to agree on the folder: the work is shared through its files
     try:
         manifest = open_output_on_all_ranks(out, manifest, dist)
@@ -358,7 +351,7 @@ def _predict_to_folder(path: Path, items, out: Path, *, format: str, shard_size:
     todo = [k for k in mine if not shard_path(out, k).is_file()]
     summary.shards_skipped = len(mine) - len(todo)
     if todo:
-        pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, dist, num_workers)
+        pred = _load_predictor(path, backend, checkpoint, device, refuse_ood, dist)
         with _bar(progress and dist.is_main, sum(plan.rows(k) for k in todo)) as bar:
             for k, counts in predict_shards(pred, items, plan, out, todo, batch_size=batch_size,
                                             num_workers=num_workers, metadata=metadata, bar=bar, report=on_error):

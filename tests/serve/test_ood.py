@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")  # the 'serve' extra
@@ -42,3 +43,41 @@ def test_refuse_mode_answers_422_json_for_a_flagged_image(bundle, pneumonia_arra
         ok = [c.post("/v1/predict", files={"file": ("x.png", png_bytes(im))}).status_code
               for im in pneumonia_arrays["test_images"][:10]]
         assert ok.count(200) >= 7
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of the Prometheus exposition ``text``."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+
+
+def test_metrics_show_what_the_model_sees(bundle, pneumonia_arrays):
+    from medcls.artefact import open_artefact
+
+    ref = open_artefact(bundle[0]).drift
+    with _client(bundle[0], refuse=False) as c:
+        images = pneumonia_arrays["test_images"][:12]
+        answers = [c.post("/v1/predict", files={"file": ("x.png", png_bytes(im))}).json() for im in images]
+        text = c.get("/metrics").text
+    model = "bundle"
+    assert _metric(text, "medcls_ood_score_count", model=model) == 12
+    flagged = sum(a["ood"]["flagged"] for a in answers)
+    assert _metric(text, "medcls_ood_flagged_total", model=model) == flagged
+    for cls in {a["predicted"] for a in answers}:
+        assert _metric(text, "medcls_predicted_class_total", model=model, **{"class": cls}) == \
+            sum(a["predicted"] == cls for a in answers)
+    assert _metric(text, "medcls_top_probability_count", model=model) == 12
+    median = f"{np.quantile(ref.scores, 0.5):.4g}"  # a bucket edge at validation's median score
+    assert f'medcls_ood_score_bucket{{model="{model}",le="{float(median)}"}}' in text
+
+
+def test_refused_images_are_counted(bundle, pneumonia_arrays):
+    with _client(bundle[0], refuse=True, threshold=-1.0) as c:
+        for im in pneumonia_arrays["test_images"][:3]:
+            assert c.post("/v1/predict", files={"file": ("x.png", png_bytes(im))}).status_code == 422
+        text = c.get("/metrics").text
+    assert _metric(text, "medcls_ood_refused_total", model="bundle") == 3
+    assert _metric(text, "medcls_ood_flagged_total", model="bundle") == 3

@@ -138,6 +138,15 @@ class Artefact:
         return OodGate.load(self.file(OOD_FILE))
 
     @property
+    def drift(self):
+        """The bundle's drift reference (:class:`~medcls.metrics.drift.DriftReference`), None when it has none."""
+        from .drift import DRIFT_FILE, load_reference
+
+        if self.kind != "bundle" or DRIFT_FILE not in self.info.get("files", {}):
+            return None
+        return load_reference(self.file(DRIFT_FILE))
+
+    @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.spec.preprocess)
 

@@ -252,7 +252,46 @@ def serve(
     DrainingServer(config, app_.state).run()
 
 
+def drift(
+    bundle: Annotated[Path, typer.Argument(help="A bundle from `medcls export` (it holds the validation reference).")],
+    images: Annotated[list[str] | None, typer.Argument(help="Recent images: files, folders (recursive) or a data "
+                                                       "source such as folder:PATH, hdf5:PATH.")] = None,
+    list_file: Annotated[Path | None, typer.Option("--list", help="File of image paths, one per line.")] = None,
+    split: Annotated[str, typer.Option(help="Data sources: all | train | val | test")] = "all",
+    max_images: Annotated[int, typer.Option(help="Use at most this many images, evenly spaced.")] = 1000,
+    alpha: Annotated[float, typer.Option(help="Significance level (Bonferroni over the input tests).")] = 0.05,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result to this JSON file.")] = None,
+    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit with status 1 when drifted (for a "
+                                                "scheduled check).")] = False,
+) -> int:
+    """Have recent images drifted from the bundle's validation data? OOD scores, features, flagged share, and the
+    prediction mix (reported apart: a change of prevalence alone is not drift of the inputs)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..inference.drift import check_drift
+    from ..utils import atomic_write_json
+
+    if not images and list_file is None:
+        raise MedclsError("give recent images: files, folders, a data source (e.g. folder:PATH) or --list FILE")
+    r = check_drift(bundle, images or [], list_file=list_file, split=split, max_images=max_images, alpha=alpha)
+    table = Table(title=f"drift of {r['used']} recent images against {r['n_reference']} validation images "
+                        f"(alpha {alpha}, Bonferroni: p < {r['bonferroni_bar']:.3g})")
+    for c in ("test", "statistic", "p-value", "recent", "reference", ""):
+        table.add_column(c)
+    for t in r["tests"]:
+        flag = ("changed" if t["test"] == "prediction mix" else "DRIFT") if t["drifted"] else ""
+        table.add_row(t["test"], f"{t['statistic']:.4g}", f"{t['p_value']:.3g}", t["recent"], t["reference"], flag)
+    Console().print(table)
+    for e in r["errors"]:
+        typer.echo(f"error: {e}", err=True)
+    typer.echo(f"inputs {'HAVE DRIFTED' if r['drifted'] else 'have not drifted'} from the validation data")
+    if json_out is not None:
+        atomic_write_json(json_out, r)
+    return 1 if r["drifted"] and fail_on_drift else 0
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (predict, explain, export):
+    for fn in (predict, explain, export, drift):
         app.command()(fn)
     app.command(context_settings={"auto_envvar_prefix": SERVE_ENV, "show_default": True})(serve)

@@ -38,11 +38,13 @@ import torch
 
 from .. import __version__
 from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_artefact
+from ..artefact.drift import DRIFT_FILE, predicted_index, save_reference
 from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
 from ..errors import ModelError
 from ..logs import Progress
 from ..metrics import task_auc
+from ..metrics.drift import fit_reference
 from ..runs import Run, load_run
 from ..utils import (
     atomic_write_bytes,
@@ -128,30 +130,39 @@ def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float,
 OOD_FIT_IMAGES = 5000  # per split: enough for a shrunk covariance of 2048 features, seconds to compute
 
 
-def _features(run: Run, model, table, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (and labels) of up to ``OOD_FIT_IMAGES`` images of ``table``, evenly spaced."""
+def _features(run: Run, model, table, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Penultimate features, logits and labels of up to ``OOD_FIT_IMAGES`` images of ``table``, evenly spaced."""
     idx = _even_rows(table, OOD_FIT_IMAGES)
-    pre, feats = run.preprocess, []
+    pre, feats, logits = run.preprocess, [], []
     progress = Progress(f"out-of-distribution gate: features of {split} images", len(idx))
     with torch.no_grad():
         for lo in range(0, len(idx), 256):
             x = torch.stack([pre(table.load(int(i), draft=pre.draft)) for i in idx[lo : lo + 256]])
-            feats.append(logits_and_features(model, x)[1].numpy())
+            z, f = logits_and_features(model, x)
+            feats.append(f.numpy())
+            logits.append(z.float().numpy())
             progress.update(len(x))
     progress.close()
-    return np.concatenate(feats), np.asarray(table.labels)[idx]
+    return np.concatenate(feats), np.concatenate(logits), np.asarray(table.labels)[idx]
 
 
-def _fit_ood(run: Run, model, data, tmp: Path) -> tuple[OodGate | None, dict[str, Any] | None]:
-    """The out-of-distribution gate, fitted on train with its threshold on val (image-only models)."""
+def _fit_ood(run: Run, model, data, tmp: Path, post: Postprocess) -> tuple[OodGate | None, dict[str, Any] | None]:
+    """The out-of-distribution gate, fitted on train with its threshold on val, and the drift reference (how
+    val looked to the model: :mod:`medcls.metrics.drift`) beside it (image-only models)."""
     if run.inputs is not None or not has_features(model):
         return None, None
-    f_train, y_train = _features(run, model, data.train, "train")
-    f_val, _ = _features(run, model, data.val, "val")
+    f_train, _, y_train = _features(run, model, data.train, "train")
+    f_val, z_val, _ = _features(run, model, data.val, "val")
     gate, info = fit_gate(f_train, y_train, f_val, run.dataset.task)
     gate.save(tmp / OOD_FILE)
     log.info("out-of-distribution gate: Mahalanobis distance of %d features, threshold %.3g accepts %.1f%% of val",
              info["features"], gate.threshold, 100 * info["val_accept"])
+    names = list(run.dataset.class_names)
+    probs = post.probabilities(z_val, run.dataset.task)
+    ref = fit_reference(f_train, f_val, gate.score(f_val), predicted_index(probs, partial(post.decide,
+                        spec=run.dataset), names), gate.threshold, names)
+    save_reference(ref, tmp / DRIFT_FILE)
+    info["drift_reference"] = {"val_images": len(ref.scores), "components": int(ref.components.shape[0])}
     return gate, info
 
 
@@ -189,7 +200,7 @@ def _torchscript(model, x: torch.Tensor, path: Path) -> None:
         torch.jit.trace(model, x[:2]).save(str(path))
 
 
-def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None, torchscript: bool,
+def _write_files(run: Run, model, tmp: Path, post: Postprocess, *, onnx: bool, quantize: str | None, torchscript: bool,
                  parity_tol: float, n_parity: int, n_calibration: int, max_int8_auc_drop: float,
                  data=None) -> dict[str, Any]:
     """Weights, ONNX (parity-checked), INT8 and TorchScript into ``tmp``; returns the checks."""
@@ -203,7 +214,7 @@ def _write_files(run: Run, model, tmp: Path, *, onnx: bool, quantize: str | None
         shutil.copytree(run.artefact.text_dir, tmp / run.artefact.text_dir.name)
     checks: dict[str, Any] = {}
     data = data if data is not None else load_data(run.config.data)
-    gate, ood = _fit_ood(run, model, data, tmp)
+    gate, ood = _fit_ood(run, model, data, tmp, post)
     if ood is not None:
         checks["ood"] = ood
     if not (onnx or torchscript):
@@ -297,7 +308,7 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
                     "export is running", old)
     tmp = new_staging_dir(out.parent, ".bundle-")  # same filesystem as out: the final rename is atomic
     try:
-        checks = _write_files(run, model, tmp, onnx=onnx, quantize=quantize, torchscript=torchscript,
+        checks = _write_files(run, model, tmp, post, onnx=onnx, quantize=quantize, torchscript=torchscript,
                               parity_tol=parity_tol, n_parity=n_parity, n_calibration=n_calibration,
                               max_int8_auc_drop=max_int8_auc_drop, data=data)
         if card:

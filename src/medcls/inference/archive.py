@@ -120,19 +120,22 @@ def source_identity(path: str | Path, checkpoint: str, backend: str) -> dict[str
 
 
 def new_manifest(inputs: Inputs, shard_size: int, source: dict[str, Any], source_path: str | Path, fmt: str, *,
-                 refuse_ood: bool, metadata: dict[str, Any] | None, batch_size: int) -> dict[str, Any]:
-    """The manifest of a new job. Its ``job`` part is what a resumed run must match; the batch size is part of
-    it because float32 sums in a batch may differ in the last bit with its size, and a resumed job's file must
-    be byte for byte the one an uninterrupted run writes."""
+                 refuse_ood: bool, metadata: dict[str, Any] | None, batch_size: int,
+                 model_threads: str = "one per worker") -> dict[str, Any]:
+    """The manifest of a new job. Its ``job`` part is what a resumed run must match; the batch size and the
+    model's threads (one per decoding worker, or all of them without workers) are part of it because float32
+    sums may differ in the last bit with either, and a resumed job's file must be byte for byte the one an
+    uninterrupted run writes."""
     job = {"inputs": {"count": len(inputs), "sha256": inputs.digest()}, "shard_size": shard_size, "source": source,
-           "format": fmt, "settings": {"refuse_ood": refuse_ood, "metadata": metadata, "batch_size": batch_size}}
+           "format": fmt, "settings": {"refuse_ood": refuse_ood, "metadata": metadata, "batch_size": batch_size,
+                                       "model_threads": model_threads}}
     return {"format_version": MANIFEST_VERSION, "medcls_version": __version__, "job": job,
             "source_path": str(Path(source_path).resolve()), "final": FORMATS[fmt], "errors": ERRORS,
             "shards": {}, "complete": False}
 
 
 JOB_PARTS = {"inputs": "input list", "shard_size": "shard size", "source": "model", "format": "format",
-             "settings": "settings (--refuse-ood, --metadata, --batch-size)"}
+             "settings": "settings (--refuse-ood, --metadata, --batch-size, --num-workers 0 or not)"}
 
 
 def job_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -39,16 +39,8 @@ def cores() -> int:
 
 
 def default_workers() -> int:
-    """Decoding processes: half the cores, at most 4 (none on one core). The other half runs the model: on 2
-    cores one decoder beside a one-thread model beats two decoders fighting a two-thread model for the cores
-    (benchmarks/RESULTS.md, predict_scale)."""
-    n = cores()
-    return 0 if n < 2 else min(4, n // 2)
-
-
-def model_threads(workers: int) -> int:
-    """Threads for the model (torch or ONNX Runtime) beside ``workers`` decoding processes."""
-    return max(1, cores() - workers)
+    """Processes that decode and predict (on a CPU): one per core, at most 8 (each holds a copy of the model)."""
+    return min(8, cores())
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -212,16 +204,56 @@ def batch_ranges(lo: int, hi: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
 
 
+_WORKER_PREDICTORS: dict[tuple, Predictor] = {}  # per DataLoader worker process: its one-thread copy
+
+
+class PredictInWorker:
+    """A ``collate_fn`` that predicts in the DataLoader worker: on a CPU each worker decodes its batch and runs
+    a one-thread copy of the model, so no core waits on another (a decoder feeding a model in the main process
+    leaves one side idle: 1.5x less throughput on 2 cores, benchmarks/RESULTS.md predict_scale)."""
+
+    def __init__(self, load_args: dict[str, Any], ids: list[str], metadata: dict[str, Any] | None) -> None:
+        self.load_args, self.ids, self.metadata = load_args, ids, metadata
+
+    def predictor(self) -> Predictor:
+        key = tuple(sorted((k, str(v)) for k, v in self.load_args.items()))
+        if key not in _WORKER_PREDICTORS:
+            torch.set_num_threads(1)
+            _WORKER_PREDICTORS[key] = Predictor.load(**self.load_args, device=torch.device("cpu"), threads=1)
+        return _WORKER_PREDICTORS[key]
+
+    def __call__(self, items: list[tuple[int, torch.Tensor | None, str | None]]
+                 ) -> tuple[list[int], list[dict[str, Any]]]:
+        idx, x, errors = collate(items)
+        return idx, predict_rows(self.predictor(), [self.ids[i] for i in idx], x, errors, self.metadata)
+
+
+def predict_rows(pred: Predictor, names: list[str], x: torch.Tensor | None, errors: list[str | None],
+                 metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+    side, used = pred.encode_inputs(len(names), None if metadata is None else [metadata] * len(names))
+    return pred.predict_batch(names, x, errors, side_inputs=side, used=used)
+
+
+def in_workers(predictor: Predictor, num_workers: int) -> bool:
+    """Whether the model runs in the decoding workers (on a CPU, with workers) rather than in this process."""
+    return num_workers > 0 and predictor.device.type == "cpu" and predictor.load_args is not None
+
+
 def stream(predictor: Predictor, inputs: Inputs, batches: Sequence[list[int]], *, num_workers: int,
            metadata: dict[str, Any] | None = None) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
-    """(indices, result dicts) per batch of ``batches``, in order; decoding runs in ``num_workers`` processes
-    (0: in this one). ``metadata`` (fused models) is used for every image."""
-    loader = torch.utils.data.DataLoader(DecodeDataset(inputs, predictor.preprocess), batch_sampler=batches,
-                                         num_workers=num_workers, collate_fn=collate,
+    """(indices, result dicts) per batch of ``batches``, in order. With ``num_workers`` on a CPU each worker
+    process decodes and predicts whole batches (:class:`PredictInWorker`); on a GPU the workers decode and the
+    model runs here; with none, everything runs here. ``metadata`` (fused models) is used for every image."""
+    dataset = DecodeDataset(inputs, predictor.preprocess)
+    if in_workers(predictor, num_workers):
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                             collate_fn=PredictInWorker(predictor.load_args, inputs.ids, metadata))
+        yield from loader
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                                          pin_memory=predictor.device.type == "cuda")
     for idx, x, errors in loader:
-        side, used = predictor.encode_inputs(len(idx), None if metadata is None else [metadata] * len(idx))
-        yield idx, predictor.predict_batch([inputs.ids[i] for i in idx], x, errors, side_inputs=side, used=used)
+        yield idx, predict_rows(predictor, [inputs.ids[i] for i in idx], x, errors, metadata)
 
 
 # ------------------------------------------------------------------------------------------------ rows

@@ -68,6 +68,7 @@ class Predictor:
         self.inputs = inputs  # medcls.multimodal.InputEncoder of a fused model (metadata/text), else None
         self.info = info or {}
         self.ood, self.refuse_ood = ood, refuse_ood  # the bundle's out-of-distribution gate; refuse flagged inputs
+        self.load_args: dict[str, Any] | None = None  # how Predictor.load built it (to build it again elsewhere)
         if refuse_ood and ood is None:
             log.warning("refuse_ood is set but this %s has no out-of-distribution gate (a run directory, a fused "
                         "model or a bundle exported before the gate existed): nothing will be refused; export a "
@@ -85,6 +86,14 @@ class Predictor:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}."
                               f"{did_you_mean(backend, BACKENDS)}")
+        pred = cls._build(path, backend=backend, checkpoint=checkpoint, device=device, threads=threads,
+                          refuse_ood=refuse_ood)
+        pred.load_args = {"path": str(path), "backend": pred.backend, "checkpoint": checkpoint, "refuse_ood": refuse_ood}
+        return pred
+
+    @classmethod
+    def _build(cls, path: str | Path, *, backend: str, checkpoint: str, device: torch.device | None,
+              threads: int | None, refuse_ood: bool) -> Predictor:
         art = open_artefact(path)
         backend = resolve_backend(backend, art, device)
         info = {**art.info, "kind": art.kind, "checkpoint": art.checkpoint_name(checkpoint)}
@@ -158,11 +167,19 @@ class Predictor:
         """Probabilities and the out-of-distribution scores of a batch (None without a gate)."""
         if self.ood is None:
             return self.probabilities(x, side_inputs), None
+        p, f = self.probabilities_and_features(x)
+        return p, self.ood.score(f)
+
+    @torch.no_grad()
+    def probabilities_and_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and penultimate features of a batch (image-only models whose bundle has a gate)."""
         if self.model is not None:
             lg, f = (t.float().cpu().numpy() for t in logits_and_features(self.model, x.to(self.device)))
-        else:
+        elif self.ood is not None:
             lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
-        return self.postprocess.probabilities(lg, self.spec.task), self.ood.score(f)
+        else:
+            raise RunError("this ONNX graph outputs no features (a bundle without an out-of-distribution gate)")
+        return self.postprocess.probabilities(lg, self.spec.task), f
 
     def scored(self, x: torch.Tensor,
                side_inputs: dict[str, Any] | None = None) -> list[tuple[np.ndarray, float | None]]:

@@ -21,7 +21,7 @@ from ..inference import Predictor
 from .batching import MicroBatcher
 from .errors import install_error_handlers
 from .limits import RequestLimits
-from .metrics import Metrics, ObserveRequests
+from .metrics import Metrics, ModelMetrics, ObserveRequests, ood_buckets
 from .routes import explain_router, meta_router, predict_router, v2_router
 from .settings import ServeSettings
 from .uploads import PixelBudget
@@ -52,11 +52,22 @@ def model_name(bundle: str) -> str:
     return name or "model"
 
 
+def model_metrics(app: FastAPI, pred: Predictor) -> ModelMetrics:
+    """The drift metrics of the loaded model, its OOD buckets from the bundle's validation reference."""
+    from ..artefact import open_artefact
+
+    ref = open_artefact(app.state.settings.bundle).drift if pred.ood is not None else None
+    buckets = ood_buckets(None if ref is None else ref.scores, pred.ood.threshold if pred.ood else None)
+    return ModelMetrics(app.state.metrics.registry, app.state.model_name, buckets)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     s, m = app.state.settings, app.state.metrics
     if app.state.predictor is None:
         app.state.predictor = Predictor.load(s.bundle, backend=s.backend, threads=s.threads, refuse_ood=s.refuse_ood)
+    if app.state.model_metrics is None:  # once per app: a TestClient may start its lifespan again
+        app.state.model_metrics = model_metrics(app, app.state.predictor)
     app.state.batcher = MicroBatcher(app.state.predictor.scored, max_batch=s.max_batch,
                                      max_wait_ms=s.max_wait_ms, on_batch=m.batch_size.observe, on_depth=m.queue_depth.set)
     app.state.batcher.start()
@@ -70,6 +81,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app.state.settings, app.state.api_key, app.state.metrics = settings, _api_key(settings), Metrics()
     app.state.model_name = settings.model_name or model_name(settings.bundle)
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
+    app.state.model_metrics = None
     app.state.draining = False  # set by serve.shutdown.DrainingServer on SIGTERM
     app.state.decode_budget = PixelBudget(settings.decode_pixels)
     install_error_handlers(app)

@@ -37,7 +37,9 @@ async def predict_upload(request: Request, pred: Predictor, file: UploadFile,
     else:
         p, score = await state.batcher.submit(x)
     result = pred.result(p, used=used[0] if used else None, ood_score=score)
-    if (refused := pred.refusal(result.ood)) is not None:
+    refused = pred.refusal(result.ood)
+    state.model_metrics.observe(result, refused=refused is not None)
+    if refused is not None:
         raise HTTPException(422, refused)
     result.latency_ms = (time.perf_counter() - t0) * 1000
     return result

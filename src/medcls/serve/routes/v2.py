@@ -163,8 +163,12 @@ async def _infer(request: Request, name: str, version: str | None, pred: Predict
                             f"encoded images), got {got}.{did_you_mean(req.inputs[0].name, list(INPUTS))}")
     x = await _images(request, pred, req.inputs[0])
     scored = list(await asyncio.gather(*(request.app.state.batcher.submit(row) for row in x)))
-    for i, (_, score) in enumerate(scored):
-        if (refused := pred.refusal(pred.ood_result(score))) is not None:
+    results = [pred.result(p, ood_score=score) for p, score in scored]
+    refusals = [pred.refusal(r.ood) for r in results]
+    for r, refused in zip(results, refusals, strict=True):
+        request.app.state.model_metrics.observe(r, refused=refused is not None)
+    for i, refused in enumerate(refusals):
+        if refused is not None:
             raise HTTPException(422, f"image {i}: {refused}")
     body, headers = encode_infer_response(name, VERSION, req, _outputs(pred, scored, req.outputs))
     return Response(body, headers=headers)
