@@ -241,3 +241,11 @@ def _is_file_at(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+def url_name(path: str | Path) -> str:
+    """A folder's name as a URL path segment and model name (``/v2/models/<name>``, a Triton repository)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).resolve().name).strip("-.")
+    return name or "model"

@@ -152,15 +152,22 @@ def export(
     prune: Annotated[float | None, typer.Option(help="Remove this fraction (0-0.95] of the channels first "
                                                      "(torch-pruning), fine-tune, re-calibrate on val.")] = None,
     prune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after --prune (0 = none).")] = 3,
+    triton: Annotated[Path | None, typer.Option(help="Also write a Triton model repository here: "
+                                                "<REPO>/<bundle name>/config.pbtxt and 1/model.onnx.")] = None,
 ) -> None:
     """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json.
 
     With --prune: channel pruning, a short fine-tune on the run's training split, calibration re-fitted on val.
     """
     from ..export import export_bundle
+    from ..export.triton import check_triton_target, write_triton_repository
 
     if format not in ("onnx", "safetensors"):
         raise MedclsError(f"--format must be onnx or safetensors, got {format!r}")
+    if triton is not None:
+        if format != "onnx":
+            raise MedclsError("--triton serves the ONNX graph: export with --format onnx")
+        check_triton_target(triton, output)  # before the export's work
     info = export_bundle(run_dir, output, onnx=format == "onnx", quantize=quantize, torchscript=torchscript,
                          checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop, prune=prune,
                          prune_epochs=prune_epochs)
@@ -181,6 +188,8 @@ def export(
 
     if (line := log_bundle(run_dir, output)) is not None:
         typer.echo(line)
+    if triton is not None:
+        typer.echo(f"Triton model repository: {write_triton_repository(output, triton)} (config.pbtxt, 1/model.onnx)")
     if not info["calibrated"]:
         typer.echo(f"warning: {info['notes'][-1]}", err=True)
 

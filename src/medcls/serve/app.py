@@ -9,7 +9,6 @@ field), ``POST /v1/predict/batch``, ``POST /v1/explain``, ``GET /v1/model``, ``/
 from __future__ import annotations
 
 import os
-import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..errors import MedclsError
 from ..inference import Predictor
+from ..utils import url_name
 from .batching import MicroBatcher
 from .errors import install_error_handlers
 from .limits import RequestLimits
@@ -44,12 +44,6 @@ def _api_key(settings: ServeSettings) -> str | None:
     if settings.api_key_env and not key:
         raise MedclsError(f"--api-key-env {settings.api_key_env}: that environment variable is not set")
     return key
-
-
-def model_name(bundle: str) -> str:
-    """The name the Open Inference Protocol serves a bundle under: its folder's name, as a URL path segment."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(bundle).resolve().name).strip("-.")
-    return name or "model"
 
 
 def model_metrics(app: FastAPI, pred: Predictor) -> ModelMetrics:
@@ -79,7 +73,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     app = FastAPI(title="medcls", version=__version__, lifespan=lifespan,
                   description="Medical image classification service (research use only).")
     app.state.settings, app.state.api_key, app.state.metrics = settings, _api_key(settings), Metrics()
-    app.state.model_name = settings.model_name or model_name(settings.bundle)
+    app.state.model_name = settings.model_name or url_name(settings.bundle)
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, None, None
     app.state.model_metrics = None
     app.state.draining = False  # set by serve.shutdown.DrainingServer on SIGTERM
