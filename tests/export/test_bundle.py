@@ -14,7 +14,8 @@ from medcls.export import export_bundle
 
 def test_bundle_contents(bundle, evaluated_run):
     out, info = bundle
-    assert set(info["files"]) == {"model.safetensors", "model.onnx", "model.int8.onnx", "model.ts", "ood.safetensors"}
+    assert set(info["files"]) == {"model.safetensors", "model.onnx", "model.int8.onnx", "model.ts", "ood.safetensors",
+                                  "drift.safetensors"}
     disk = json.loads((out / "bundle.json").read_text())
     assert disk == json.loads(json.dumps(info))
     model = disk["model"]

@@ -31,9 +31,11 @@ def save_reference(ref: DriftReference, path: Path) -> None:
 
     from ..utils import atomic_write_bytes
 
-    tensors = {"mean": ref.mean.astype(np.float32), "components": ref.components.astype(np.float32),
-               "features": ref.features.astype(np.float32), "scores": ref.scores.astype(np.float32),
-               "predicted": ref.predicted.astype(np.int64)}
+    # C order: safetensors.numpy writes an array's memory as it lies, so a Fortran-ordered one (scikit-learn's
+    # PCA components_) would come back transposed in place
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in
+               (("mean", ref.mean), ("components", ref.components), ("features", ref.features), ("scores", ref.scores))}
+    tensors["predicted"] = np.ascontiguousarray(ref.predicted, np.int64)
     meta = {"threshold": repr(ref.threshold), "class_names": json.dumps(ref.class_names)}
     atomic_write_bytes(path, save(tensors, metadata=meta))
 

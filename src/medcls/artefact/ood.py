@@ -83,8 +83,9 @@ class OodGate:
         from ..utils import atomic_write_bytes
 
         meta = {"method": METHOD, "threshold": repr(self.threshold), "accept": repr(self.accept)}
-        atomic_write_bytes(path, save({"means": self.means.astype(np.float32),
-                                       "precision": self.precision.astype(np.float32)}, metadata=meta))
+        atomic_write_bytes(path, save({"means": np.ascontiguousarray(self.means, np.float32),  # C order:
+                                       "precision": np.ascontiguousarray(self.precision, np.float32)},  # see drift
+                                      metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> OodGate:

@@ -116,7 +116,8 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
-        if getattr(scope["app"].state, "draining", False) and path not in ALIVE:
+        owner = scope.get("app")  # the Starlette app that set the flag (absent when mounted bare)
+        if owner is not None and getattr(owner.state, "draining", False) and path not in ALIVE:
             return await _reply(send, path, 503, "shutting_down", "the server is shutting down; retry (another "
                                 "replica will answer)", ((b"retry-after", b"1"), (b"connection", b"close")))
         key = headers.get(b"x-api-key", b"")
