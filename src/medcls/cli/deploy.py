@@ -63,8 +63,9 @@ def predict(
     refuse_ood: Annotated[bool, typer.Option("--refuse-ood", help="Report images the bundle's out-of-distribution "
                                              "gate flags as errors (exit 2) instead of predicting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
-    num_workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in the main one; default: one "
-                                                    "per core, at most 4).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Worker processes (on a CPU each decodes and "
+                                                    "predicts; 0: all in the main one; default: one per core, at "
+                                                    "most 8).")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar on stderr "
                                                   "(default: when stderr is a terminal).")] = None,
 ) -> int:
