@@ -29,8 +29,8 @@ def write(folder: Path, images: np.ndarray) -> Path:
 @pytest.fixture(scope="module")
 def held_out(evaluated_run, pneumonia_arrays):
     """Validation images of PneumoniaMNIST that the bundle's reference does not hold (the fixture's run uses 128
-    of them): the reference's own distribution, other images. (Its test split differs from validation: that
-    is what benchmarks/drift.py measures.)"""
+    of them): the reference's own distribution, other images (benchmarks/drift.py measures the false alarm
+    rate over repeated samples, and on the test split)."""
     from medcls.data.sources import load_data
 
     used = {int(i.split("/")[1]) for i in load_data(evaluated_run.config.data).val.ids}
