@@ -1,0 +1,135 @@
+"""`medcls.validate` on PneumoniaMNIST test images: through the same Predictor as everywhere (its probabilities
+are the evaluation's), under an acquisition shift built here (gamma) calibration-in-the-large moves away from 0;
+a BTXRD-style manifest with centres gives per-site figures; a site class the model lacks is one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medcls import validate
+from medcls.errors import DataError, RunError
+from medcls.testing.shifts import shift
+from medcls.validation import validate_model
+
+SOURCE = "medmnist:pneumoniamnist"
+
+
+def _npz(path, arrays, images):
+    """A MedMNIST-layout file whose test images are ``images`` (the other splits kept)."""
+    np.savez(path, **{**arrays, "test_images": images})
+    return path
+
+
+@pytest.fixture(scope="module")
+def gamma_npz(pneumonia_arrays, tmp_path_factory):
+    """PneumoniaMNIST's test images under another detector's gamma curve (severity 1.5)."""
+    return _npz(tmp_path_factory.mktemp("shift") / "gamma.npz", pneumonia_arrays,
+                shift(pneumonia_arrays["test_images"], "gamma", 1.5))
+
+
+@pytest.fixture(scope="module")
+def plain(evaluated_run, pneumonia_npz):
+    return validate_model(evaluated_run.path, SOURCE, options={"path": str(pneumonia_npz)}, split="test",
+                          n_bootstrap=200)
+
+
+@pytest.fixture(scope="module")
+def shifted(evaluated_run, gamma_npz):
+    return validate_model(evaluated_run.path, SOURCE, options={"path": str(gamma_npz)}, split="test",
+                          n_bootstrap=200)
+
+
+def test_probabilities_are_the_evaluations_own(plain, evaluated_run):
+    """The run's test evaluation saw a subset of these images: the same ids get the same probabilities."""
+    ev = pd.read_csv(evaluated_run.path / "eval-test" / "predictions.csv")
+    both = ev.merge(plain.frame, on="id", suffixes=("_eval", "_val"))
+    assert len(both) == len(ev) > 100
+    np.testing.assert_allclose(both["prob_pneumonia_eval"], both["prob_pneumonia_val"], atol=1e-5)
+    assert (both["decision_eval"] == both["decision_val"]).all()
+
+
+def test_the_gamma_shift_moves_calibration_in_the_large_away_from_0(plain, shifted):
+    before, after = plain["external"]["figures"]["citl"], shifted["external"]["figures"]["citl"]
+    assert after["value"] > before["value"] + 0.3
+    assert after["low"] > 0
+    assert shifted["external"]["figures"]["oe"]["value"] > plain["external"]["figures"]["oe"]["value"]
+    diff = shifted["difference"]["citl"]
+    assert diff["external"] == after["value"] and diff["low"] > 0  # beyond the internal figure, with its CI
+
+
+def test_internal_figures_come_from_the_runs_test_evaluation(shifted, evaluated_run):
+    ev = json.loads((evaluated_run.path / "eval-test" / "metrics.json").read_text())
+    assert shifted["internal"]["n"] == ev["n"]
+    assert shifted["internal"]["figures"]["auc"]["value"] == pytest.approx(ev["auc"], abs=1e-6)
+    op = shifted["external"]["threshold_transfer"]["youden"]
+    assert op["sensitivity"]["chosen"] is not None and "flags" in op
+
+
+def test_case_mix_and_sample_size(shifted):
+    mix = shifted["case_mix"]
+    assert mix["prevalence_here"]["pneumonia"] == pytest.approx(390 / 624)
+    assert set(mix["prevalence_development"]) == {"train", "val", "test"}
+    here, dev = mix["images_here"], mix["images_development"]
+    assert here["height"]["median"] == 28 and here["channels"] == {"1": 624}
+    assert here["intensity_mean"]["median"] < dev["intensity_mean"]["median"] - 0.05  # gamma darkens mid-tones
+    assert mix["ood"]["available"] is False  # a run directory has no gate
+    assert shifted["sample_size"]["required"]["oe"] > 0 and shifted["warnings"]
+
+
+def test_the_bundles_gate_flags_more_of_the_shifted_images(bundle, gamma_npz, pneumonia_npz):
+    path, _ = bundle
+    ood = validate_model(path, SOURCE, options={"path": str(gamma_npz)}, split="test", n_bootstrap=50)
+    gate = ood["case_mix"]["ood"]
+    assert gate["available"] and gate["flagged_here"] > 2 * gate["flagged_development_val"]
+    assert {t["test"] for t in gate["drift"]["tests"]} >= {"ood_score", "features", "flagged"}
+    assert ood["internal"] is None and "--internal" in ood["notes"][-1]
+    assert "ood_flagged" in ood.frame.columns
+
+
+def test_a_source_with_a_class_the_model_lacks_is_one_line(evaluated_run, pneumonia_npz):
+    with pytest.raises(DataError) as e:
+        validate_model(evaluated_run.path, SOURCE, options={"path": str(pneumonia_npz), "labels": ["normal", "covid"]},
+                       split="test", n_bootstrap=20)
+    assert "'covid' that the model lacks" in str(e.value) and "'pneumonia' that" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def centres(pneumonia_arrays, tmp_path_factory):
+    """A BTXRD-style manifest: 300 test images as PNG files, labels spelled by the site, three centres of
+    150, 100 and 50 cases, and an unlabelled-quality class to drop."""
+    root = tmp_path_factory.mktemp("centres")
+    rows = []
+    site_label = {0: "NORMAL", 1: "PNEUMONIA"}
+    for i in range(300):
+        Image.fromarray(pneumonia_arrays["test_images"][i]).save(root / f"img{i}.png")
+        label = site_label[int(pneumonia_arrays["test_labels"][i, 0])] if i % 30 else "UNREADABLE-FILM"
+        rows.append({"path": f"img{i}.png", "label": label, "center": "A" if i < 150 else "B" if i < 250 else "C"})
+    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
+    (root / "map.yaml").write_text("UNREADABLE-FILM: null\n")
+    return root
+
+
+def test_sites_label_map_and_the_written_folder(evaluated_run, centres, tmp_path):
+    v = validate(evaluated_run.path, f"csv:{centres / 'dataset.csv'}", label_map=centres / "map.yaml",
+                 site_column="center", n_bootstrap=100, out_dir=tmp_path, name="centres")
+    m = v.metrics
+    assert m["n"] == 290 and m["source"]["n_dropped"] == 10
+    sites = m["sites"]
+    assert [s["n"] for s in sites["sites"].values()] == [145, 96, 49] and sites["smallest"] == "C"
+    assert all(s["small"] for s in sites["sites"].values())  # none has 100 events and 100 non-events
+    assert sites["heterogeneity"]["auc"]["sites"] == 3 and 0 <= sites["heterogeneity"]["auc"]["i2"] <= 1
+    out = tmp_path / "validate-centres"
+    assert v.out == out and json.loads((out / "metrics.json").read_text())["n"] == 290
+    frame = pd.read_csv(out / "predictions.csv")
+    assert list(frame.columns[:4]) == ["id", "site", "label", "site_label"] and len(frame) == 290
+    assert set(frame["label"]) == {"normal", "pneumonia"}
+    with pytest.raises(RunError, match="never overwritten"):
+        validate(evaluated_run.path, f"csv:{centres / 'dataset.csv'}", label_map=centres / "map.yaml",
+                 n_bootstrap=20, out_dir=tmp_path, name="centres")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".validate-")]
