@@ -408,6 +408,10 @@ def validate(model: Run | str | Path, source: str, *, label_map: str | Path | di
 
     ensure_console_logging()
     path = model.path if isinstance(model, Run) else Path(model)
+    if write and name is not None:  # a folder that exists is refused before the work, not after
+        from .utils import check_new_output
+
+        check_new_output(output_dir(path, name, out_dir), "validations", hint="choose another --name or --output-dir")
     result = validate_model(path, source, label_map=label_map, site_column=site_column, split=split,
                             options=options, data_dir=data_dir, checkpoint=checkpoint, backend=backend,
                             device=resolve_device(device), n_bootstrap=n_bootstrap, seed=seed,

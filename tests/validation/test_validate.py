@@ -133,3 +133,47 @@ def test_sites_label_map_and_the_written_folder(evaluated_run, centres, tmp_path
         validate(evaluated_run.path, f"csv:{centres / 'dataset.csv'}", label_map=centres / "map.yaml",
                  n_bootstrap=20, out_dir=tmp_path, name="centres")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".validate-")]
+
+
+@pytest.fixture(scope="module")
+def recalibrated(evaluated_run, gamma_npz):
+    return validate_model(evaluated_run.path, SOURCE, options={"path": str(gamma_npz)}, split="test",
+                          n_bootstrap=200, recalibrate="logistic", fit_fraction=0.5, seed=3)
+
+
+def test_logistic_recalibration_on_one_half_brings_citl_back_on_the_other(recalibrated):
+    r = recalibrated["recalibration"]
+    before, after = r["before"]["citl"], r["after"]["citl"]
+    assert before["low"] > 0.5  # off on the held-out half before
+    assert abs(after["value"]) < 0.25 and after["low"] < 0 < after["high"]
+    assert r["change"]["citl"]["high"] < 0  # the change, on the same resamples, is below 0
+    assert after["value"] == pytest.approx(r["change"]["citl"]["external"])
+    parts = recalibrated.frame["part"]
+    assert (parts == "fit").sum() == r["fitted_on"]["n"] == 312 and (parts == "held-out").sum() == r["held_out"]["n"]
+    for k in ("sensitivity", "specificity"):  # the operating point moved with the scale: the same decisions
+        assert r["after"][k]["value"] == pytest.approx(r["before"][k]["value"])
+
+
+def test_the_recalibration_is_a_new_postprocess_entry_that_says_what_it_was_fitted_on(recalibrated, evaluated_run):
+    from medcls.artefact import Postprocess
+
+    entry = recalibrated.postprocess["best"]
+    post = Postprocess.from_dict(entry)
+    assert post.recalibration["method"] == "logistic" and post.recalibration["fitted_on"]["seed"] == 3
+    assert post.recalibration["fitted_on"]["source"] == SOURCE and "RECALIBRATED (logistic)" in post.notes[-1]
+    stored = evaluated_run.postprocess("best")
+    assert stored.recalibration is None and post.temperature == stored.temperature  # the run's own is untouched
+    assert post.threshold != stored.threshold
+    col = "prob_pneumonia_recalibrated"
+    p = recalibrated.frame["prob_pneumonia"].to_numpy()
+    from medcls.metrics.external import recalibrate
+
+    u = post.recalibration
+    np.testing.assert_allclose(recalibrated.frame[col], recalibrate(p, u["intercept"], u["slope"]), atol=1e-5)
+
+
+def test_temperature_cannot_fix_the_mean_risk_and_says_so(evaluated_run, gamma_npz):
+    v = validate_model(evaluated_run.path, SOURCE, options={"path": str(gamma_npz)}, split="test", n_bootstrap=50,
+                       recalibrate="temperature")
+    r = v["recalibration"]
+    assert abs(r["after"]["citl"]["value"]) > 0.3 and any("cannot move the mean risk" in n for n in r["notes"])

@@ -48,6 +48,16 @@ def figure_rows(m: dict[str, Any]) -> dict[str, dict[str, str]]:
     return rows
 
 
+def recalibration_rows(r: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Before and after the recalibration on the held-out cases, and the change (the same resamples)."""
+    rows = {}
+    for k, label in ROWS.items():
+        c = r["change"].get(k) or {}
+        rows[label] = {"before (95% CI)": _ci(r["before"].get(k)), "after (95% CI)": _ci(r["after"].get(k)),
+                       "after − before": _ci({"value": c.get("diff"), "low": c.get("low"), "high": c.get("high")})}
+    return rows
+
+
 def validate(
     model: Annotated[Path, typer.Argument(help="A run directory (`medcls train`) or a bundle (`medcls export`).")],
     source: Annotated[str, typer.Argument(help="A labelled data source the model never saw: folder:, csv:, dicom:, hdf5:, medmnist:, btxrd: ...")],
@@ -77,6 +87,13 @@ def validate(
                      fit_fraction=fit_fraction, internal=internal, name=name, out_dir=output_dir)
     m = v.metrics
     print_table(f"{model} on {source} (n={m['n']}, {m['events']} events)", figure_rows(m), first="figure")
+    if "recalibration" in m:
+        r = m["recalibration"]
+        print_table(f"{r['method']} recalibration fitted on {r['fitted_on']['n']} cases ({r['fitted_on']['fraction']:.0%}, "
+                    f"seed {r['fitted_on']['seed']}); held out {r['held_out']['n']}", recalibration_rows(r),
+                    first="held-out figure")
+        for note in r.get("notes", []):
+            typer.echo(f"note: {note}", err=True)
     for line in m["warnings"]:
         typer.echo(f"warning: {line}", err=True)
     for note in m["notes"]:

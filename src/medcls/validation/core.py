@@ -192,7 +192,16 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
         metrics["sites"] = {"column": site_column, **per_site(y, p, sites, post.threshold,
                                                              n_resamples=min(n_bootstrap, 500), seed=seed)}
     frame = _frame(ext, obs, probs, names, pos, post, sites, pred.ood)
-    return Validation(metrics, frame)
+    if recalibrate is None:
+        return Validation(metrics, frame)
+    from .update import recalibration
+
+    block, fit, new_post = recalibration(recalibrate, y, p, post, pos=pos, fraction=fit_fraction, seed=seed,
+                                         n_resamples=n_bootstrap, source=source)
+    metrics["recalibration"] = block
+    frame["part"] = np.where(fit, "fit", "held-out")
+    frame[f"prob_{names[pos]}_recalibrated"] = new_post.probabilities(obs.logits, "binary")[:, pos]
+    return Validation(metrics, frame, {metrics["model"]["checkpoint"]: new_post.to_dict()})
 
 
 def output_dir(model: str | Path, name: str, out_dir: str | Path | None) -> Path:
