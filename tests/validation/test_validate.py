@@ -129,6 +129,14 @@ def test_sites_label_map_and_the_written_folder(evaluated_run, centres, tmp_path
     frame = pd.read_csv(out / "predictions.csv")
     assert list(frame.columns[:4]) == ["id", "site", "label", "site_label"] and len(frame) == 290
     assert set(frame["label"]) == {"normal", "pneumonia"}
+    html = (out / "report.html").read_text()
+    for title in ("Discrimination and calibration", "Case mix and shift", "Site A", "Site B", "Site C"):
+        assert f"<h2>{title}</h2>" in html
+    assert html.count('<span class="tag">small</span>') == 3 and "data:image/png;base64," in html
+    card = (out / "model_card.md").read_text()
+    assert card.startswith("# Model card") and "## Not for clinical use" in card  # the run's own card, then:
+    assert "## External validation" in card and "- **Sites (center):** 3" in card
+    assert "| calibration-in-the-large (0) |" in card
     with pytest.raises(RunError, match="never overwritten"):
         validate(evaluated_run.path, f"csv:{centres / 'dataset.csv'}", label_map=centres / "map.yaml",
                  n_bootstrap=20, out_dir=tmp_path, name="centres")

@@ -213,11 +213,18 @@ def output_dir(model: str | Path, name: str, out_dir: str | Path | None) -> Path
     return parent / f"validate-{name}"
 
 
+def _base_card(m: dict[str, Any]) -> str | None:
+    """The run's own model card (beside its internal test evaluation), when there is one."""
+    card = Path(m["internal"]["from"]) / "model_card.md" if m.get("internal") else None
+    return card.read_text() if card is not None and card.is_file() else None
+
+
 def write_validation(result: Validation, out: Path) -> Path:
-    """metrics.json, predictions.csv (and postprocess.json when recalibrated) assembled in a hidden staging folder
+    """metrics.json, predictions.csv, report.html, model_card.md (and postprocess.json when recalibrated) assembled in a hidden staging folder
     beside ``out`` and renamed into place: the folder is complete or absent, and never overwritten."""
     import shutil
 
+    from ..reports.validation import validation_card, write_validation_report
     from ..utils import atomic_write_json, atomic_write_text, check_new_output, new_staging_dir, place_staged
 
     check_new_output(out, "validations", hint="choose another --name or --output-dir")
@@ -228,6 +235,8 @@ def write_validation(result: Validation, out: Path) -> Path:
         atomic_write_text(tmp / "predictions.csv", result.frame.to_csv(index=False))
         if result.postprocess is not None:
             atomic_write_json(tmp / "postprocess.json", result.postprocess)
+        write_validation_report(result.metrics, tmp)
+        atomic_write_text(tmp / "model_card.md", validation_card(result.metrics, _base_card(result.metrics)))
         place_staged(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
