@@ -185,3 +185,29 @@ def test_temperature_cannot_fix_the_mean_risk_and_says_so(evaluated_run, gamma_n
                        recalibrate="temperature")
     r = v["recalibration"]
     assert abs(r["after"]["citl"]["value"]) > 0.3 and any("cannot move the mean risk" in n for n in r["notes"])
+
+
+def test_a_btxrd_source_is_validated_per_centre_with_two_labels_mapped_to_one(evaluated_run, pneumonia_arrays,
+                                                                              tmp_path):
+    from medcls.testing.multimodal import write_btxrd_like
+
+    xlsx, kind = write_btxrd_like(tmp_path / "BTXRD", pneumonia_arrays["test_images"], n=160)
+    v = validate_model(evaluated_run.path, f"btxrd:{xlsx.parent}", n_bootstrap=30,
+                       label_map={"benign": "pneumonia", "malignant": "pneumonia"})
+    assert v["source"]["label_mapping"] == {"normal": "normal", "benign": "pneumonia", "malignant": "pneumonia"}
+    assert v["events"] == int((kind > 0).sum()) and "sites: BTXRD's center column" in v["notes"]
+    assert v["sites"]["column"] == "center" and set(v["sites"]["sites"]) == {"1", "2", "3"}
+    sizes = {k: s["n"] for k, s in v["sites"]["sites"].items()}
+    assert sizes == {"1": 120, "2": 20, "3": 20} and sizes[v["sites"]["smallest"]] == 20
+    assert set(v.frame["site_label"]) == {"normal", "benign", "malignant"}
+
+
+def test_a_folder_source_with_site_spelt_class_folders(evaluated_run, pneumonia_arrays, tmp_path):
+    """The Kaggle layout: NORMAL/ and PNEUMONIA/ folders (class names matched ignoring case)."""
+    for i in range(60):
+        label = ("NORMAL", "PNEUMONIA")[int(pneumonia_arrays["test_labels"][i, 0])]
+        (tmp_path / "site" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pneumonia_arrays["test_images"][i]).save(tmp_path / "site" / label / f"{i}.png")
+    v = validate_model(evaluated_run.path, f"folder:{tmp_path / 'site'}", n_bootstrap=20)
+    assert v["n"] == 60 and v["source"]["label_mapping"] == {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
+    assert "site label 'NORMAL' counted as 'normal'" in v["notes"]

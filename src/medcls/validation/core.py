@@ -187,6 +187,9 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
         "difference": None if inside is None else internal_difference(inside, ext_boot),
         "case_mix": _case_mix(art, pred, ext, obs, probs, seed), "sample_size": sizes,
         "warnings": warnings, "notes": ext.notes + ([] if inside is not None else [where])}
+    if site_column is None and (ext.spec.extra or {}).get("source") == "btxrd":
+        site_column = "center"  # BTXRD names each image's centre
+        metrics["notes"].append("sites: BTXRD's center column")
     sites = _sites(ext, obs, site_column)
     if sites is not None:
         metrics["sites"] = {"column": site_column, **per_site(y, p, sites, post.threshold,
