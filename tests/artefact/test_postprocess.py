@@ -36,7 +36,7 @@ def test_a_recalibration_updates_the_positive_log_odds_after_the_temperature():
                                  {"intercept": float("nan"), "slope": 1.0, "positive_index": 1},
                                  {"intercept": 0.0, "slope": 1.0}])
 def test_a_recalibration_without_a_positive_slope_or_class_is_refused(bad):
-    with pytest.raises(RunError, match="recalibration must give"):
+    with pytest.raises(RunError, match="recalibration must be a temperature update, or give"):
         Postprocess(recalibration=bad)
 
 

@@ -59,7 +59,8 @@ class Postprocess:
     calibrated: bool = False
     checkpoint: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    recalibration: dict[str, Any] | None = None  # binary: logit p' = intercept + slope * logit p, and what it was fitted on
+    recalibration: dict[str, Any] | None = None  # an update on external data and what it was fitted on: binary
+    # intercept/logistic: logit p' = intercept + slope * logit p after T; temperature: T above is the updated one
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -69,11 +70,11 @@ class Postprocess:
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise RunError(f"postprocess: threshold {name!r} must be within [0, 1], got {v!r}")
         r = self.recalibration
-        if r is not None and not (isinstance(r, dict) and all(
+        if r is not None and not (isinstance(r, dict) and (r.get("method") == "temperature" or (all(
                 isinstance(r.get(k), int | float) and math.isfinite(r[k]) for k in ("intercept", "slope"))
-                and r["slope"] > 0 and r.get("positive_index") in (0, 1)):
-            raise RunError("postprocess: recalibration must give a finite intercept, a slope > 0 and the "
-                           f"positive_index (0 or 1) of a binary model, got {r!r}")
+                and r["slope"] > 0 and r.get("positive_index") in (0, 1)))):
+            raise RunError("postprocess: recalibration must be a temperature update, or give a finite intercept, "
+                           f"a slope > 0 and the positive_index (0 or 1) of a binary model, got {r!r}")
 
     @property
     def fitted(self) -> bool:
@@ -91,7 +92,7 @@ class Postprocess:
 
         p = probabilities(np.asarray(logits, np.float32) / self.temperature, task)
         r = self.recalibration
-        if r is None or task != "binary":
+        if r is None or task != "binary" or r.get("method") == "temperature":  # a temperature update is T itself
             return p
         from ..metrics.external import recalibrate
 

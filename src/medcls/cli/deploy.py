@@ -177,9 +177,8 @@ def export(
                          prune_epochs=prune_epochs, recalibration=recalibration)
     if "recalibrated" in info:
         r = info["recalibrated"]
-        typer.echo(f"RECALIBRATED ({r['method']}) on {r['fitted_on']['n']} cases of {r['fitted_on']['source']}: "
-                   f"logit p' = {r['intercept']:.4g} + {r['slope']:.4g} logit p (bundle.json 'recalibrated', "
-                   "model_card.md)")
+        typer.echo(f"RECALIBRATED ({r['method']}) on {r['fitted_on']['n']} cases of {r['fitted_on']['source']}; "
+                   "bundle.json 'recalibrated' and model_card.md say so")
     if "pruning" in info:
         p = info["pruning"]
         typer.echo(f"pruned {p['ratio']:.0%} of the channels: {p['params_before']:,} -> {p['params_after']:,} "

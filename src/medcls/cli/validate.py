@@ -9,9 +9,6 @@ import typer
 
 from .common import Checkpoint, DataDir, Device, print_table
 
-ROWS = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "citl": "calibration-in-the-large",
-        "slope": "calibration slope", "oe": "O/E", "ici": "ICI", "ece": "ECE"}
-
 
 def source_options(items: list[str] | None) -> dict[str, Any]:
     """``--option key=value`` items as the source's options (values read as YAML: numbers, lists, booleans)."""
@@ -36,9 +33,12 @@ def _ci(d: dict[str, Any] | None) -> str:
 
 def figure_rows(m: dict[str, Any]) -> dict[str, dict[str, str]]:
     """One row per figure: external, internal and their difference, each with its 95% CI."""
+    from ..reports.validation import figure_keys, figure_label
+
     ext, inside, diff = m["external"]["figures"], (m.get("internal") or {}).get("figures") or {}, m.get("difference")
     rows = {}
-    for k, label in ROWS.items():
+    for k in figure_keys(ext):
+        label = figure_label(k)
         row = {"external (95% CI)": _ci(ext.get(k))}
         if inside:
             d = (diff or {}).get(k) or {}
@@ -50,10 +50,12 @@ def figure_rows(m: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 def recalibration_rows(r: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Before and after the recalibration on the held-out cases, and the change (the same resamples)."""
+    from ..reports.validation import figure_keys, figure_label
+
     rows = {}
-    for k, label in ROWS.items():
+    for k in figure_keys(r["before"]):
         c = r["change"].get(k) or {}
-        rows[label] = {"before (95% CI)": _ci(r["before"].get(k)), "after (95% CI)": _ci(r["after"].get(k)),
+        rows[figure_label(k)] = {"before (95% CI)": _ci(r["before"].get(k)), "after (95% CI)": _ci(r["after"].get(k)),
                        "after − before": _ci({"value": c.get("diff"), "low": c.get("low"), "high": c.get("high")})}
     return rows
 
@@ -86,7 +88,8 @@ def validate(
                      device=device, n_bootstrap=n_bootstrap, seed=seed, recalibrate=recalibrate,
                      fit_fraction=fit_fraction, internal=internal, name=name, out_dir=output_dir)
     m = v.metrics
-    print_table(f"{model} on {source} (n={m['n']}, {m['events']} events)", figure_rows(m), first="figure")
+    counts = ", ".join(f"{n} {c}" for c, n in m["per_class"].items())
+    print_table(f"{model} on {source} (n={m['n']}: {counts})", figure_rows(m), first="figure")
     if "recalibration" in m:
         r = m["recalibration"]
         print_table(f"{r['method']} recalibration fitted on {r['fitted_on']['n']} cases ({r['fitted_on']['fraction']:.0%}, "

@@ -153,9 +153,35 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(int(n_resamples), n))
 
 
+def class_figures(y: Any, probs: Any, class_names: list[str]) -> dict[str, float]:
+    """A multiclass model's figures: macro one-vs-rest AUC, accuracy, balanced accuracy, top-label ECE, and each
+    class's calibration against the rest (``citl[c]``, ``slope[c]``, ``oe[c]``, ``ici[c]``, ``auc[c]``)."""
+    yy, pp = np.asarray(y, np.int64), np.asarray(probs, np.float64)
+    if pp.ndim != 2 or pp.shape != (len(yy), len(class_names)):
+        raise DataError(f"expected probabilities of shape ({len(yy)}, {len(class_names)}), got {pp.shape}")
+    pred = pp.argmax(1)
+    present = [k for k in range(len(class_names)) if (yy == k).any()]
+    out: dict[str, float] = {"accuracy": float((pred == yy).mean()),
+                             "balanced_accuracy": float(np.mean([(pred[yy == k] == k).mean() for k in present])),
+                             "ece": expected_calibration_error(yy, pp)}
+    aucs = []
+    for k, c in enumerate(class_names):
+        yk = (yy == k).astype(int)
+        out[f"auc[{c}]"] = roc_auc(yk, pp[:, k]) if 0 < yk.sum() < len(yk) else float("nan")
+        aucs.append(out[f"auc[{c}]"])
+        out[f"citl[{c}]"] = calibration_in_the_large(yk, pp[:, k])
+        out[f"slope[{c}]"] = calibration_slope(yk, pp[:, k])["slope"]
+        out[f"oe[{c}]"] = observed_expected(yk, pp[:, k])
+        out[f"ici[{c}]"] = integrated_calibration_index(yk, pp[:, k])["ici"]
+    out["auc"] = float(np.mean(aucs))
+    return out
+
+
 def resample(stat: Stat, y: Any, p: Any, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
     """``stat`` on ``n_resamples`` bootstrap resamples (:func:`bootstrap_indices`): one array per figure."""
-    yy, pp = binary_pair(y, p)
+    yy, pp = np.asarray(y), np.asarray(p, np.float64)
+    if len(yy) != len(pp) or len(yy) == 0:
+        raise DataError(f"expected as many labels as probability rows (> 0), got {len(yy)} and {len(pp)}")
     idx = bootstrap_indices(len(yy), n_resamples, seed)
     rows = [stat(yy[i], pp[i]) for i in idx]
     return {k: np.asarray([r[k] for r in rows], np.float64) for k in rows[0]}

@@ -283,9 +283,12 @@ def recalibrated_card(run: Run, checkpoint: str, post: Any, validation: dict[str
                       f"- **Source run:** `{run.path.name}`, checkpoint `{checkpoint}`; data, training, intended use "
                       "and limitations are those of the source run's model card (`eval-<split>/model_card.md`, "
                       "whose performance numbers are for the model before this update).",
-                      f"- **RECALIBRATED ({r.get('method')}):** probabilities are updated as logit p' = "
-                      f"{fmt(r.get('intercept'), 4)} + {fmt(r.get('slope'), 4)} × logit p after T = "
-                      f"{fmt(post.temperature, 4)}; fitted on {(r.get('fitted_on') or {}).get('n')} cases of "
+                      f"- **RECALIBRATED ({r.get('method')}):** probabilities are updated: "
+                      + (f"temperature {fmt(r.get('temperature_before'), 4)} → {fmt(post.temperature, 4)}"
+                         if r.get("method") == "temperature" else
+                         f"logit p' = {fmt(r.get('intercept'), 4)} + {fmt(r.get('slope'), 4)} × logit p after T = "
+                         f"{fmt(post.temperature, 4)}")
+                      + f"; fitted on {(r.get('fitted_on') or {}).get('n')} cases of "
                       f"`{(r.get('fitted_on') or {}).get('source')}`; operating point {post.selected} at "
                       f"{fmt_threshold(post.threshold)} on the new scale.", "", *body,
                       "## Not for clinical use", "", NOT_CLINICAL, ""])

@@ -25,10 +25,22 @@ from .kit import (
 
 NOT_CLINICAL = ("Not for clinical use: a research model. External figures describe this site's cases only; a "
                 "recalibration fitted here is a model update to be validated again before any use.")
-FIGURES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity",
-           "citl": "calibration-in-the-large (0)", "slope": "calibration slope (1)", "oe": "O/E (1)",
-           "ici": "ICI", "ece": "ECE"}
-SITE_FIGURES = ("auc", "citl", "slope", "oe", "ici", "sensitivity", "specificity")
+FIGURES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "accuracy": "accuracy",
+           "balanced_accuracy": "balanced accuracy", "citl": "calibration-in-the-large (0)",
+           "slope": "calibration slope (1)", "oe": "O/E (1)", "ici": "ICI", "ece": "ECE"}
+
+
+def figure_label(key: str) -> str:
+    """``citl[benign]`` -> ``calibration-in-the-large (0) · benign`` (a class against the rest)."""
+    base, _, cls = key.partition("[")
+    return FIGURES.get(base, base) + (f" · {cls.rstrip(']')}" if cls else "")
+
+
+def figure_keys(figs: dict[str, Any]) -> list[str]:
+    """The figures present, in the order of :data:`FIGURES` (then class by class)."""
+    order = list(FIGURES)
+    return sorted(figs, key=lambda k: (order.index(k.partition("[")[0]) if k.partition("[")[0] in order else 99,
+                                       k.partition("[")[2]))
 
 
 def _diff(d: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -41,22 +53,24 @@ def external_validation_lines(m: dict[str, Any], where: str = "") -> list[str]:
     src, ext = m["source"], m["external"]["figures"]
     inside, diff = (m.get("internal") or {}).get("figures") or {}, m.get("difference") or {}
     head = ["figure", "external (95% CI)", *(["internal (95% CI)", "external − internal"] if inside else [])]
-    rows = [[label, fmt_ci(ext.get(k)), *([fmt_ci(inside.get(k)), fmt_ci(_diff(diff.get(k)))] if inside else [])]
-            for k, label in FIGURES.items()]
+    rows = [[figure_label(k), fmt_ci(ext.get(k)), *([fmt_ci(inside.get(k)), fmt_ci(_diff(diff.get(k)))]
+                                                     if inside else [])] for k in figure_keys(ext)]
     mix = m["case_mix"]
-    pos = m["model"]["positive_class"]
-    dev = (mix.get("prevalence_development") or {}).get("train", {}).get(pos)
+    dev = (mix.get("prevalence_development") or {}).get("train", {})
     ood = mix.get("ood") or {}
+    shares = "; ".join(f"{c} {fmt_percent(v, 1)} here, {fmt_percent(dev.get(c), 1)} in development (train)"
+                       for c, v in mix["prevalence_here"].items())
+    counts = ", ".join(f"{n} {c}" for c, n in m["per_class"].items())
     L = ["## External validation", "",
-         f"- **Data:** `{src['source']}` ({src['split']}), {m['n']} cases, {m['events']} with {pos}"
+         f"- **Data:** `{src['source']}` ({src['split']}), {m['n']} cases ({counts})"
          f"{f'; {where}' if where else ''}; {src['n_dropped']} dropped by the label map, {src['n_unreadable']} "
          "unreadable",
-         f"- **Prevalence of {pos}:** {fmt_percent(mix['prevalence_here'].get(pos), 1)} here, "
-         f"{fmt_percent(dev, 1)} in development (train)",
+         f"- **Prevalence:** {shares}",
          f"- **OOD gate:** {fmt_percent(ood.get('flagged_here'), 1)} flagged here, "
          f"{fmt_percent(ood.get('flagged_development_val'), 1)} of the development validation set"
          if ood.get("available") else "- **OOD gate:** not available (a run directory)",
-         f"- **Operating point:** {m['model']['operating_point']} at {fmt_threshold(m['model']['threshold'])}", "",
+         f"- **Operating point:** {m['model']['operating_point']} at {fmt_threshold(m['model']['threshold'])}"
+         if m["task"] == "binary" else "- **Decision:** the most probable class", "",
          *md_table(head, rows), ""]
     L += [f"- **Warning:** {w}" for w in m.get("warnings", [])]
     if m.get("sites"):
@@ -71,16 +85,24 @@ def external_validation_lines(m: dict[str, Any], where: str = "") -> list[str]:
 
 def recalibration_lines(r: dict[str, Any]) -> list[str]:
     """Model updating: what was fitted, on which cases, and the held-out figures before and after."""
-    f, u = r["fitted_on"], r["update"]
-    rows = [[label, fmt_ci(r["before"].get(k)), fmt_ci(r["after"].get(k))] for k, label in FIGURES.items()]
+    f = r["fitted_on"]
+    rows = [[figure_label(k), fmt_ci(r["before"].get(k)), fmt_ci(r["after"].get(k))] for k in figure_keys(r["before"])]
     return ["### Model updating (recalibration)", "",
-            f"- **Method:** {r['method']}: logit p' = {fmt(u['intercept'], 4)} + {fmt(u['slope'], 4)} × logit p "
-            f"(after the temperature fitted on validation)",
-            f"- **Fitted on:** {f['n']} cases ({f['events']} events) of `{f['source']}`, {fmt_percent(f['fraction'])} "
+            f"- **Method:** {r['method']}: {update_text(r)}",
+            f"- **Fitted on:** {f['n']} cases (per class {f['per_class']}) of `{f['source']}`, {fmt_percent(f['fraction'])} "
             f"per class drawn with seed {f['seed']}; reported on the other {r['held_out']['n']} cases",
             f"- **Operating point:** threshold {fmt_threshold(r['threshold']['before'])} → "
             f"{fmt_threshold(r['threshold']['after'])} (the same decisions on the new scale)", "",
             *md_table(["held-out figure", "before (95% CI)", "after (95% CI)"], rows), ""]
+
+
+def update_text(r: dict[str, Any]) -> str:
+    """What the update does to the probabilities, in words."""
+    u = r["update"]
+    if r["method"] == "temperature":
+        return f"log-odds divided by {fmt(1 / u['slope'], 4)} (a new temperature on top of the one fitted on validation)"
+    return (f"logit p' = {fmt(u['intercept'], 4)} + {fmt(u['slope'], 4)} × logit p (after the temperature fitted on "
+            "validation)")
 
 
 def validation_card(m: dict[str, Any], base: str | None) -> str:
@@ -95,11 +117,12 @@ def _figures_table(m: dict[str, Any]) -> str:
     ext, inside = m["external"]["figures"], (m.get("internal") or {}).get("figures") or {}
     diff = m.get("difference") or {}
     head = ["figure (ideal)", "external", *(["internal", "external − internal"] if inside else [])]
-    rows = [[escape(label), ci_cell(ext.get(k)), *([ci_cell(inside.get(k)), ci_cell(_diff(diff.get(k)))]
-                                                   if inside else [])] for k, label in FIGURES.items()]
+    rows = [[escape(figure_label(k)), ci_cell(ext.get(k)), *([ci_cell(inside.get(k)), ci_cell(_diff(diff.get(k)))]
+                                                             if inside else [])] for k in figure_keys(ext)]
     where = (f"Internal: the run's own test predictions ({escape(m['internal']['from'])}, n = {m['internal']['n']})."
              if inside else "No internal figures: " + escape(m["notes"][-1] if m["notes"] else ""))
-    return (f"<p>{m['n']} cases, {m['events']} events; {m['n_bootstrap']} bootstrap resamples (cases drawn from "
+    counts = ", ".join(f"{n} {escape(c)}" for c, n in m["per_class"].items())
+    return (f"<p>{m['n']} cases ({counts}); {m['n_bootstrap']} bootstrap resamples (cases drawn from "
             f"all, not within each class, so the prevalence varies as it would). {where}</p>" + table(head, rows))
 
 
@@ -112,7 +135,8 @@ def _operating_point(m: dict[str, Any]) -> str:
             rows.append([escape(name), fmt_threshold(e["threshold"]), k, fmt(d.get("chosen")), ci_cell(d),
                          escape("; ".join(e["flags"])) or "holds"])
     if not rows:
-        return "<p>No operating points were stored with this model.</p>"
+        return ("<p>No operating points were stored with this model.</p>" if m["task"] == "binary" else
+                "<p>A multiclass model decides by the most probable class: no threshold to transfer.</p>")
     return ("<p>Each stored operating point (chosen on the development validation split) applied here: "
             "flagged when its validation value falls outside this site's CI.</p>"
             + table(["operating point", "threshold", "metric", "on val", "here (95% CI)", "verdict"], rows))
@@ -157,7 +181,7 @@ def _sites(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     s = m.get("sites")
     if not s:
         return []
-    het = [[k, fmt(v.get("sites")), fmt(v.get("pooled")), fmt(v.get("q")), fmt(v.get("p"), 4),
+    het = [[escape(figure_label(k)), fmt(v.get("sites")), fmt(v.get("pooled")), fmt(v.get("q")), fmt(v.get("p"), 4),
             fmt_percent(v.get("i2")), fmt(v.get("tau2"), 4)] for k, v in s["heterogeneity"].items()]
     overview = (f"<p>Sites by <code>{escape(s['column'])}</code>; small: {escape(s['small_rule'])}; smallest: "
                 f"<b>{escape(s['smallest'])}</b>. {escape(s['heterogeneity_method'])}.</p>"
@@ -165,20 +189,21 @@ def _sites(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = [("sites", "Sites", overview)]
     for k, (name, v) in enumerate(s["sites"].items()):
         tag = ' <span class="tag">small</span>' if v["small"] else ""
-        body = f"<p>n = {v['n']}, {v['events']} events ({fmt_percent(v['prevalence'], 1)}){tag}</p>"
-        body += (table(["figure", "value (95% CI)"], [[FIGURES[f], ci_cell(v["figures"].get(f))]
-                                                      for f in SITE_FIGURES]) if "figures" in v
+        counts = ", ".join(f"{n} {escape(c)}" for c, n in v["per_class"].items())
+        body = f"<p>n = {v['n']} ({counts}){tag}</p>"
+        body += (table(["figure", "value (95% CI)"], [[escape(figure_label(f)), ci_cell(v["figures"].get(f))]
+                                                      for f in figure_keys(v["figures"])]) if "figures" in v
                  else f"<p>{escape(v.get('note', ''))}</p>")
         out.append((f"site-{k}", f"Site {name}", body))
     return out
 
 
 def _recalibration(r: dict[str, Any]) -> str:
-    rows = [[escape(label), ci_cell(r["before"].get(k)), ci_cell(r["after"].get(k)),
-             ci_cell(_diff((r.get("change") or {}).get(k)))] for k, label in FIGURES.items()]
-    f, u = r["fitted_on"], r["update"]
-    return (f"<div class=\"banner\">Model updated on external data ({escape(r['method'])}): logit p' = "
-            f"{fmt(u['intercept'], 4)} + {fmt(u['slope'], 4)} × logit p, fitted on {f['n']} cases "
+    rows = [[escape(figure_label(k)), ci_cell(r["before"].get(k)), ci_cell(r["after"].get(k)),
+             ci_cell(_diff((r.get("change") or {}).get(k)))] for k in figure_keys(r["before"])]
+    f = r["fitted_on"]
+    return (f"<div class=\"banner\">Model updated on external data ({escape(r['method'])}): "
+            f"{escape(update_text(r))}, fitted on {f['n']} cases "
             f"({fmt_percent(f['fraction'])} per class, seed {f['seed']}) of <code>{escape(f['source'])}</code>; "
             f"figures below are on the other {r['held_out']['n']} cases. Threshold "
             f"{fmt_threshold(r['threshold']['before'])} → {fmt_threshold(r['threshold']['after'])}.</div>"
@@ -190,6 +215,10 @@ def _curves(m: dict[str, Any], tmp: Path) -> str:
     from .plots import plot_decision_curve, plot_smoothed_calibration
 
     ext = m["external"]
+    if m["task"] != "binary":
+        cal = plot_smoothed_calibration(tmp / "calibration.png", ext["calibration_curves"])
+        return ("<p>Each class against the rest.</p><div class=\"figs\">"
+                + figure(cal, "Smoothed calibration curves with their 95% bands") + "</div>")
     cal = plot_smoothed_calibration(tmp / "calibration.png", {"external": ext["calibration_curve"]})
     dec = plot_decision_curve(tmp / "decision.png", ext["decision_curve"], positive=m["model"]["positive_class"],
                               thresholds={m["model"]["operating_point"]: m["model"]["threshold"]})

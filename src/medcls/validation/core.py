@@ -19,7 +19,7 @@ from ..artefact import Artefact, open_artefact
 from ..errors import ConfigError, DataError
 from ..inference import Predictor
 from .casemix import development_prevalence, ood_shift, prevalence, stats_summary
-from .figures import bootstrapped, discrimination_and_calibration, internal_difference, per_site, sample_size_check
+from .figures import bootstrapped, external_block, internal_difference, per_site, sample_size_check, stat_for
 from .labels import read_label_map
 from .observe import External, Observed, image_stats, load_external, observe
 
@@ -65,22 +65,22 @@ def _development_stats(art: Artefact) -> dict[str, Any] | None:
     return stats_summary(np.stack([image_stats(table.load(int(i))) for i in rows]))
 
 
-def _internal(art: Artefact, internal: str | Path | None, names: list[str], pos: int, threshold: float,
-              n_resamples: int, seed: int) -> tuple[dict[str, Any] | None, str]:
+def _internal(art: Artefact, internal: str | Path | None, stat, n_resamples: int,
+              seed: int) -> tuple[dict[str, Any] | None, str]:
     """Bootstrapped figures of the run's own test predictions (``RUN/eval-test``, or ``internal``)."""
     from ..evaluation import read_predictions
-    from ..metrics.external import with_ci
 
     folder = Path(internal) if internal is not None else (art.path / "eval-test" if art.kind == "run" else None)
     if folder is None:
         return None, "a bundle carries no test predictions: give the run's evaluation with --internal RUN/eval-test"
     if not (folder / "predictions.csv").is_file():
         return None, f"no internal test predictions at {folder / 'predictions.csv'}: run `medcls evaluate` first"
-    res = read_predictions(folder / "predictions.csv", class_names=names, task="binary", positive_index=pos)
-    y, p = (res.labels == pos).astype(int), res.probs[:, pos]
-    boot = bootstrapped(y, p, threshold, n_resamples, seed + 1)  # independent of the external resamples
-    boot["figures"] = with_ci(boot["point"], boot["draws"])
-    boot["n"], boot["events"] = len(y), int(y.sum())
+    spec = art.spec.dataset
+    res = read_predictions(folder / "predictions.csv", class_names=spec.class_names, task=spec.task,
+                           positive_index=spec.positive_index)
+    boot = bootstrapped(stat, res.labels, res.probs, n_resamples, seed + 1)  # independent of the external draws
+    pos = spec.positive_index
+    boot["n"], boot["events"] = len(res.labels), int((res.labels == pos).sum()) if pos is not None else None
     return boot, str(folder)
 
 
@@ -88,7 +88,8 @@ def _model_block(art: Artefact, pred: Predictor, checkpoint: str) -> dict[str, A
     spec, post = art.spec.dataset, pred.postprocess
     return {"path": str(art.path), "kind": art.kind, "checkpoint": art.checkpoint_name(checkpoint),
             "architecture": art.spec.architecture, "backend": pred.backend, "classes": list(spec.class_names),
-            "positive_class": spec.class_names[spec.positive_index], "temperature": post.temperature,
+            "positive_class": None if spec.positive_index is None else spec.class_names[spec.positive_index],
+            "temperature": post.temperature,
             "operating_point": post.selected, "threshold": post.threshold, "calibrated_on": post.fitted_on}
 
 
@@ -111,13 +112,18 @@ def _sites(ext: External, obs: Observed, site_column: str | None) -> np.ndarray 
     return ext.meta[site_column].astype(str).to_numpy()[obs.rows]
 
 
-def _frame(ext: External, obs: Observed, probs: np.ndarray, names: list[str], pos: int, post,
+def _frame(ext: External, obs: Observed, probs: np.ndarray, names: list[str], pos: int | None, post,
            sites: np.ndarray | None, gate) -> pd.DataFrame:
+    """predictions.csv: the evaluation's columns (the decision at the stored operating point, or the arg-max),
+    the site's own label, the site, the OOD score."""
     from ..evaluation import EvalResult
 
     ids = [ext.inputs.ids[i] for i in obs.rows]
-    res = EvalResult({}, ids, ext.labels[obs.rows], probs, tuple(names), "binary", pos, 0.5, post.threshold)
-    df = res.frame().drop(columns=["predicted", "correct"])
+    task = "binary" if pos is not None else "multiclass"
+    res = EvalResult({}, ids, ext.labels[obs.rows], probs, tuple(names), task, pos, 0.5, post.threshold)
+    df = res.frame()
+    df = df.drop(columns=["predicted", "correct"]) if task == "binary" else \
+        df.drop(columns=["correct"]).rename(columns={"predicted": "decision"})
     df.insert(2, "site_label", [ext.site_labels[i] for i in obs.rows])
     if sites is not None:
         df.insert(1, "site", sites)
@@ -157,6 +163,30 @@ def _options(label_map, recalibrate: str | None, fit_fraction: float, n_bootstra
     return read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
 
 
+def _run_model(model, source: str, *, mapping, split, options, data_dir, checkpoint, backend, device, batch_size,
+               num_workers) -> tuple[Artefact, Predictor, External, Observed]:
+    """The artefact, its Predictor, the source's matched cases and what the model made of them."""
+    art = open_artefact(model)
+    if art.spec.dataset.task == "multilabel":
+        raise ConfigError(f"{art.path} is a multi-label model: external validation takes one class per case")
+    pred = Predictor.load(model, backend=backend, checkpoint=checkpoint, device=device)
+    ext = load_external(source, list(art.spec.dataset.class_names), options=options, split=split, label_map=mapping,
+                        data_dir=data_dir)
+    return art, pred, ext, observe(pred, ext.inputs, batch_size=batch_size, num_workers=num_workers)
+
+
+def _site_figures(metrics, ext: External, obs: Observed, site_column: str | None, stat, y, probs, names, pos,
+                  n_bootstrap: int, seed: int) -> np.ndarray | None:
+    if site_column is None and (ext.spec.extra or {}).get("source") == "btxrd":
+        site_column = "center"  # BTXRD names each image's centre
+        metrics["notes"].append("sites: BTXRD's center column")
+    sites = _sites(ext, obs, site_column)
+    if sites is not None:
+        metrics["sites"] = {"column": site_column, **per_site(stat, y, probs, sites, names, pos,
+                                                             n_resamples=min(n_bootstrap, 500), seed=seed)}
+    return sites
+
+
 def validate_model(model: str | Path, source: str, *, label_map: str | Path | dict | None = None,
                    site_column: str | None = None, split: str = "all", options: dict[str, Any] | None = None,
                    data_dir: str | None = None, checkpoint: str = "best", backend: str = "auto",
@@ -165,45 +195,49 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
                    batch_size: int = 64, num_workers: int = 0) -> Validation:
     """Every figure of an external validation of ``model`` (run or bundle) on ``source``; writes nothing."""
     mapping = _options(label_map, recalibrate, fit_fraction, n_bootstrap)
-    art = open_artefact(model)
-    spec = art.spec.dataset
-    if spec.task != "binary":
-        raise ConfigError(f"external validation covers binary models for now; {art.path} is {spec.task}")
-    names, pos = list(spec.class_names), int(spec.positive_index)
-    pred = Predictor.load(model, backend=backend, checkpoint=checkpoint, device=device)
-    ext = load_external(source, names, options=options, split=split, label_map=mapping, data_dir=data_dir)
-    obs = observe(pred, ext.inputs, batch_size=batch_size, num_workers=num_workers)
-    post = pred.postprocess
-    probs = post.probabilities(obs.logits, "binary")
-    y, p = (ext.labels[obs.rows] == pos).astype(int), probs[:, pos]
-    ext_block, ext_boot = discrimination_and_calibration(y, p, post, n_resamples=n_bootstrap, seed=seed)
-    inside, where = _internal(art, internal, names, pos, post.threshold, n_bootstrap, seed)
-    sizes, warnings = sample_size_check(y, p, ext_block["figures"]["auc"]["value"])
+    art, pred, ext, obs = _run_model(model, source, mapping=mapping, split=split, options=options,
+                                     data_dir=data_dir, checkpoint=checkpoint, backend=backend, device=device,
+                                     batch_size=batch_size, num_workers=num_workers)
+    spec, post = art.spec.dataset, pred.postprocess
+    task, names, pos = spec.task, list(spec.class_names), spec.positive_index
+    probs, y = post.probabilities(obs.logits, task), ext.labels[obs.rows]
+    stat = stat_for(task, names, pos, post.threshold)
+    ext_block, ext_boot = external_block(task, y, probs, post, names, pos, n_resamples=n_bootstrap, seed=seed)
+    inside, where = _internal(art, internal, stat, n_bootstrap, seed)
+    aucs = ext_block["figures"]
+    sizes, warnings = sample_size_check(task, y, probs, names, pos,
+                                        lambda c: aucs["auc" if task == "binary" else f"auc[{c}]"]["value"])
     metrics: dict[str, Any] = {
-        "model": _model_block(art, pred, checkpoint), "source": _source_block(ext, obs, split, dict(options or {})),
-        "n": len(y), "events": int(y.sum()), "n_bootstrap": n_bootstrap, "seed": seed, "external": ext_block,
-        "internal": None if inside is None else {"from": where, "n": inside["n"], "events": inside["events"],
-                                                 "figures": inside["figures"]},
+        "task": task, "model": _model_block(art, pred, checkpoint),
+        "source": _source_block(ext, obs, split, dict(options or {})), "n": len(y),
+        "per_class": dict(zip(names, np.bincount(y, minlength=len(names)).tolist(), strict=True)),
+        "events": int((y == pos).sum()) if pos is not None else None, "n_bootstrap": n_bootstrap, "seed": seed,
+        "external": ext_block, "internal": None if inside is None else {
+            "from": where, "n": inside["n"], "events": inside["events"], "figures": inside["figures"]},
         "difference": None if inside is None else internal_difference(inside, ext_boot),
         "case_mix": _case_mix(art, pred, ext, obs, probs, seed), "sample_size": sizes,
         "warnings": warnings, "notes": ext.notes + ([] if inside is not None else [where])}
-    if site_column is None and (ext.spec.extra or {}).get("source") == "btxrd":
-        site_column = "center"  # BTXRD names each image's centre
-        metrics["notes"].append("sites: BTXRD's center column")
-    sites = _sites(ext, obs, site_column)
-    if sites is not None:
-        metrics["sites"] = {"column": site_column, **per_site(y, p, sites, post.threshold,
-                                                             n_resamples=min(n_bootstrap, 500), seed=seed)}
+    sites = _site_figures(metrics, ext, obs, site_column, stat, y, probs, names, pos, n_bootstrap, seed)
     frame = _frame(ext, obs, probs, names, pos, post, sites, pred.ood)
     if recalibrate is None:
         return Validation(metrics, frame)
+    return _recalibrated(metrics, frame, recalibrate, task, y, obs, post, names, pos, fit_fraction=fit_fraction,
+                         seed=seed, n_bootstrap=n_bootstrap, source=source)
+
+
+def _recalibrated(metrics, frame, method, task, y, obs, post, names, pos, *, fit_fraction, seed, n_bootstrap,
+                  source) -> Validation:
     from .update import recalibration
 
-    block, fit, new_post = recalibration(recalibrate, y, p, post, pos=pos, fraction=fit_fraction, seed=seed,
-                                         n_resamples=n_bootstrap, source=source)
+    block, fit, new_post = recalibration(method, task, y, obs.logits, post,
+                                         lambda t: stat_for(task, names, pos, t), pos=pos, fraction=fit_fraction,
+                                         seed=seed, n_resamples=n_bootstrap, source=source)
     metrics["recalibration"] = block
     frame["part"] = np.where(fit, "fit", "held-out")
-    frame[f"prob_{names[pos]}_recalibrated"] = new_post.probabilities(obs.logits, "binary")[:, pos]
+    new_probs = new_post.probabilities(obs.logits, task)
+    for k, c in enumerate(names):
+        if task != "binary" or k == pos:
+            frame[f"prob_{c}_recalibrated"] = new_probs[:, k]
     return Validation(metrics, frame, {metrics["model"]["checkpoint"]: new_post.to_dict()})
 
 
