@@ -198,7 +198,9 @@ def _sites(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _recalibration(r: dict[str, Any]) -> str:
+def _recalibration(r: dict[str, Any], tmp: Path) -> str:
+    from .plots import plot_smoothed_calibration
+
     rows = [[escape(figure_label(k)), ci_cell(r["before"].get(k)), ci_cell(r["after"].get(k)),
              ci_cell(_diff((r.get("change") or {}).get(k)))] for k in figure_keys(r["before"])]
     f = r["fitted_on"]
@@ -208,6 +210,9 @@ def _recalibration(r: dict[str, Any]) -> str:
             f"figures below are on the other {r['held_out']['n']} cases. Threshold "
             f"{fmt_threshold(r['threshold']['before'])} → {fmt_threshold(r['threshold']['after'])}.</div>"
             + table(["held-out figure", "before", "after", "after − before"], rows)
+            + (figure(plot_smoothed_calibration(tmp / "recalibrated.png", {
+                f"{k} {r['method']} recalibration": c for k, c in r["calibration_curves"].items()}),
+                "Held-out cases: smoothed calibration before and after") if r.get("calibration_curves") else "")
             + "".join(f"<p class=\"muted\">{escape(n)}</p>" for n in r.get("notes", [])))
 
 
@@ -235,7 +240,7 @@ def render_validation(m: dict[str, Any]) -> str:
                     ("curves", "Calibration curve and decision curve", _curves(m, Path(tmp))),
                     ("operating-point", "Operating point", _operating_point(m)),
                     ("case-mix", "Case mix and shift", _case_mix(m)),
-                    *([("recalibration", "Model updating", _recalibration(m["recalibration"]))]
+                    *([("recalibration", "Model updating", _recalibration(m["recalibration"], Path(tmp)))]
                       if m.get("recalibration") else []),
                     *_sites(m)]
     warn = "".join(f'<div class="banner">{escape(w)}</div>' for w in m.get("warnings", []))

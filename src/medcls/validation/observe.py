@@ -36,10 +36,10 @@ class External:
 
 
 def _tables(source: str, options: dict[str, Any], split: str, data_dir: str | None):
-    kind, arg = parse_source(source)
-    src = call_source(kind, arg, data_dir, dict(options or {}))
     if split not in ("all", *SPLITS):
         raise DataError(f"--split must be all or one of {', '.join(SPLITS)}, got {split!r}")
+    kind, arg = parse_source(source)
+    src = call_source(kind, arg, data_dir, dict(options or {}))
     tables = [t for s in SPLITS if split in ("all", s) and (t := src.splits.get(s)) is not None and len(t)]
     if not tables:
         raise DataError(f"{source}: no samples" + ("" if split == "all" else f" in split {split!r}"))
@@ -134,9 +134,11 @@ def observe(pred: Predictor, inputs: Inputs, *, batch_size: int = 64, num_worker
             continue
         lg, s, f = _forward(pred, x)
         rows += [i for i, e in zip(idx, errs, strict=True) if e is None]
-        logits.append(lg), stats.append(np.stack(st))
+        logits.append(lg)
+        stats.append(np.stack(st))
         if s is not None:
-            scores.append(s), feats.append(f)
+            scores.append(s)
+            feats.append(f)
     if not rows:
         raise DataError(f"none of the {len(inputs)} images could be read (first error: {errors[0]})")
     return Observed(np.asarray(rows, np.int64), np.concatenate(logits), np.concatenate(scores) if scores else None,

@@ -14,7 +14,7 @@ import numpy as np
 from ..artefact import Postprocess
 from ..errors import ConfigError, DataError
 from ..metrics.external import difference, fit_recalibration, fit_rows, recalibrate
-from .figures import bootstrapped
+from .figures import bootstrapped, calibration_band
 
 
 def _mapped(points: dict[str, Any] | None, upd: dict[str, float]) -> dict[str, Any] | None:
@@ -88,7 +88,12 @@ def recalibration(method: str, task: str, y: np.ndarray, logits: np.ndarray, pos
     hy, hz = y[~fit], logits[~fit]
     before = bootstrapped(stat_for(post.threshold), hy, post.probabilities(hz, task), n_resamples, seed + 2)
     after = bootstrapped(stat_for(new.threshold), hy, new.probabilities(hz, task), n_resamples, seed + 2)
-    block = {"method": method, "update": upd, "fitted_on": fitted_on,
+    curves = {}
+    if task == "binary":  # the held-out calibration curve before and after
+        hb = (hy == pos).astype(int)
+        curves = {"before": calibration_band(hb, post.probabilities(hz, task)[:, pos], min(n_resamples, 100), seed),
+                  "after": calibration_band(hb, new.probabilities(hz, task)[:, pos], min(n_resamples, 100), seed)}
+    block = {"method": method, "update": upd, "fitted_on": fitted_on, "calibration_curves": curves,
              "held_out": {"n": len(hy), "per_class": np.bincount(hy).tolist()},
              "threshold": {"before": post.threshold, "after": new.threshold},
              "before": before["figures"], "after": after["figures"], "change": difference(before, after),
