@@ -85,3 +85,13 @@ def test_bad_inputs_raise_project_errors():
         ex.fit_recalibration("logistic", [1, 1, 1], [0.2, 0.8, 0.5])
     with pytest.raises(ConfigError):
         ex.fit_rows([0, 1], 1.0, 0)
+
+
+def test_risks_far_too_low_still_converge(calibrated):
+    """Risks shifted by -4 on the logit scale (what heavy noise did to the default recipe): a full Newton step
+    overshoots there; the fit must still find the intercept."""
+    y, p = calibrated
+    shown = ex.recalibrate(p, -4.0, 0.6)
+    assert 3.5 < ex.calibration_in_the_large(y, shown) < 4.5
+    upd = ex.fit_recalibration("intercept", y, shown)
+    assert abs(ex.calibration_in_the_large(y, ex.recalibrate(shown, **upd))) < 1e-6

@@ -59,20 +59,29 @@ def binary_pair(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------- logistic fits
-def fit_logistic(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, iters: int = 50) -> np.ndarray:
-    """Maximum-likelihood ``(a[, b])`` of ``logit P(y=1) = offset + a [+ b x]`` by Newton-Raphson; ``nan`` when it
-    does not converge (separation, one class)."""
-    cols = [np.ones_like(offset)] + ([] if x is None else [x])
-    design = np.stack(cols, axis=1)
+def _loglik(y: np.ndarray, eta: np.ndarray) -> float:
+    return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+
+def fit_logistic(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, iters: int = 100) -> np.ndarray:
+    """Maximum-likelihood ``(a[, b])`` of ``logit P(y=1) = offset + a [+ b x]`` by Newton-Raphson with step halving
+    (a full step can overshoot when the risks are far off); ``nan`` when it does not converge (separation, one
+    class)."""
+    design = np.stack([np.ones_like(offset)] + ([] if x is None else [x]), axis=1)
     beta = np.zeros(design.shape[1])
+    ll = _loglik(y, offset + design @ beta)
     for _ in range(iters):
         mu = expit(offset + design @ beta)
-        hess = design.T @ (design * (mu * (1 - mu))[:, None])
         try:
-            step = np.linalg.solve(hess, design.T @ (y - mu))
+            step = np.linalg.solve(design.T @ (design * (mu * (1 - mu))[:, None]), design.T @ (y - mu))
         except np.linalg.LinAlgError:
             break
-        beta = beta + step
+        for _half in range(40):  # the log-likelihood is concave: a short enough step along Newton's direction gains
+            new_ll = _loglik(y, offset + design @ (beta + step))
+            if new_ll >= ll - 1e-12:
+                break
+            step = step / 2
+        beta, ll = beta + step, new_ll
         if np.abs(step).max() < 1e-9:
             return beta
     return np.full(design.shape[1], np.nan)
