@@ -24,7 +24,7 @@ C statistic reach a target width, the information terms taken from the observed 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -155,11 +155,14 @@ def figures(y: Any, p: Any, threshold: float) -> dict[str, float]:
 Stat = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
-def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, n) indices drawn with replacement from all cases: not within each class, since the prevalence
-    is part of what O/E and calibration-in-the-large measure (a stratified resample would hold the events fixed)."""
+def bootstrap_indices(n: int, n_resamples: int, seed: int, block: int = 64) -> Iterator[np.ndarray]:
+    """Resamples of ``n`` cases drawn with replacement from all of them, one index array (n,) at a time (``block``
+    drawn together: memory stays at ``block x n`` for any ``n_resamples``). Not within each class: the prevalence is
+    part of what O/E and calibration-in-the-large measure (a stratified resample would hold the events fixed)."""
     check_options(n_resamples)
-    return np.random.default_rng(seed).integers(0, n, size=(int(n_resamples), n))
+    rng = np.random.default_rng(seed)
+    for start in range(0, int(n_resamples), block):
+        yield from rng.integers(0, n, size=(min(block, int(n_resamples) - start), n))
 
 
 def class_figures(y: Any, probs: Any, class_names: list[str]) -> dict[str, float]:
