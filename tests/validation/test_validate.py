@@ -211,3 +211,10 @@ def test_a_folder_source_with_site_spelt_class_folders(evaluated_run, pneumonia_
     v = validate_model(evaluated_run.path, f"folder:{tmp_path / 'site'}", n_bootstrap=20)
     assert v["n"] == 60 and v["source"]["label_mapping"] == {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
     assert "site label 'NORMAL' counted as 'normal'" in v["notes"]
+
+
+def test_internal_figures_only_of_the_same_checkpoint(evaluated_run, pneumonia_npz):
+    v = validate_model(evaluated_run.path, SOURCE, options={"path": str(pneumonia_npz)}, split="test",
+                       checkpoint="last", n_bootstrap=20)
+    assert v["internal"] is None and v["difference"] is None
+    assert "evaluated the 'best' checkpoint, this validation the 'last' one" in v["notes"][-1]

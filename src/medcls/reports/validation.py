@@ -122,7 +122,7 @@ def _figures_table(m: dict[str, Any]) -> str:
     rows = [[escape(figure_label(k)), ci_cell(ext.get(k)), *([ci_cell(inside.get(k)), ci_cell(_diff(diff.get(k)))]
                                                              if inside else [])] for k in figure_keys(ext)]
     where = (f"Internal: the run's own test predictions ({escape(m['internal']['from'])}, n = {m['internal']['n']})."
-             if inside else "No internal figures: " + escape(m["notes"][-1] if m["notes"] else ""))
+             if inside else escape(m.get("internal_missing") or "No internal figures."))
     counts = ", ".join(f"{n} {escape(c)}" for c, n in m["per_class"].items())
     return (f"<p>{m['n']} cases ({counts}); {m['n_bootstrap']} bootstrap resamples (cases drawn from "
             f"all, not within each class, so the prevalence varies as it would). {where}</p>" + table(head, rows))

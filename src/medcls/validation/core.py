@@ -65,9 +65,18 @@ def _development_stats(art: Artefact) -> dict[str, Any] | None:
     return stats_summary(np.stack([image_stats(table.load(int(i))) for i in rows]))
 
 
-def _internal(art: Artefact, internal: str | Path | None, stat, n_resamples: int,
-              seed: int) -> tuple[dict[str, Any] | None, str]:
-    """Bootstrapped figures of the run's own test predictions (``RUN/eval-test``, or ``internal``)."""
+def _internal_checkpoint(folder: Path) -> str | None:
+    p = folder / "metrics.json"
+    try:
+        return json.loads(p.read_text()).get("checkpoint") if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _internal(art: Artefact, internal: str | Path | None, stat, n_resamples: int, seed: int,
+              checkpoint: str = "best") -> tuple[dict[str, Any] | None, str]:
+    """Bootstrapped figures of the run's own test predictions (``RUN/eval-test``, or ``internal``) of the same
+    checkpoint; None and the reason when there are none."""
     from ..evaluation import read_predictions
 
     folder = Path(internal) if internal is not None else (art.path / "eval-test" if art.kind == "run" else None)
@@ -75,6 +84,10 @@ def _internal(art: Artefact, internal: str | Path | None, stat, n_resamples: int
         return None, "a bundle carries no test predictions: give the run's evaluation with --internal RUN/eval-test"
     if not (folder / "predictions.csv").is_file():
         return None, f"no internal test predictions at {folder / 'predictions.csv'}: run `medcls evaluate` first"
+    seen = _internal_checkpoint(folder)
+    if seen is not None and seen != checkpoint:
+        return None, (f"no internal figures: {folder} evaluated the {seen!r} checkpoint, this validation the "
+                      f"{checkpoint!r} one")
     spec = art.spec.dataset
     res = read_predictions(folder / "predictions.csv", class_names=spec.class_names, task=spec.task,
                            positive_index=spec.positive_index)
@@ -203,7 +216,7 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
     probs, y = post.probabilities(obs.logits, task), ext.labels[obs.rows]
     stat = stat_for(task, names, pos, post.threshold)
     ext_block, ext_boot = external_block(task, y, probs, post, names, pos, n_resamples=n_bootstrap, seed=seed)
-    inside, where = _internal(art, internal, stat, n_bootstrap, seed)
+    inside, where = _internal(art, internal, stat, n_bootstrap, seed, art.checkpoint_name(checkpoint))
     aucs = ext_block["figures"]
     sizes, warnings = sample_size_check(task, y, probs, names, pos,
                                         lambda c: aucs["auc" if task == "binary" else f"auc[{c}]"]["value"])
@@ -215,6 +228,7 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
         "external": ext_block, "internal": None if inside is None else {
             "from": where, "n": inside["n"], "events": inside["events"], "figures": inside["figures"]},
         "difference": None if inside is None else internal_difference(inside, ext_boot),
+        "internal_missing": None if inside is not None else where,
         "case_mix": _case_mix(art, pred, ext, obs, probs, seed), "sample_size": sizes,
         "warnings": warnings, "notes": ext.notes + ([] if inside is not None else [where])}
     sites = _site_figures(metrics, ext, obs, site_column, stat, y, probs, names, pos, n_bootstrap, seed)
