@@ -43,3 +43,18 @@ def test_label_map_and_option_errors(evaluated_run, pneumonia_npz, tmp_path, cap
     assert "--option must look like key=value" in capsys.readouterr().err
     assert main(["validate", str(evaluated_run.path), SOURCE, "--recalibrate", "platt"]) == 2
     assert "--recalibrate must be one of intercept, logistic, temperature" in capsys.readouterr().err
+
+
+def test_a_site_column_the_source_lacks_is_one_line_before_any_image_is_read(evaluated_run, pneumonia_npz,
+                                                                            monkeypatch, capsys):
+    import medcls.validation.core as core
+
+    def observe(*a, **k):
+        raise AssertionError("images read before the site column was checked")
+
+    monkeypatch.setattr(core, "observe", observe)
+    assert main(["validate", str(evaluated_run.path), SOURCE, "-O", f"path={pneumonia_npz}",
+                 "--site-column", "centre"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --site-column 'centre': medmnist:pneumoniamnist has no such column") and \
+        "Columns: none" in err

@@ -113,15 +113,20 @@ def _source_block(ext: External, obs: Observed, split: str, options: dict[str, A
             "unreadable": obs.errors[:20], "n": len(obs.rows)}
 
 
-def _sites(ext: External, obs: Observed, site_column: str | None) -> np.ndarray | None:
-    if site_column is None:
-        return None
-    if ext.meta is None or site_column not in ext.meta.columns:
+def check_site_column(ext: External, site_column: str | None) -> None:
+    """The site column must be one of the source's metadata columns (checked before any image is read)."""
+    if site_column is not None and (ext.meta is None or site_column not in ext.meta.columns):
         from ..errors import did_you_mean
 
         cols = [] if ext.meta is None else list(map(str, ext.meta.columns))
         raise DataError(f"--site-column {site_column!r}: {ext.source} has no such column."
                         f"{did_you_mean(site_column, cols)} Columns: {', '.join(cols) or 'none'}")
+
+
+def _sites(ext: External, obs: Observed, site_column: str | None) -> np.ndarray | None:
+    if site_column is None:
+        return None
+    check_site_column(ext, site_column)
     return ext.meta[site_column].astype(str).to_numpy()[obs.rows]
 
 
@@ -176,8 +181,8 @@ def _options(label_map, recalibrate: str | None, fit_fraction: float, n_bootstra
     return read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
 
 
-def _run_model(model, source: str, *, mapping, split, options, data_dir, checkpoint, backend, device, batch_size,
-               num_workers) -> tuple[Artefact, Predictor, External, Observed]:
+def _run_model(model, source: str, *, mapping, site_column, split, options, data_dir, checkpoint, backend, device,
+               batch_size, num_workers) -> tuple[Artefact, Predictor, External, Observed]:
     """The artefact, its Predictor, the source's matched cases and what the model made of them."""
     art = open_artefact(model)
     if art.spec.dataset.task == "multilabel":
@@ -185,6 +190,7 @@ def _run_model(model, source: str, *, mapping, split, options, data_dir, checkpo
     pred = Predictor.load(model, backend=backend, checkpoint=checkpoint, device=device)
     ext = load_external(source, list(art.spec.dataset.class_names), options=options, split=split, label_map=mapping,
                         data_dir=data_dir)
+    check_site_column(ext, site_column)
     return art, pred, ext, observe(pred, ext.inputs, batch_size=batch_size, num_workers=num_workers)
 
 
@@ -208,9 +214,9 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
                    batch_size: int = 64, num_workers: int = 0) -> Validation:
     """Every figure of an external validation of ``model`` (run or bundle) on ``source``; writes nothing."""
     mapping = _options(label_map, recalibrate, fit_fraction, n_bootstrap)
-    art, pred, ext, obs = _run_model(model, source, mapping=mapping, split=split, options=options,
-                                     data_dir=data_dir, checkpoint=checkpoint, backend=backend, device=device,
-                                     batch_size=batch_size, num_workers=num_workers)
+    art, pred, ext, obs = _run_model(model, source, mapping=mapping, site_column=site_column, split=split,
+                                     options=options, data_dir=data_dir, checkpoint=checkpoint, backend=backend,
+                                     device=device, batch_size=batch_size, num_workers=num_workers)
     spec, post = art.spec.dataset, pred.postprocess
     task, names, pos = spec.task, list(spec.class_names), spec.positive_index
     probs, y = post.probabilities(obs.logits, task), ext.labels[obs.rows]
