@@ -47,6 +47,29 @@ def test_the_bundle_says_it_was_recalibrated_and_predicts_so(evaluated_run, reca
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_the_service_says_it_was_recalibrated(evaluated_run, recalibration, pneumonia_arrays, tmp_path):
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from medcls.serve import ServeSettings, create_app
+
+    _, root = recalibration
+    export_bundle(evaluated_run, tmp_path / "bundle", recalibration=root / "validate-gamma")
+    image = shift(pneumonia_arrays["test_images"][:1], "gamma", 1.5)[0]
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    with TestClient(create_app(ServeSettings(bundle=str(tmp_path / "bundle"), backend="onnx"))) as client:
+        model = client.get("/v1/model").json()
+        got = client.post("/v1/predict", files={"file": ("x.png", buf.getvalue(), "image/png")}).json()
+    assert model["bundle"]["recalibrated"]["method"] == "intercept"
+    assert any(n.startswith("RECALIBRATED (intercept)") for n in model["bundle"]["notes"])
+    want = pd.read_csv(root / "validate-gamma" / "predictions.csv")["prob_pneumonia_recalibrated"][0]
+    assert got["probabilities"]["pneumonia"] == pytest.approx(want, abs=1e-4)
+
+
 def test_an_entry_for_another_checkpoint_or_with_pruning_is_refused(evaluated_run, recalibration, tmp_path):
     _, root = recalibration
     with pytest.raises(RunError, match="holds no recalibration of .* last checkpoint"):
