@@ -32,6 +32,7 @@ def test_the_bundle_says_it_was_recalibrated_and_predicts_so(evaluated_run, reca
     out = tmp_path / "bundle"
     info = export_bundle(evaluated_run, out, recalibration=root / "validate-gamma")
     r = info["recalibrated"]
+    assert info["format_version"] == 4  # a medcls that reads 3 (and would drop the update) refuses it instead
     assert r["method"] == "intercept" and r["fitted_on"]["n"] == 312 and r["fitted_on"]["seed"] == 0
     assert any(n.startswith("RECALIBRATED (intercept)") for n in info["notes"])
     assert json.loads((out / "bundle.json").read_text())["postprocess"]["recalibration"]["slope"] == 1.0

@@ -60,6 +60,7 @@ from ..utils import (
 log = logging.getLogger("medcls")
 
 FORMAT_VERSION = 3  # 3: bundle.json carries the sha256 of its own canonical form
+RECALIBRATED_FORMAT = 4  # 4: its post-processing has a recalibration, which a reader of 3 would silently drop
 
 
 def _even_rows(table, n: int) -> np.ndarray:
@@ -261,7 +262,8 @@ def _describe(run: Run, spec: ModelSpec, checkpoint: str, epoch, post: Postproce
               tmp: Path, pruning: dict[str, Any] | None = None) -> dict[str, Any]:
     files = sorted(f for f in tmp.rglob("*") if f.is_file())
     info = {
-        "format_version": FORMAT_VERSION, "medcls_version": __version__,
+        "format_version": RECALIBRATED_FORMAT if post.recalibration else FORMAT_VERSION,
+        "medcls_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"run": run.path.name, "checkpoint": checkpoint, "epoch": epoch},
         "model": spec.to_dict(), "postprocess": post.to_dict(), "calibrated": post.fitted,
