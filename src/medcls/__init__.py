@@ -12,6 +12,7 @@ _LAZY = {
     "evaluate": "medcls.api",
     "predict": "medcls.api",
     "calibrate": "medcls.api",
+    "validate": "medcls.api",
     "load": "medcls.artefact",
     "ModelSpec": "medcls.artefact",
     "load_run": "medcls.runs",

@@ -387,3 +387,38 @@ def _finish(out: Path, plan, manifest: dict[str, Any], summary: ArchiveSummary, 
     summary.predicted = sum(c["rows"] for c in manifest["shards"].values())
     summary.errors = sum(c["errors"] for c in manifest["shards"].values())
     summary.final, summary.errors_file = final, out / ERRORS
+
+
+def validate(model: Run | str | Path, source: str, *, label_map: str | Path | dict | None = None,
+             site_column: str | None = None, split: str = "all", options: dict[str, Any] | None = None,
+             data_dir: str | None = None, checkpoint: str = "best", backend: str = "auto", device: str = "auto",
+             n_bootstrap: int = 1000, seed: int = 0, recalibrate: str | None = None, fit_fraction: float = 0.5,
+             internal: str | Path | None = None, name: str | None = None, out_dir: str | Path | None = None,
+             batch_size: int = 64, num_workers: int = 0, write: bool = True):
+    """External validation of a run or bundle on a labelled ``source`` it never saw (``kind:argument``, with the
+    source's ``options``; ``split``: all or one of its splits), through the same Predictor as ``predict``.
+
+    Site labels are matched to the model's classes by name, or by ``label_map`` (a YAML file or a dict: site
+    label -> model class, ``None`` to drop). ``site_column``: per-site figures. ``recalibrate`` (intercept |
+    logistic | temperature) is fitted on ``fit_fraction`` of the cases (drawn with ``seed``) and reported on the
+    rest. Writes ``validate-<name>/`` (in the run directory, else ``out_dir`` or the working directory; never
+    overwritten) unless ``write=False``; returns a :class:`~medcls.validation.Validation`.
+    """
+    from .validation import default_name, output_dir, validate_model, write_validation
+
+    ensure_console_logging()
+    path = model.path if isinstance(model, Run) else Path(model)
+    if write and name is not None:  # a folder that exists is refused before the work, not after
+        from .utils import check_new_output
+
+        check_new_output(output_dir(path, name, out_dir), "validations", hint="choose another --name or --output-dir")
+    result = validate_model(path, source, label_map=label_map, site_column=site_column, split=split,
+                            options=options, data_dir=data_dir, checkpoint=checkpoint, backend=backend,
+                            device=resolve_device(device), n_bootstrap=n_bootstrap, seed=seed,
+                            recalibrate=recalibrate, fit_fraction=fit_fraction, internal=internal,
+                            batch_size=batch_size, num_workers=num_workers)
+    if write:
+        out = output_dir(path, name or default_name(result.metrics["source"]["name"]), out_dir)
+        write_validation(result, out)
+        log.info("external validation written to %s", out)
+    return result

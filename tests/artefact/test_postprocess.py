@@ -22,6 +22,24 @@ def test_nonsense_values_are_refused(bad):
         Postprocess(**bad)
 
 
+def test_a_recalibration_updates_the_positive_log_odds_after_the_temperature():
+    post = Postprocess(temperature=2.0, recalibration={"method": "logistic", "intercept": 0.5, "slope": 2.0,
+                                                       "positive_index": 0, "fitted_on": {"source": "site B"}})
+    p = post.probabilities(np.array([[2.0, 0.0], [0.0, 0.0]]), "binary")
+    assert p[0, 0] == pytest.approx(1 / (1 + np.exp(-(0.5 + 2.0 * 1.0)))) and p[1, 0] == pytest.approx(
+        1 / (1 + np.exp(-0.5)))
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+    assert Postprocess.from_dict(post.to_dict()).recalibration == post.recalibration
+
+
+@pytest.mark.parametrize("bad", [{"intercept": 0.0, "slope": 0.0, "positive_index": 1},
+                                 {"intercept": float("nan"), "slope": 1.0, "positive_index": 1},
+                                 {"intercept": 0.0, "slope": 1.0}])
+def test_a_recalibration_without_a_positive_slope_or_class_is_refused(bad):
+    with pytest.raises(RunError, match="recalibration must be a temperature update, or give"):
+        Postprocess(recalibration=bad)
+
+
 def test_binary_decision_at_the_threshold_and_temperature_scaling():
     post = Postprocess(temperature=2.0, threshold=0.3, selected="youden")
     p = post.probabilities(np.array([[0.0, 2.0]]), "binary")[0]

@@ -37,7 +37,7 @@ MODEL_FILE = "model.json"
 BUNDLE_FILE = "bundle.json"
 
 CHECKPOINTS = get_args(Checkpoint)
-BUNDLE_FORMATS = (2, 3)  # 2: no digest of bundle.json itself (loads with a warning)
+BUNDLE_FORMATS = (2, 3, 4)  # 2: no digest of bundle.json itself (loads with a warning); 4: recalibrated
 
 
 def _read_json(path: Path) -> dict[str, Any]:

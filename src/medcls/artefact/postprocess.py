@@ -59,6 +59,8 @@ class Postprocess:
     calibrated: bool = False
     checkpoint: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    recalibration: dict[str, Any] | None = None  # an update on external data and what it was fitted on: binary
+    # intercept/logistic: logit p' = intercept + slope * logit p after T; temperature: T above is the updated one
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -67,6 +69,12 @@ class Postprocess:
         for name, v in {"threshold": self.threshold, **(self.thresholds or {})}.items():
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise RunError(f"postprocess: threshold {name!r} must be within [0, 1], got {v!r}")
+        r = self.recalibration
+        if r is not None and not (isinstance(r, dict) and (r.get("method") == "temperature" or (all(
+                isinstance(r.get(k), int | float) and math.isfinite(r[k]) for k in ("intercept", "slope"))
+                and r["slope"] > 0 and r.get("positive_index") in (0, 1)))):
+            raise RunError("postprocess: recalibration must be a temperature update, or give a finite intercept, "
+                           f"a slope > 0 and the positive_index (0 or 1) of a binary model, got {r!r}")
 
     @property
     def fitted(self) -> bool:
@@ -78,9 +86,21 @@ class Postprocess:
 
     # ------------------------------------------------------------------ applying it
     def probabilities(self, logits: np.ndarray, task: str) -> np.ndarray:
+        """softmax(logits / T) (sigmoid for multilabel), then the recalibration's update of a binary model's
+        positive-class log-odds when there is one."""
         from ..engine.predict import probabilities
 
-        return probabilities(np.asarray(logits, np.float32) / self.temperature, task)
+        p = probabilities(np.asarray(logits, np.float32) / self.temperature, task)
+        r = self.recalibration
+        if r is None or task != "binary" or r.get("method") == "temperature":  # a temperature update is T itself
+            return p
+        from ..metrics.external import recalibrate
+
+        pos = int(r["positive_index"])
+        out = np.empty_like(p)
+        out[:, pos] = recalibrate(p[:, pos], r["intercept"], r["slope"])
+        out[:, 1 - pos] = 1 - out[:, pos]
+        return out
 
     def label_thresholds(self, class_names: Sequence[str]) -> dict[str, float]:
         """Multilabel: the threshold of every label (``threshold`` for all when none were chosen per label)."""

@@ -155,6 +155,9 @@ def export(
     prune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs after --prune (0 = none).")] = 3,
     triton: Annotated[Path | None, typer.Option(help="Also write a Triton model repository here: "
                                                 "<REPO>/<bundle name>/config.pbtxt and 1/model.onnx.")] = None,
+    recalibration: Annotated[Path | None, typer.Option(help="A validate-NAME/ folder of `medcls validate "
+                                                       "--recalibrate`: export with that recalibration (the bundle "
+                                                       "and its model card say so).")] = None,
 ) -> None:
     """Write a bundle: weights, ONNX (parity-checked on real images), optional INT8, bundle.json.
 
@@ -171,7 +174,11 @@ def export(
         check_triton_target(triton, output)  # before the export's work
     info = export_bundle(run_dir, output, onnx=format == "onnx", quantize=quantize, torchscript=torchscript,
                          checkpoint=checkpoint, max_int8_auc_drop=max_int8_auc_drop, prune=prune,
-                         prune_epochs=prune_epochs)
+                         prune_epochs=prune_epochs, recalibration=recalibration)
+    if "recalibrated" in info:
+        r = info["recalibrated"]
+        typer.echo(f"RECALIBRATED ({r['method']}) on {r['fitted_on']['n']} cases of {r['fitted_on']['source']}; "
+                   "bundle.json 'recalibrated' and model_card.md say so")
     if "pruning" in info:
         p = info["pruning"]
         typer.echo(f"pruned {p['ratio']:.0%} of the channels: {p['params_before']:,} -> {p['params_after']:,} "

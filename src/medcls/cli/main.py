@@ -19,7 +19,7 @@ from typer._click import exceptions as click_errors
 from .. import __version__
 from ..errors import MedclsError, did_you_mean
 from ..logs import console_logging
-from . import catalog, deploy, experiments, training
+from . import catalog, deploy, experiments, training, validate
 from .config import config_app
 from .data import data_app
 
@@ -40,6 +40,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 training.register(app)
+validate.register(app)
 deploy.register(app)
 catalog.register(app)
 experiments.register(app)

@@ -41,7 +41,7 @@ from ..artefact import BUNDLE_FILE, ModelSpec, Postprocess, bundle_digest, open_
 from ..artefact.drift import DRIFT_FILE, predicted_index, save_reference
 from ..artefact.ood import FEATURES, OOD_FILE, OodGate, fit_gate, has_features, logits_and_features
 from ..data.sources import load_data
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError, RunError
 from ..logs import Progress
 from ..metrics import task_auc
 from ..metrics.drift import fit_reference
@@ -60,6 +60,7 @@ from ..utils import (
 log = logging.getLogger("medcls")
 
 FORMAT_VERSION = 3  # 3: bundle.json carries the sha256 of its own canonical form
+RECALIBRATED_FORMAT = 4  # 4: its post-processing has a recalibration, which a reader of 3 would silently drop
 
 
 def _even_rows(table, n: int) -> np.ndarray:
@@ -99,6 +100,27 @@ def _postprocess(run: Run, checkpoint: str) -> tuple[Postprocess, list[str]]:
             f"and threshold 0.5; run `medcls calibrate {run.path} --checkpoint {checkpoint}` and export again")
     log.warning("%s", note)
     return Postprocess.uncalibrated(note), [note]
+
+
+def _recalibrated(run: Run, checkpoint: str, source: str | Path) -> tuple[Postprocess, list[str], dict[str, Any]]:
+    """The recalibrated post-processing ``medcls validate --recalibrate`` stored in ``source`` (its folder or its
+    postprocess.json) for this very checkpoint, the notes that say so, and the validation it came from."""
+    from ..artefact import POSTPROCESS_FILE, read_postprocess
+
+    src = Path(source)
+    folder = src if src.is_dir() else src.parent
+    if not (folder / POSTPROCESS_FILE).is_file():
+        raise RunError(f"--recalibration {src}: no {POSTPROCESS_FILE} there (write one with `medcls validate RUN "
+                       "SOURCE --recalibrate logistic`)")
+    post = read_postprocess(folder, checkpoint, run.checkpoint_path(checkpoint))
+    if post is None or post.recalibration is None:
+        raise RunError(f"--recalibration {folder / POSTPROCESS_FILE} holds no recalibration of {run.path.name}'s "
+                       f"{checkpoint} checkpoint as it is now (another checkpoint, another version of it, or no "
+                       "recalibration)")
+    metrics = folder / "metrics.json"
+    validation = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    log.warning("exporting a RECALIBRATED model: %s", post.notes[-1] if post.notes else post.recalibration)
+    return post, list(post.notes), validation
 
 
 def _onnx_parity(run: Run, model, tmp: Path, x_val, ex_val, p_torch, tol: float, gate: OodGate | None,
@@ -240,7 +262,8 @@ def _describe(run: Run, spec: ModelSpec, checkpoint: str, epoch, post: Postproce
               tmp: Path, pruning: dict[str, Any] | None = None) -> dict[str, Any]:
     files = sorted(f for f in tmp.rglob("*") if f.is_file())
     info = {
-        "format_version": FORMAT_VERSION, "medcls_version": __version__,
+        "format_version": RECALIBRATED_FORMAT if post.recalibration else FORMAT_VERSION,
+        "medcls_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"run": run.path.name, "checkpoint": checkpoint, "epoch": epoch},
         "model": spec.to_dict(), "postprocess": post.to_dict(), "calibrated": post.fitted,
@@ -249,6 +272,8 @@ def _describe(run: Run, spec: ModelSpec, checkpoint: str, epoch, post: Postproce
         "files": {f.relative_to(tmp).as_posix(): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
                   for f in files},
         **({"pruning": pruning} if pruning is not None else {}),
+        **({"recalibrated": {k: v for k, v in post.recalibration.items() if k != "positive_index"}}
+           if post.recalibration else {}),
     }
     info = json.loads(to_json(info))  # plain JSON values, exactly as the file will hold them
     return {**info, "integrity": {"sha256": bundle_digest(info), "of": "bundle.json in canonical form "
@@ -281,12 +306,17 @@ def _source(run: Run | str | Path, prune: float | None, prune_epochs: int) -> Ru
 def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = True, quantize: str | None = None,
                   torchscript: bool = False, checkpoint: str = "best", parity_tol: float = 1e-4,
                   n_parity: int = 64, n_calibration: int = 256, max_int8_auc_drop: float = 0.01,
-                  prune: float | None = None, prune_epochs: int = 3) -> dict[str, Any]:
+                  prune: float | None = None, prune_epochs: int = 3,
+                  recalibration: str | Path | None = None) -> dict[str, Any]:
     """Export ``run``'s ``checkpoint`` with its calibration to ``out_dir``; returns the bundle.json contents.
 
     ``prune``: first remove that fraction of the channels, fine-tune ``prune_epochs`` epochs on the run's
-    training split and re-fit the calibration on val (:mod:`medcls.export.prune`).
+    training split and re-fit the calibration on val (:mod:`medcls.export.prune`). ``recalibration``: a
+    ``validate-<name>/`` folder of ``medcls validate --recalibrate``: its post-processing entry replaces the run's,
+    and bundle.json (``recalibrated``, notes) and the bundle's model card say so.
     """
+    if recalibration is not None and prune is not None:
+        raise ConfigError("--recalibration was fitted for the unpruned model: export it without --prune")
     run = _source(run, prune, prune_epochs)
     out = Path(out_dir)
     _check_request(out, onnx, quantize, torchscript, run.inputs is not None)
@@ -296,7 +326,12 @@ def export_bundle(run: Run | str | Path, out_dir: str | Path, *, onnx: bool = Tr
         check_prune_request(run.model_spec, prune, prune_epochs)
     model, meta = run.build_model(checkpoint, device="cpu")
     spec, data, report, card = run.model_spec, None, None, None
-    if prune is None:
+    if recalibration is not None:
+        from ..reports.model_card import recalibrated_card
+
+        post, notes, validation = _recalibrated(run, checkpoint, recalibration)
+        card = recalibrated_card(run, checkpoint, post, validation)
+    elif prune is None:
         post, notes = _postprocess(run, checkpoint)
     else:  # the run's calibration belongs to the unpruned model: re-fitted on val
         pruned, data, card = _prune(run, model, checkpoint, meta.get("epoch"), prune, prune_epochs)

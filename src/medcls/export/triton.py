@@ -3,7 +3,8 @@
 ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/1/model.onnx`` (platform ``onnxruntime_onnx``, dynamic
 batching). Triton returns the graph's raw ``logits`` (and ``features``): the bundle's post-processing travels
 as the config's ``parameters`` (temperature, operating point, class names), to apply as ``softmax(logits /
-T)`` (sigmoid for multilabel) and the threshold; ``medcls serve`` applies them itself.
+T)`` (sigmoid for multilabel) and the threshold (a recalibrated bundle: then ``logit p = intercept + slope logit p``
+of the positive class, ``medcls_recalibration``); ``medcls serve`` applies them itself.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def triton_config(name: str, bundle: Path) -> str:
     params = {"medcls_task": spec.task, "medcls_class_names": json.dumps(list(spec.class_names)),
               "medcls_temperature": repr(post.temperature), "medcls_operating_point": post.selected,
               "medcls_threshold": repr(post.threshold), "medcls_input": "image in [0, 1], normalisation inside"}
+    if post.recalibration:  # a model updated on external data: the update travels too, never silently dropped
+        r = post.recalibration
+        params["medcls_recalibration"] = json.dumps({k: r[k] for k in ("method", "intercept", "slope",
+                                                                       "positive_index")})
     if spec.task == "multilabel":
         params["medcls_thresholds"] = json.dumps(post.label_thresholds(spec.class_names))
     lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {MAX_BATCH}",

@@ -173,13 +173,19 @@ class Predictor:
     @torch.no_grad()
     def probabilities_and_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and penultimate features of a batch (image-only models whose bundle has a gate)."""
+        lg, f = self.logits_and_features(x)
+        return self.postprocess.probabilities(lg, self.spec.task), f
+
+    @torch.no_grad()
+    def logits_and_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits and penultimate features of a batch (image-only models whose bundle has a gate)."""
         if self.model is not None:
             lg, f = (t.float().cpu().numpy() for t in logits_and_features(self.model, x.to(self.device)))
         elif self.ood is not None:
             lg, f = ort_outputs(self.session, x.numpy(), [OUTPUT, FEATURES])
         else:
             raise RunError("this ONNX graph outputs no features (a bundle without an out-of-distribution gate)")
-        return self.postprocess.probabilities(lg, self.spec.task), f
+        return lg, f
 
     def scored(self, x: torch.Tensor,
                side_inputs: dict[str, Any] | None = None) -> list[tuple[np.ndarray, float | None]]:

@@ -266,3 +266,29 @@ def pruned_card(run: Run, checkpoint: str, report: dict[str, Any]) -> str:
                       "whose performance numbers are for the unpruned model).",
                       f"- **Classes:** {', '.join(run.dataset.class_names)}", "", *pruning_lines(report),
                       "## Not for clinical use", "", NOT_CLINICAL, ""])
+
+
+def recalibrated_card(run: Run, checkpoint: str, post: Any, validation: dict[str, Any]) -> str:
+    """The model card of a bundle recalibrated on external data: its source, the update and the validation it
+    came from (where the full card of the run is)."""
+    from .validation import external_validation_lines, recalibration_lines
+
+    r = post.recalibration or {}
+    ms = run.model_spec
+    body = (external_validation_lines(validation) if validation.get("external") else
+            recalibration_lines(validation["recalibration"]) if validation.get("recalibration") else
+            [f"- **Update:** {r}", ""])
+    return "\n".join([f"# Model card: {run.dataset.name} · {ms.architecture}, recalibrated on external data", "",
+                      f"> {NOT_CLINICAL}", "",
+                      f"- **Source run:** `{run.path.name}`, checkpoint `{checkpoint}`; data, training, intended use "
+                      "and limitations are those of the source run's model card (`eval-<split>/model_card.md`, "
+                      "whose performance numbers are for the model before this update).",
+                      f"- **RECALIBRATED ({r.get('method')}):** probabilities are updated: "
+                      + (f"temperature {fmt(r.get('temperature_before'), 4)} → {fmt(post.temperature, 4)}"
+                         if r.get("method") == "temperature" else
+                         f"logit p' = {fmt(r.get('intercept'), 4)} + {fmt(r.get('slope'), 4)} × logit p after T = "
+                         f"{fmt(post.temperature, 4)}")
+                      + f"; fitted on {(r.get('fitted_on') or {}).get('n')} cases of "
+                      f"`{(r.get('fitted_on') or {}).get('source')}`; operating point {post.selected} at "
+                      f"{fmt_threshold(post.threshold)} on the new scale.", "", *body,
+                      "## Not for clinical use", "", NOT_CLINICAL, ""])

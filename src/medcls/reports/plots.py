@@ -285,3 +285,20 @@ def plot_decision_curve(path: str | Path, curve: Mapping[str, Any], *, positive:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
+
+
+def plot_smoothed_calibration(path: str | Path, curves: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Smoothed calibration curves (observed against predicted risk, lowess) with their bootstrap bands, one per
+    entry of ``curves`` (``{label: {"predicted", "observed", "low", "high"}}``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for (label, c), color in zip(curves.items(), _colors(len(curves)), strict=True):
+        x = np.asarray(c["predicted"])
+        ax.plot(x, c["observed"], color=color, lw=1.8, label=label)
+        if c.get("low") is not None:
+            ax.fill_between(x, c["low"], c["high"], color=color, alpha=0.15)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Predicted risk", ylabel="Observed risk (lowess)",
+           title="Smoothed calibration curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    return _save(fig, path)

@@ -16,8 +16,8 @@ from ..errors import error
 from ..schemas import ErrorResponse, Health, ModelDescription, Ready, error_responses
 
 router = APIRouter()
-PUBLIC_BUNDLE_KEYS = ("format_version", "medcls_version", "created", "source", "calibrated", "checks", "notes",
-                      "training_data", "files", "onnx_inputs", "kind", "checkpoint")
+PUBLIC_BUNDLE_KEYS = ("format_version", "medcls_version", "created", "source", "calibrated", "recalibrated", "checks",
+                      "notes", "training_data", "files", "onnx_inputs", "kind", "checkpoint")
 
 
 @router.get("/health", response_model=Health, tags=["service"])
