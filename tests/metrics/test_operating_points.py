@@ -240,7 +240,7 @@ def test_multilabel_threshold_inputs_are_checked():
 
 def test_threshold_transfer_flags_what_did_not_hold():
     """Per rule: provenance, val value -> value here with CI, and a flag when the target (or the val value)
-    lies outside this split's CI; the fixed default is never said to be chosen."""
+    lies outside this split's CI; the fixed default is never said to be chosen (but flagged alike)."""
     from medcls.metrics import threshold_transfer
 
     chosen = {"chosen_on": "val", "targets": {"sensitivity": 0.95, "specificity": 0.95},
@@ -257,7 +257,9 @@ def test_threshold_transfer_flags_what_did_not_hold():
                "target_specificity": {"threshold": 0.04, "sensitivity": ci(0.99, 0.98, 1.0),
                                       "specificity": ci(0.611, 0.547, 0.671)}}
     t = threshold_transfer(chosen, applied)
-    assert t["default"]["provenance"] == "fixed" and t["default"]["flags"] == []
+    assert t["default"]["provenance"] == "fixed"  # never said to be chosen, but a change is still shown:
+    assert t["default"]["flags"] == ["sensitivity 0.840 on val outside the CI [0.856, 0.918] here",
+                                     "specificity 1.000 on val outside the CI [0.910, 0.970] here"]
     assert t["youden"]["provenance"] == "fitted on val"
     assert t["youden"]["flags"] == ["specificity 0.990 on val outside the CI [0.675, 0.790] here"]
     assert t["target_specificity"]["specificity"]["target"] == 0.95

@@ -158,7 +158,8 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
     ``applied`` :func:`apply_thresholds`' on another split. Per rule: ``provenance`` (``fixed`` for
     ``default``, else ``fitted on <split>``) and per metric ``chosen`` (the value where it was fitted),
     ``value``/``low``/``high`` (here, with its CI), ``target`` (for target rules) and ``flags``: the
-    target (a minimum) above this split's CI, or the chosen-split value outside it (by more than ``TOL``).
+    target (a minimum) above this split's CI, or the chosen-split value outside it (by more than ``TOL``; the
+    fixed ``default`` as well: what it showed there is what its users expect).
     """
     where, targets = chosen.get("chosen_on", "val"), chosen.get("targets") or {}
     out: dict[str, Any] = {}
@@ -177,7 +178,8 @@ def threshold_transfer(chosen: dict[str, Any], applied: dict[str, Any], *,
             if target is not None and hi + TOL < target:  # targets are minimums: only a miss is flagged
                 entry["flags"].append(f"{m} target {target:g} missed: CI [{lo:.3f}, {hi:.3f}] on "
                                       f"{applied.get('n', '?')} cases")
-            elif name != "default" and seen.get(m) is not None and not lo - TOL <= seen[m] <= hi + TOL:
+            elif seen.get(m) is not None and not lo - TOL <= seen[m] <= hi + TOL:  # a fixed threshold too:
+                # it promised nothing, but what it showed on val is what its users expect here
                 entry["flags"].append(f"{m} {seen[m]:.3f} on {where} outside the CI [{lo:.3f}, {hi:.3f}] here")
         out[name] = entry
     return out
