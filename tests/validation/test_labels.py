@@ -55,3 +55,5 @@ def test_reading_a_label_map(tmp_path):
         read_label_map(p)
     with pytest.raises(ConfigError, match="no such file"):
         read_label_map(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="a directory; expected a YAML file"):
+        read_label_map(tmp_path)

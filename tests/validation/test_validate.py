@@ -211,6 +211,8 @@ def test_a_folder_source_with_site_spelt_class_folders(evaluated_run, pneumonia_
     v = validate_model(evaluated_run.path, f"folder:{tmp_path / 'site'}", n_bootstrap=20)
     assert v["n"] == 60 and v["source"]["label_mapping"] == {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
     assert "site label 'NORMAL' counted as 'normal'" in v["notes"]
+    bare = validate_model(evaluated_run.path, str(tmp_path / "site"), n_bootstrap=20)  # as predict takes folders
+    assert bare["source"]["source"] == f"folder:{tmp_path / 'site'}" and bare["n"] == 60
 
 
 def test_internal_figures_only_of_the_same_checkpoint(evaluated_run, pneumonia_npz):

@@ -41,7 +41,8 @@ def read_label_map(path: str | Path) -> dict[str, str | None]:
     """The ``{site label: model class or None}`` mapping of a YAML file (see the module)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--label-map {p}: no such file")
+        raise ConfigError(f"--label-map {p}: " + ("a directory; expected a YAML file (site label: model class)"
+                                                  if p.is_dir() else "no such file"))
     try:
         doc = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

@@ -5,6 +5,7 @@ and model), giving raw logits, out-of-distribution scores and features, and each
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,9 @@ def _tables(source: str, options: dict[str, Any], split: str, data_dir: str | No
 def load_external(source: str, class_names: list[str], *, options: dict[str, Any] | None = None, split: str = "all",
                   label_map: dict[str, str | None] | None = None, data_dir: str | None = None) -> External:
     """The cases of ``source`` (its ``split``, or all) with labels matched to ``class_names``; dropped labels'
-    cases left out."""
+    cases left out. A bare directory is a ``folder:`` source (class subfolders), as ``medcls predict`` takes one."""
+    if ":" not in source and Path(source).is_dir():
+        source = f"folder:{source}"
     src, tables = _tables(source, options or {}, split, data_dir)
     site_names = list(src.spec.class_names)
     match = match_classes(site_names, class_names, label_map, where=source)
