@@ -321,6 +321,18 @@ def test_a_body_slower_than_the_minimum_rate_gets_408(monkeypatch):
 
     assert asyncio.run(steady()) == 60
 
+    async def server_busy():  # the server reads late and slowly; the client answers at once: never its fault
+        async def receive():
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+        bounded = limits._deadline_receive(receive, 60.0, 1000.0)
+        for _ in range(3):
+            await asyncio.sleep(0.3)  # beyond the 0.2 s grace, with 1 byte/read: 3 B/s of wall-clock time
+            await bounded()
+        return True
+
+    assert asyncio.run(server_busy())
+
 
 def test_a_flood_of_large_images_is_shed_before_small_ones_wait():
     """Budget 100, queue 150: one 60 runs, two 60s wait (120), a fourth 60 gets 503 at once; a 30 still fits

@@ -37,26 +37,29 @@ RATE_GRACE = 5.0  # seconds before the minimum body rate applies (as Kestrel's M
 
 def _deadline_receive(receive, seconds: float, min_rate: float, on_complete=None):
     """``receive`` that answers 408 (through the app's error handlers) when the whole body has not arrived
-    ``seconds`` after the first read, or arrives slower than ``min_rate`` bytes/s on average after a grace
-    of ``RATE_GRACE`` s: a client trickling bytes cannot hold a request, its place and its file descriptor.
+    ``seconds`` after the request came in, or arrives slower than ``min_rate`` bytes/s on average over the time
+    spent waiting for it, after a grace of ``RATE_GRACE`` s of waiting: a client trickling bytes cannot hold a request, its place and its file descriptor.
     Reads after the last body chunk (waiting for a disconnect) are not timed; ``on_complete`` runs when the
     last chunk arrives (and may raise an HTTPException too)."""
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    deadline, done, received = start + seconds, False, 0
+    deadline, done, received, waited = loop.time() + seconds, False, 0, 0.0
 
     async def bounded():
-        nonlocal done, received
+        # the rate counts only the time spent waiting for the client, not the server's own time between reads
+        # (a busy event loop or a slow first read must not be blamed on the client)
+        nonlocal done, received, waited
         if done:
             return await receive()
-        by_rate = start + RATE_GRACE + received / min_rate
+        t0 = loop.time()
+        by_rate = t0 + RATE_GRACE + received / min_rate - waited
         try:
-            message = await asyncio.wait_for(receive(), max(min(deadline, by_rate) - loop.time(), 0))
+            message = await asyncio.wait_for(receive(), max(min(deadline, by_rate) - t0, 0))
         except TimeoutError:
-            took = loop.time() - start
+            waited += loop.time() - t0
             why = (f"not received within {seconds:g} s" if loop.time() >= deadline else
-                   f"arriving slower than {min_rate:g} bytes/s ({received} bytes in {took:.0f} s)")
+                   f"arriving slower than {min_rate:g} bytes/s ({received} bytes in {waited:.0f} s)")
             raise HTTPException(408, f"request body {why}", headers={"connection": "close"}) from None
+        waited += loop.time() - t0
         received += len(message.get("body", b""))
         done = message["type"] != "http.request" or not message.get("more_body", False)
         if done and on_complete is not None:

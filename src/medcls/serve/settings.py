@@ -26,8 +26,8 @@ class ServeSettings(BaseModel):
                                   "headers (from connecting, or from the previous response); then 408 and close.")
     body_timeout: float = Field(60.0, gt=0, description="Seconds a request may take to send its whole body; "
                                 "then 408 and close.")
-    min_body_rate: float = Field(1024.0, gt=0, description="Bytes/s a request body must arrive at on average after "
-                                 "its first 5 s; slower gets 408 and close.")
+    min_body_rate: float = Field(1024.0, gt=0, description="Bytes/s a request body must arrive at on average over "
+                                 "the time the server waits for it, after 5 s of waiting; slower gets 408 and close.")
     decode_pixels: int = Field(20_000_000, ge=1, description="Pixels being decoded and preprocessed at once, over "
                                "all requests; larger images wait their turn (bounds memory under big uploads).")
     refuse_ood: bool = Field(False, description="Refuse (422) images the bundle's out-of-distribution gate flags, "
