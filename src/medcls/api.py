@@ -420,5 +420,5 @@ def validate(model: Run | str | Path, source: str, *, label_map: str | Path | di
     if write:
         out = output_dir(path, name or default_name(result.metrics["source"]["name"]), out_dir)
         write_validation(result, out)
-        log.info("external validation written to %s", out)
+        log.debug("external validation written to %s", out)  # the CLI says it after its tables
     return result

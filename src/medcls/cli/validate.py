@@ -101,7 +101,7 @@ def validate(
         typer.echo(f"warning: {line}", err=True)
     for note in m["notes"]:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"written to {v.out}")
+    typer.echo(f"external validation written to {v.out}")
 
 
 def register(app: typer.Typer) -> None:
