@@ -129,9 +129,11 @@ def _rdb(url: str, shown: str, heartbeat: int | None):
             scheme = url.split("://")[0]
             raise ConfigError(f"--storage {shown}: unknown database scheme {scheme!r}; {SHARE_HINT}") from None
         except ImportError as e:
-            what = getattr(e.__cause__, "name", None) or "its driver"
-            raise ConfigError(f"--storage {shown}: the database driver ({what}) is not installed; e.g. pip install "
-                              "'psycopg[binary]' for postgresql+psycopg://") from None
+            what = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "its driver"
+            hint = ("pip install 'medcls[tune]' (psycopg) for postgresql+psycopg://" if url.startswith("postgresql")
+                    else "install it, or use a scheme whose driver is installed (postgresql+psycopg:// with "
+                    "pip install 'medcls[tune]')")
+            raise ConfigError(f"--storage {shown}: the database driver ({what}) is not installed; {hint}") from None
         except sa.SQLAlchemyError as e:
             # workers started together create the tables at once: one of them may lose that race, and retries
             if isinstance(e, (sa.IntegrityError, sa.ProgrammingError)) and attempt < 3:
