@@ -30,6 +30,8 @@ def test_a_recalibration_updates_the_positive_log_odds_after_the_temperature():
         1 / (1 + np.exp(-0.5)))
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
     assert Postprocess.from_dict(post.to_dict()).recalibration == post.recalibration
+    decision = post.decision(DatasetSpec("x", "binary", ("pneumonia", "normal"), 0), "pneumonia")
+    assert decision["provenance"] == "fixed, moved by logistic recalibration on site B"
 
 
 @pytest.mark.parametrize("bad", [{"intercept": 0.0, "slope": 0.0, "positive_index": 1},

@@ -129,9 +129,11 @@ class Postprocess:
     def decision(self, spec: DatasetSpec, predicted: str | list[str]) -> dict[str, Any]:
         """The ``decision`` block of a prediction: operating point and threshold(s)."""
         if spec.task == "binary":
+            where, r = provenance(self.selected, self.fitted_on), self.recalibration
+            if r is not None:  # the threshold was carried to the recalibrated scale: say so where it is shown
+                where += f", moved by {r['method']} recalibration on {(r.get('fitted_on') or {}).get('source', '?')}"
             return {"operating_point": self.selected, "threshold": self.threshold,
-                    "positive_class": spec.class_names[spec.positive_index],
-                    "provenance": provenance(self.selected, self.fitted_on)}
+                    "positive_class": spec.class_names[spec.positive_index], "provenance": where}
         if spec.task == "multilabel":
             return {"operating_point": self.selected, "thresholds": self.label_thresholds(spec.class_names),
                     "findings": list(predicted), "no_finding": not predicted}

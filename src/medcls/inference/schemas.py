@@ -18,7 +18,8 @@ class Decision(BaseModel):
     threshold: float | None = Field(None, description="Binary: p(positive) >= threshold -> positive class.")
     positive_class: str | None = Field(None, description="Binary: the class the threshold applies to.")
     provenance: str | None = Field(None, description="Binary: where the threshold came from: 'fixed' (the "
-                                   "configuration's default) or 'fitted on val'.")
+                                   "configuration's default) or 'fitted on val'; after a recalibration on external "
+                                   "data, followed by ', moved by <method> recalibration on <source>'.")
     thresholds: dict[str, float] | None = Field(None, description="Multilabel: one threshold per label.")
     findings: list[str] | None = Field(None, description="Multilabel: labels at or above their threshold.")
     no_finding: bool | None = Field(None, description="Multilabel: no label reached its threshold.")
