@@ -40,7 +40,9 @@ def test_label_map_and_option_errors(evaluated_run, pneumonia_npz, tmp_path, cap
                  "--label-map", str(bad), "--output-dir", str(tmp_path)]) == 2
     assert "--label-map names label(s) 'covid' that medmnist:pneumoniamnist does not have" in capsys.readouterr().err
     assert main(["validate", str(evaluated_run.path), SOURCE, "-O", "path"]) == 2
-    assert "--option must look like key=value" in capsys.readouterr().err
+    assert "--option expects KEY=VALUE" in capsys.readouterr().err
+    assert main(["validate", str(evaluated_run.path), SOURCE, "-O", "path=[x"]) == 2  # not YAML: the string
+    assert capsys.readouterr().err == "error: MedMNIST file not found: [x\n"
     assert main(["validate", str(evaluated_run.path), SOURCE, "--recalibrate", "platt"]) == 2
     assert "--recalibrate must be one of intercept, logistic, temperature" in capsys.readouterr().err
 

@@ -142,7 +142,7 @@ def check(
     workers: Annotated[int | None, typer.Option(min=1, help="Threads decoding image files (default: up to 4).")] = None,
 ) -> int:
     """Data report (report.json + report.html): counts, image formats, unreadable files, duplicates and patients shared across splits."""
-    from ..data.check.scan import check_data, parse_options
+    from ..data.check import check_data, parse_options
     from ..reports.data_check import check_new, print_summary, write_data_check
 
     check_new(output)

@@ -10,21 +10,6 @@ import typer
 from .common import Checkpoint, DataDir, Device, print_table
 
 
-def source_options(items: list[str] | None) -> dict[str, Any]:
-    """``--option key=value`` items as the source's options (values read as YAML: numbers, lists, booleans)."""
-    import yaml
-
-    from ..errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option must look like key=value (e.g. --option path=data/site_b.npz), got {item!r}")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
-
-
 def _ci(d: dict[str, Any] | None) -> str:
     from ..reports.kit import fmt_ci
 
@@ -82,9 +67,10 @@ def validate(
 ) -> None:
     """External validation: discrimination, calibration, case mix and shift on a labelled source, beside the internal test figures."""
     from .. import api
+    from ..data.sources import parse_options
 
     v = api.validate(model, source, label_map=label_map, site_column=site_column, split=split,
-                     options=source_options(option), data_dir=data_dir, checkpoint=checkpoint, backend=backend,
+                     options=parse_options(option), data_dir=data_dir, checkpoint=checkpoint, backend=backend,
                      device=device, n_bootstrap=n_bootstrap, seed=seed, recalibrate=recalibrate,
                      fit_fraction=fit_fraction, internal=internal, name=name, out_dir=output_dir)
     m = v.metrics

@@ -3,7 +3,8 @@
 Its report (``report.json``, ``report.html``, the terminal summary) is :mod:`medcls.reports.data_check`.
 """
 
-from .scan import check_data, check_tables, parse_options
+from ..sources import parse_options
+from .scan import check_data, check_tables
 from .summary import DataReport
 
 __all__ = ["DataReport", "check_data", "check_tables", "parse_options"]

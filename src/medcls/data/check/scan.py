@@ -70,22 +70,6 @@ FILE_MODES = {"1": "binary", "L": "gray", "LA": "gray+alpha", "I": "gray", "I;16
               "YCbCr": "YCbCr", "F": "float"}
 
 
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``["size=64", "path=x.npz"]`` -> ``{"size": 64, "path": "x.npz"}`` (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option expects KEY=VALUE such as size=64, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- per image
 
 def _gray8(arr: np.ndarray):

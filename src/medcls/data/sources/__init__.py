@@ -23,10 +23,10 @@ from . import folder as _folder  # noqa: F401
 from . import hdf5 as _hdf5  # noqa: F401
 from . import manifest as _manifest  # noqa: F401
 from . import medmnist as _medmnist  # noqa: F401
-from .registry import SOURCES, SPLITS, SourceData, call_source, default_data_dirs, parse_source
+from .registry import SOURCES, SPLITS, SourceData, call_source, default_data_dirs, parse_options, parse_source
 
 __all__ = ["SOURCES", "SPLITS", "LoadedData", "SourceData", "call_source", "default_data_dirs", "load_data",
-           "parse_source"]
+           "parse_options", "parse_source"]
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from ...choices import Split
 from ...errors import ConfigError, did_you_mean
@@ -52,6 +52,23 @@ def parse_source(source: str) -> tuple[str, str]:
             f"got {source!r}. Kinds: {', '.join(SOURCES)}"
         )
     return kind.strip(), arg.strip()
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option`` items, ``["size=64", "path=x.npz"]`` -> ``{"size": 64, "path": "x.npz"}`` (values read as YAML
+    scalars; a value that is not YAML stays the string it was)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option expects KEY=VALUE such as size=64, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 def call_source(kind: str, arg: str, data_dir: str | None, options: dict, strict: bool = False) -> SourceData:
