@@ -15,7 +15,7 @@ import torch
 from ..data.sources import SPLITS, call_source, parse_source
 from ..errors import DataError
 from ..inference import Predictor
-from ..inference.batch import Inputs, error_text
+from ..inference.batch import DecodeDataset, Inputs, batch_ranges, collate, error_text
 from .labels import ClassMatch, check_counts, match_classes
 
 STATS = ("height", "width", "channels", "intensity_mean", "intensity_std")
@@ -82,14 +82,8 @@ def image_stats(img: np.ndarray) -> np.ndarray:
     return np.asarray([a.shape[0], a.shape[1], a.shape[2] if a.ndim == 3 else 1, x.mean(), x.std()], np.float64)
 
 
-class StatsDataset(torch.utils.data.Dataset):
+class StatsDataset(DecodeDataset):
     """Input ``i`` -> ``(i, preprocessed tensor, None, raw image statistics)``, or ``(i, None, message, None)``."""
-
-    def __init__(self, inputs: Inputs, preprocess) -> None:
-        self.inputs, self.preprocess = inputs, preprocess
-
-    def __len__(self) -> int:
-        return len(self.inputs)
 
     def __getitem__(self, i: int):
         try:
@@ -100,9 +94,8 @@ class StatsDataset(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    x = [t for _, t, _, _ in items if t is not None]
-    return ([i for i, *_ in items], torch.stack(x) if x else None, [e for _, _, e, _ in items],
-            [s for *_, s in items if s is not None])
+    """:func:`~medcls.inference.batch.collate`'s batch, and the statistics of the readable images."""
+    return (*collate([item[:3] for item in items]), [s for *_, s in items if s is not None])
 
 
 @dataclass
@@ -127,8 +120,8 @@ def _forward(pred: Predictor, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray |
 def observe(pred: Predictor, inputs: Inputs, *, batch_size: int = 64, num_workers: int = 0) -> Observed:
     """Raw logits, OOD scores and features, and image statistics of every readable input (decoded in
     ``num_workers`` DataLoader processes, the model run here)."""
-    batches = [list(range(s, min(s + batch_size, len(inputs)))) for s in range(0, len(inputs), batch_size)]
-    loader = torch.utils.data.DataLoader(StatsDataset(inputs, pred.preprocess), batch_sampler=batches,
+    loader = torch.utils.data.DataLoader(StatsDataset(inputs, pred.preprocess),
+                                         batch_sampler=batch_ranges(0, len(inputs), batch_size),
                                          num_workers=num_workers, collate_fn=_collate)
     rows, logits, scores, feats, stats, errors = [], [], [], [], [], []
     for idx, x, errs, st in loader:
