@@ -82,28 +82,32 @@ def half_reference(ref: DriftReference, obs: Observed) -> DriftReference:
     return DriftReference(ref.mean, ref.components, ref.project(f), s, c, ref.threshold, ref.class_names)
 
 
-def split_half_rate(ref: DriftReference, val: Observed, shifted: Observed, args) -> tuple[float, float]:
-    """(share of repeats found drifted, median p of the features test): half A of the validation images is the
-    reference, ``args.n`` of half B, taken from ``shifted``, the sample."""
+def rate(draw, args) -> tuple[float, float]:
+    """(share of ``args.repeats`` found drifted, median p of the features test); ``draw(rng)`` gives each repeat's
+    (reference, sample)."""
     rng, hits, p_feat = np.random.default_rng(0), [], []
     for r in range(args.repeats):
-        order = rng.permutation(len(val[1]))
-        a, b = order[: len(order) // 2], order[len(order) // 2 :]
-        res = drift_tests(half_reference(ref, take(val, a)), *take(shifted, rng.choice(b, args.n, replace=False)),
-                          alpha=args.alpha, seed=r)
+        reference, sample = draw(rng)
+        res = drift_tests(reference, *sample, alpha=args.alpha, seed=r)
         hits.append(res["drifted"])
         p_feat.append(next(t["p_value"] for t in res["tests"] if t["test"] == "features"))
     return float(np.mean(hits)), float(np.median(p_feat))
+
+
+def split_half_rate(ref: DriftReference, val: Observed, shifted: Observed, args) -> tuple[float, float]:
+    """Half A of the validation images is the reference, ``args.n`` of half B, taken from ``shifted``, the sample."""
+
+    def draw(rng):
+        order = rng.permutation(len(val[1]))
+        a, b = order[: len(order) // 2], order[len(order) // 2 :]
+        return half_reference(ref, take(val, a)), take(shifted, rng.choice(b, args.n, replace=False))
+
+    return rate(draw, args)
 
 
 def shipped_rate(ref: DriftReference, obs: Observed, args) -> tuple[float, float]:
-    """The same against the bundle's reference, ``args.n`` images of ``obs`` per repeat."""
-    rng, hits, p_feat = np.random.default_rng(0), [], []
-    for r in range(args.repeats):
-        res = drift_tests(ref, *take(obs, rng.choice(len(obs[1]), args.n, replace=False)), alpha=args.alpha, seed=r)
-        hits.append(res["drifted"])
-        p_feat.append(next(t["p_value"] for t in res["tests"] if t["test"] == "features"))
-    return float(np.mean(hits)), float(np.median(p_feat))
+    """The bundle's own reference against ``args.n`` images of ``obs`` per repeat."""
+    return rate(lambda rng: (ref, take(obs, rng.choice(len(obs[1]), args.n, replace=False))), args)
 
 
 def table(rows: list[tuple]) -> list[str]:

@@ -18,8 +18,9 @@ import torch
 from ..artefact import Artefact, open_artefact
 from ..errors import ConfigError, DataError
 from ..inference import Predictor
+from ..metrics.external import difference
 from .casemix import development_prevalence, ood_shift, prevalence, stats_summary
-from .figures import bootstrapped, external_block, internal_difference, per_site, sample_size_check, stat_for
+from .figures import bootstrapped, external_block, per_site, sample_size_check, stat_for
 from .labels import read_label_map
 from .observe import External, Observed, image_stats, load_external, observe
 
@@ -233,7 +234,7 @@ def validate_model(model: str | Path, source: str, *, label_map: str | Path | di
         "events": int((y == pos).sum()) if pos is not None else None, "n_bootstrap": n_bootstrap, "seed": seed,
         "external": ext_block, "internal": None if inside is None else {
             "from": where, "n": inside["n"], "events": inside["events"], "figures": inside["figures"]},
-        "difference": None if inside is None else internal_difference(inside, ext_boot),
+        "difference": None if inside is None else difference(inside, ext_boot),  # external - internal
         "internal_missing": None if inside is not None else where,
         "case_mix": _case_mix(art, pred, ext, obs, probs, seed), "sample_size": sizes,
         "warnings": warnings, "notes": ext.notes + ([] if inside is not None else [where])}

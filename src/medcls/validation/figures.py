@@ -4,7 +4,7 @@ Every figure of :data:`~medcls.metrics.external.FIGURES` with a bootstrap CI (ca
 within each class: :func:`~medcls.metrics.external.bootstrap_indices`); the stored operating
 points applied here and whether they hold (:func:`~medcls.metrics.apply_thresholds`,
 :func:`~medcls.metrics.threshold_transfer`); the smoothed calibration curve with a bootstrap band; the decision
-curve (:func:`~medcls.metrics.net_benefit`); external minus internal with a CI; per-site figures and their
+curve (:func:`~medcls.metrics.net_benefit`); per-site figures and their
 heterogeneity; the sample-size check.
 """
 
@@ -21,7 +21,6 @@ from ..metrics.external import (
     Stat,
     bootstrap_indices,
     class_figures,
-    difference,
     figures,
     integrated_calibration_index,
     lowess,
@@ -83,11 +82,6 @@ def external_block(task: str, y: np.ndarray, probs: np.ndarray, post, names: lis
         out["calibration_curves"] = {c: calibration_band((y == k).astype(int), probs[:, k], min(n_resamples, 200),
                                                          seed) for k, c in enumerate(names)}
     return out, boot
-
-
-def internal_difference(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
-    """External minus internal per figure (independent bootstraps of the two sets)."""
-    return difference(internal, external)
 
 
 # ------------------------------------------------------------------------------------------------ sites
