@@ -45,3 +45,17 @@ def test_the_page_says_what_is_missing(metrics):
     assert "no internal test predictions at X" in page and "external − internal" not in page
     assert "<h2>Model updating</h2>" in page and "<h2>Sites</h2>" not in page
     assert "not available" in page or "no out-of-distribution gate" in page  # a run directory has no gate
+
+
+def test_each_operating_point_row_has_its_own_metrics_verdict(metrics):
+    """A specificity that moved is that row's flag; the sensitivity row beside it that held says so."""
+    m = copy.deepcopy(metrics)
+    m["external"]["threshold_transfer"] = {"default": {
+        "threshold": 0.5, "provenance": "fixed", "flags": ["specificity 1.000 on val outside the CI [0.880, 0.949] here"],
+        "sensitivity": {"chosen": 0.841, "value": 0.81, "low": 0.769, "high": 0.849},
+        "specificity": {"chosen": 1.0, "value": 0.919, "low": 0.88, "high": 0.949}}}
+    html = render_validation(m)
+    start = html.index("<td>default</td><td>0.5</td><td>sensitivity</td>")
+    sens_row = html[start:html.index("</tr>", start)]
+    assert "holds" in sens_row and "outside the CI" not in sens_row
+    assert html.count("specificity 1.000 on val outside the CI [0.880, 0.949] here") == 1

@@ -134,8 +134,9 @@ def _operating_point(m: dict[str, Any]) -> str:
     for name, e in tr.items():
         for k in ("sensitivity", "specificity"):
             d = e.get(k) or {}
+            mine = [f for f in e["flags"] if f.startswith(f"{k} ")]  # each row its own metric's flags
             rows.append([escape(name), fmt_threshold(e["threshold"]), k, fmt(d.get("chosen")), ci_cell(d),
-                         escape("; ".join(e["flags"])) or "holds"])
+                         escape("; ".join(mine)) or "holds"])
     if not rows:
         return ("<p>No operating points were stored with this model.</p>" if m["task"] == "binary" else
                 "<p>A multiclass model decides by the most probable class: no threshold to transfer.</p>")
