@@ -25,7 +25,8 @@ CANDIDATES = [ROOT / "data" / "pneumoniamnist.npz", ROOT.parent / "shared" / "da
 def pytest_sessionstart(session):
     """Tests of optional features skip when their extra is missing (``pytest.importorskip``), so a core-only
     install passes the core tests; with MEDCLS_REQUIRE_ALL=1 (``make test``, CI) a missing extra fails the
-    session instead, so a broken install cannot pass as skipped tests."""
+    session instead, so a broken install cannot pass as skipped tests; so does missing PneumoniaMNIST data (the
+    tests that train would otherwise all skip: 353 of them, and the run would still end green)."""
     if os.environ.get("MEDCLS_REQUIRE_ALL") != "1":
         return
     from medcls.extras import EXTRA_OF
@@ -40,6 +41,9 @@ def pytest_sessionstart(session):
             missing.append(f"{module} ('{extra}' extra)")
     if missing:
         pytest.exit("MEDCLS_REQUIRE_ALL=1 but not installed: " + ", ".join(missing), returncode=3)
+    if find_pneumonia() is None:
+        pytest.exit("MEDCLS_REQUIRE_ALL=1 but pneumoniamnist.npz is not on this machine: `make data` links it from "
+                    "SHARED (make test SHARED=DIR) or downloads it; or set MEDCLS_DATA_DIR", returncode=3)
 
 
 # Fixtures that train or evaluate a model (directly or through another fixture): a module that uses them is slow.
